@@ -1,0 +1,39 @@
+"""The engine interface: small, all-async, structural (test doubles need not inherit)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol, runtime_checkable
+
+from engines.types import Chunk, EngineStats, GenerationRequest, Health
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One engine serving one base model (and, later, its adapters).
+
+    Lifecycle: constructed cheaply, `start()` once (may take minutes: loads weights),
+    `generate()` any number of times concurrently, `aclose()` once.
+
+    `generate()` owns the request inside the engine: when the caller stops iterating
+    (closes the iterator or is cancelled, e.g. on client disconnect) the engine aborts
+    the request, so no orphan generation keeps running.
+    """
+
+    name: str
+    model_id: str
+
+    async def start(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+
+    async def health(self) -> Health: ...
+
+    @property
+    def adapters(self) -> Mapping[str, str]:
+        """Adapter name → where it was loaded from. Empty until adapters land."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def aclose(self) -> None: ...

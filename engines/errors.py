@@ -1,0 +1,51 @@
+"""Errors an engine raises. The gateway maps each to an HTTP status at its boundary.
+
+EngineError
+├── InvalidGenerationRequest      the caller asked for something impossible (400)
+│   ├── UnsupportedParameter      a valid OpenAI field this engine cannot honour
+│   └── ContextLengthExceeded     prompt + max_tokens do not fit the context
+├── EngineUnavailable             not started, shutting down, or dead (503)
+└── GenerationFailed              broke while generating (500 / error event)
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidGenerationRequest(EngineError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnsupportedParameter(InvalidGenerationRequest):
+    def __init__(self, param: str, engine: str, hint: str = "") -> None:
+        message = f"'{param}' is not supported by the {engine} engine serving this model."
+        super().__init__(f"{message} {hint}".strip(), param)
+
+
+class ContextLengthExceeded(InvalidGenerationRequest):
+    def __init__(
+        self, prompt_tokens: int, max_tokens: int | None, max_model_len: int, *, param: str
+    ) -> None:
+        asked = f" plus max_tokens {max_tokens}" if max_tokens else ""
+        super().__init__(
+            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+            f"{prompt_tokens} tokens{asked}. Shorten the messages or lower max_tokens.",
+            param=param,
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
+class EngineUnavailable(EngineError):
+    pass
+
+
+class GenerationFailed(EngineError):
+    pass

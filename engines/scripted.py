@@ -1,0 +1,177 @@
+"""A scripted engine: the test double, shipped as a real implementation.
+
+It speaks the engine interface with predictable output, pacing and failures, so unit
+tests and load tests can exercise the gateway without a model. It is not a model:
+it never appears in `make serve`'s default config.
+
+Output: `reply` split into word-sized tokens, or, when `reply` is None, the last user
+message (or the prompt) echoed back. With temperature > 0 the words are shuffled by a
+generator seeded from `seed` and the choice index, so a fixed seed repeats itself.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import anyio
+
+from engines.errors import (
+    ContextLengthExceeded,
+    EngineUnavailable,
+    GenerationFailed,
+    UnsupportedParameter,
+)
+from engines.types import (
+    Chunk,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    Health,
+    TokenLogprob,
+)
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedConfig:
+    reply: str | None = "The scripted engine says hello to you."
+    first_token_delay_s: float = 0.0
+    token_delay_s: float = 0.0
+    start_delay_s: float = 0.0
+    fail_after_tokens: int | None = None
+    max_model_len: int = 4096
+    unsupported: tuple[str, ...] = ()
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+
+class ScriptedEngine:
+    Config = ScriptedConfig
+
+    def __init__(self, name: str, model_id: str, config: ScriptedConfig) -> None:
+        self.name = name
+        self.model_id = model_id
+        self.config = config
+        self.running = 0
+        self.aborted = 0
+        self._started = False
+
+    async def start(self) -> None:
+        await anyio.sleep(self.config.start_delay_s)
+        self._started = True
+
+    async def health(self) -> Health:
+        return Health(ok=self._started, detail="" if self._started else "not started")
+
+    @property
+    def adapters(self) -> Mapping[str, str]:
+        return {}
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self.running, unfinished=self.running)
+
+    async def aclose(self) -> None:
+        self._started = False
+
+    def _check(self, request: GenerationRequest) -> list[str]:
+        if not self._started:
+            raise EngineUnavailable(f"engine {self.name!r} is not started")
+        for param in self.config.unsupported:
+            if _is_set(request, param):
+                raise UnsupportedParameter(param, "scripted")
+        if isinstance(request.prompt, str):
+            prompt_text = request.prompt
+        else:
+            prompt_text = "".join(f"{m.role}: {m.content}\n" for m in request.prompt)
+        prompt_tokens = tokenize(prompt_text)
+        budget = self.config.max_model_len - len(prompt_tokens)
+        if budget <= 0 or (request.max_tokens or 0) > budget:
+            raise ContextLengthExceeded(
+                len(prompt_tokens),
+                request.max_tokens,
+                self.config.max_model_len,
+                param="messages" if request.is_chat else "prompt",
+            )
+        return prompt_tokens
+
+    def _reply(self, request: GenerationRequest, index: int) -> list[str]:
+        if self.config.reply is not None:
+            words = tokenize(self.config.reply)
+        elif isinstance(request.prompt, str):
+            words = tokenize(request.prompt)
+        else:
+            users = [m.content for m in request.prompt if m.role == "user"]
+            words = tokenize(users[-1] if users else "")
+        if request.temperature > 0:
+            seed = request.seed if request.seed is not None else random.randrange(2**32)
+            random.Random(seed * 1009 + index).shuffle(words)
+        return words
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        prompt_tokens = len(self._check(request))
+        limit = request.max_tokens or self.config.max_model_len - prompt_tokens
+        scripts = [_script(self._reply(request, i), request, limit) for i in range(request.n)]
+        self.running += 1
+        finished = False
+        try:
+            await anyio.sleep(self.config.first_token_delay_s)
+            fail_at = self.config.fail_after_tokens
+            for step in range(max(len(script) for script in scripts)):
+                if fail_at is not None and step >= fail_at:
+                    raise GenerationFailed("scripted failure")
+                if step and self.config.token_delay_s:
+                    await anyio.sleep(self.config.token_delay_s)
+                for index, script in enumerate(scripts):
+                    if step < len(script):
+                        text, logprobs, finish = script[step]
+                        yield Chunk(index, text, 1, prompt_tokens, logprobs, finish)
+            finished = True
+        finally:
+            self.running -= 1
+            if not finished:
+                self.aborted += 1
+
+
+_Step = tuple[str, tuple[TokenLogprob, ...], FinishReason | None]
+
+
+def _script(words: list[str], request: GenerationRequest, limit: int) -> list[_Step]:
+    """One choice's steps, as an engine would emit them: stop strings cut the text (and
+    are not included), `limit` tokens end it with "length"."""
+    steps: list[_Step] = []
+    text = ""
+    for word in words[:limit]:
+        candidate = text + word
+        cuts = [candidate.find(stop) for stop in request.stop if stop in candidate]
+        if cuts:
+            steps.append((candidate[len(text) : max(min(cuts), len(text))], (), "stop"))
+            return steps
+        text = candidate
+        steps.append((word, _logprobs(word, words, request.logprobs), None))
+    finish: FinishReason = "length" if len(words) > limit else "stop"
+    if steps:
+        steps[-1] = (*steps[-1][:2], finish)
+    else:
+        steps.append(("", (), finish))
+    return steps
+
+
+def _logprobs(word: str, words: list[str], top: int | None) -> tuple[TokenLogprob, ...]:
+    if top is None:
+        return ()
+    alternatives = tuple((alt, -0.5 - rank) for rank, alt in enumerate(words[:top]))
+    return (TokenLogprob(token=word, logprob=-0.25, top=alternatives),)
+
+
+def _is_set(request: GenerationRequest, param: str) -> bool:
+    value = getattr(request, param, None)
+    defaults = {"n": 1, "temperature": 1.0, "top_p": 1.0, "stop": ()}
+    return value is not None and value != defaults.get(param, 0.0)

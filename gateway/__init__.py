@@ -1,0 +1,1 @@
+"""Switchyard's HTTP service: an OpenAI-compatible gateway in front of engines."""

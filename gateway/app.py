@@ -1,0 +1,181 @@
+"""`create_app(settings)`: the lifespan, the middleware order, the routes, the errors.
+
+Middleware, outermost first:  request id → body limit → routes.
+Engines start in the background after the server is up: `/health` answers at once,
+`/ready` and generation routes answer 503 until the engines are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from engines.base import Engine
+from engines.errors import EngineError
+from engines.registry import build_engine
+from gateway.engines import EngineSet
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    from_engine_error,
+    internal_error,
+)
+from gateway.middleware.body_limit import BodyLimitMiddleware
+from gateway.middleware.request_id import RequestIdMiddleware
+from gateway.routes import chat, completions, health, models
+from gateway.routes._respond import JSONResponse
+from gateway.settings import Settings
+
+log = logging.getLogger("switchyard")
+
+
+def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> FastAPI:
+    """Build the app. Engines passed in are used as they are and stay owned by the
+    caller (tests share one across apps); otherwise they are built from `settings`,
+    started in the background and closed on shutdown."""
+    owned = engines is None
+    engine_set = EngineSet(
+        engines
+        if engines is not None
+        else [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_start_engines, engine_set, settings)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                if owned:
+                    await engine_set.aclose()
+
+    app = FastAPI(
+        title="Switchyard",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.engines = engine_set
+    app.state.started_at = int(time.time())
+
+    for module in (chat, completions, models, health):
+        app.include_router(module.router)
+
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+    # Added innermost first: Starlette wraps each new middleware around the previous.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _start_engines(engine_set: EngineSet, settings: Settings) -> None:
+    await engine_set.start_all()
+    for served in engine_set.served:
+        if served.state == "ready":
+            log.info(
+                "ready: curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json'"
+                ' -d \'{"model": "%s", "messages": [{"role": "user", "content": '
+                '"What is the capital of France?"}]}\'',
+                settings.host,
+                settings.port,
+                served.engine.model_id,
+            )
+
+
+def _error_response(error: GatewayError) -> Response:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(exc)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EngineError)
+    return _error_response(from_engine_error(exc))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 never leaks: the first problem becomes a 400 naming the field."""
+    assert isinstance(exc, RequestValidationError)
+    errors: Sequence[dict[str, Any]] = exc.errors()
+    # Of a union's failed branches, the deepest error is the one that explains most.
+    first = max(errors, key=lambda e: len(e.get("loc", ())), default=None) or {
+        "loc": (),
+        "msg": "invalid request",
+        "type": "",
+    }
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return _error_response(
+            InvalidRequest(f"The request body is not valid JSON ({detail}).".replace(" ()", ""))
+        )
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = _dotted(loc)
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif not loc:
+        message = f"The request body is invalid: {first.get('msg')}."
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg')}."
+    more = len(errors) - 1
+    if more:
+        message += f" ({more} more problem{'s' if more > 1 else ''} in the body.)"
+    return _error_response(InvalidRequest(message, param=param or None))
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "TextPart", "ChatMessage"}
+
+
+def _dotted(loc: list[str]) -> str:
+    """("messages", "0", "content") → "messages[0].content", skipping union branch tags."""
+    out = ""
+    for part in loc:
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or "-" in part:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error_response(NotFound(f"No route {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        return _error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+        )
+    error = GatewayError(str(exc.detail))
+    error.status = exc.status_code
+    error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _error_response(error)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    rid = getattr(request.state, "request_id", None)
+    log.error("unhandled error in request %s", rid, exc_info=exc)
+    return _error_response(internal_error(rid))

@@ -1,0 +1,80 @@
+"""`switchyard serve`: run the gateway.
+
+    switchyard serve --config configs/demo.yaml [--host H] [--port P]
+    switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
+
+Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pydantic
+
+from engines.errors import EngineError
+from gateway.settings import EngineSettings, SettingsFileError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="switchyard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--model", help="serve this model directory with the vllm engine")
+    serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
+    args = parser.parse_args(argv)
+
+    engines = None
+    if args.model:
+        model_id = args.served_model_name or Path(args.model).name
+        engines = [
+            EngineSettings(
+                name="cli", kind="vllm", model_id=model_id, options={"model": args.model}
+            )
+        ]
+    try:
+        settings = load_settings(
+            args.config, host=args.host, port=args.port, log_level=args.log_level, engines=engines
+        )
+    except (SettingsFileError, pydantic.ValidationError) as exc:
+        print(f"switchyard: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if not settings.engines:
+        print(
+            "switchyard: no engines configured; pass --config FILE or --model PATH", file=sys.stderr
+        )
+        return 2
+
+    import uvicorn
+
+    from gateway.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings)
+    except EngineError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The only place that knows OpenAI's JSON shapes."""

@@ -1,0 +1,134 @@
+"""The one top-down request flow: resolve the model, generate, render.
+
+    resolve model → engine.generate(...) per prompt → merge choices → render
+    (JSON body, or SSE events primed with the first chunk so that errors raised
+    before any output still get their own HTTP status)
+
+Routes hand in plain data (`Call`); nothing here knows about FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from engines.base import Engine
+from engines.errors import EngineError
+from engines.types import Chunk, GenerationRequest
+from gateway.errors import from_engine_error, internal_error
+from gateway.openai.convert import Renderer
+from gateway.openai.sse import DONE, event
+
+log = logging.getLogger("switchyard")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One OpenAI request, converted: a generation per prompt, and how to render it."""
+
+    request_id: str
+    requests: list[GenerationRequest]
+    renderer: Renderer
+    include_usage: bool = False
+
+
+async def complete(engine: Engine, call: Call) -> dict[str, Any]:
+    renderer = call.renderer
+    async with contextlib.aclosing(_chunks(engine, call.requests)) as chunks:
+        async for slot, chunk in chunks:
+            renderer.count(chunk, slot)
+            renderer.add(chunk)
+    return renderer.response()
+
+
+async def open_stream(engine: Engine, call: Call) -> AsyncIterator[bytes]:
+    """SSE events for `call`. Waits for the first chunk before returning, so an engine
+    error at submission (bad request, context too long, engine down) is raised here."""
+    chunks = _chunks(engine, call.requests)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return _events(call, first, chunks)
+
+
+async def _events(
+    call: Call, first: tuple[int, Chunk] | None, chunks: AsyncIterator[tuple[int, Chunk]]
+) -> AsyncIterator[bytes]:
+    renderer = call.renderer
+    usage = call.include_usage
+    try:
+        yield event(renderer.chunk(renderer.opening(), usage))
+        if first is not None:
+            async for slot, chunk in _prepend(first, chunks):
+                renderer.count(chunk, slot)
+                for delta in renderer.deltas(chunk):
+                    yield event(renderer.chunk([delta], usage))
+        if usage:
+            yield event(renderer.usage_chunk())
+    except EngineError as exc:
+        yield event(from_engine_error(exc).body())
+    except Exception:
+        log.exception("stream %s failed", call.request_id)
+        yield event(internal_error(call.request_id).body())
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield DONE
+
+
+async def _prepend(
+    first: tuple[int, Chunk], rest: AsyncIterator[tuple[int, Chunk]]
+) -> AsyncIterator[tuple[int, Chunk]]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def _chunks(
+    engine: Engine, requests: list[GenerationRequest]
+) -> AsyncIterator[tuple[int, Chunk]]:
+    """(prompt slot, chunk) for every request, with choice indexes made response-wide:
+    choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions."""
+    if len(requests) == 1:
+        async with contextlib.aclosing(engine.generate(requests[0])) as stream:
+            async for chunk in stream:
+                yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, Chunk] | BaseException | None] = asyncio.Queue()
+
+    async def pump(slot: int, request: GenerationRequest) -> None:
+        try:
+            async with contextlib.aclosing(engine.generate(request)) as stream:
+                async for chunk in stream:
+                    await queue.put((slot, _shift(chunk, slot * request.n)))
+        except Exception as exc:
+            await queue.put(exc)
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _shift(chunk: Chunk, by: int) -> Chunk:
+    return dataclasses.replace(chunk, index=chunk.index + by) if by else chunk

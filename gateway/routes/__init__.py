@@ -1,0 +1,1 @@
+"""HTTP routes: parse the OpenAI body, hand plain data to the pipeline."""

@@ -1,0 +1,66 @@
+"""What every generation route does after converting its body."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import anyio
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+from starlette.types import Receive
+
+from gateway import pipeline
+from gateway.engines import EngineSet
+from gateway.errors import ClientClosedRequest
+from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
+from gateway.pipeline import Call
+
+T = TypeVar("T")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def request_id(request: Request) -> str:
+    rid: str = request.state.request_id
+    return rid
+
+
+async def respond(request: Request, model: str, call: Call, stream: bool) -> Response:
+    engines: EngineSet = request.app.state.engines
+    engine = engines.resolve(model)
+    if stream:
+        events = await cancel_on_disconnect(request.receive, pipeline.open_stream(engine, call))
+        return EventStreamResponse(events)
+    body = await cancel_on_disconnect(request.receive, pipeline.complete(engine, call))
+    return JSONResponse(body)
+
+
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (which aborts the
+    generation inside the engine)."""
+    done: list[T] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await wait_for_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            done.append(await work)
+        except Exception as exc:
+            failed.append(exc)
+        tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    if not done:
+        raise ClientClosedRequest()
+    return done[0]

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.openai import convert
+from gateway.openai.schemas import ChatCompletionRequest
+from gateway.pipeline import Call
+from gateway.routes._respond import request_id, respond
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    rid = request_id(request)
+    generation = convert.chat_request(body, rid, request.app.state.settings.max_n)
+    renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    call = Call(rid, [generation], renderer, include_usage)
+    return await respond(request, body.model, call, stream=bool(body.stream))

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.openai import convert
+from gateway.openai.schemas import CompletionRequest
+from gateway.pipeline import Call
+from gateway.routes._respond import request_id, respond
+
+router = APIRouter()
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    rid = request_id(request)
+    generations = convert.completion_requests(body, rid, request.app.state.settings.max_n)
+    n = generations[0].n * len(generations)
+    renderer = convert.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    call = Call(rid, generations, renderer, include_usage)
+    return await respond(request, body.model, call, stream=bool(body.stream))

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.engines import EngineSet
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    engines: EngineSet = request.app.state.engines
+    created: int = request.app.state.started_at
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": served.engine.model_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "switchyard",
+                "root": served.engine.model_id,
+                "parent": None,
+            }
+            for served in engines.served
+        ],
+    }

@@ -1,0 +1,81 @@
+"""Typed settings, built once at start-up and passed explicitly.
+
+Sources, highest first: CLI flags (passed as keyword overrides), environment
+variables (`SWITCHYARD_PORT=9000`, nested with `__`, lists and objects as JSON), the
+YAML file (`--config FILE` or `SWITCHYARD_CONFIG`), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class EngineSettings(BaseModel):
+    """One engine serving one base model under `model_id` (the OpenAI `model` name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: str = "vllm"
+    model_id: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_n: int = Field(16, ge=1)
+    engines: list[EngineSettings] = Field(default_factory=list)
+
+    @field_validator("engines")
+    @classmethod
+    def _unique_names(cls, engines: list[EngineSettings]) -> list[EngineSettings]:
+        names = [e.name for e in engines]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"engine names must be unique; repeated: {', '.join(duplicates)}")
+        return engines
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+class SettingsFileError(Exception):
+    pass
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from the YAML file, the environment and `overrides` (None = not given)."""
+    path = config_file or os.environ.get("SWITCHYARD_CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise SettingsFileError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return _FromFile(**given)
