@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -25,11 +24,11 @@ from engines.registry import build_engine
 from gateway.engines import EngineSet
 from gateway.errors import (
     GatewayError,
-    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     from_engine_error,
     internal_error,
+    invalid_body,
 )
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
@@ -119,46 +118,7 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     """FastAPI's 422 never leaks: the first problem becomes a 400 naming the field."""
     assert isinstance(exc, RequestValidationError)
-    errors: Sequence[dict[str, Any]] = exc.errors()
-    # Of a union's failed branches, the deepest error is the one that explains most.
-    first = max(errors, key=lambda e: len(e.get("loc", ())), default=None) or {
-        "loc": (),
-        "msg": "invalid request",
-        "type": "",
-    }
-    if first.get("type") == "json_invalid":
-        detail = (first.get("ctx") or {}).get("error", "")
-        return _error_response(
-            InvalidRequest(f"The request body is not valid JSON ({detail}).".replace(" ()", ""))
-        )
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = _dotted(loc)
-    if first.get("type") == "missing":
-        message = f"Missing required parameter: '{param}'."
-    elif not loc:
-        message = f"The request body is invalid: {first.get('msg')}."
-    else:
-        message = f"Invalid value for '{param}': {first.get('msg')}."
-    more = len(errors) - 1
-    if more:
-        message += f" ({more} more problem{'s' if more > 1 else ''} in the body.)"
-    return _error_response(InvalidRequest(message, param=param or None))
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "TextPart", "ChatMessage"}
-
-
-def _dotted(loc: list[str]) -> str:
-    """("messages", "0", "content") → "messages[0].content", skipping union branch tags."""
-    out = ""
-    for part in loc:
-        if part.isdigit():
-            out += f"[{part}]"
-        elif part in _TYPE_TAGS or "[" in part or "-" in part:
-            continue
-        else:
-            out += f".{part}" if out else part
-    return out
+    return _error_response(invalid_body(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ Every body is `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -110,3 +111,44 @@ def from_engine_error(exc: engine_errors.EngineError) -> GatewayError:
 def internal_error(request_id: str | None) -> GatewayError:
     ref = f" (request id {request_id})" if request_id else ""
     return GatewayError(f"Internal error{ref}. It has been logged; retrying may help.")
+
+
+def invalid_body(errors: Sequence[Any]) -> InvalidRequest:
+    """A pydantic error list → one 400 that names the field most likely at fault."""
+    # Of a union's failed branches, the deepest error is the one that explains most.
+    first = max(errors, key=lambda e: len(e.get("loc", ())), default=None) or {}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return InvalidRequest(f"The request body is not valid JSON ({detail}).".replace(" ()", ""))
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = _dotted(loc)
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif not loc:
+        message = f"The request body is invalid: {first.get('msg', 'not an object')}."
+    else:
+        message = f"Invalid value for '{param}': {_reason(first)}."
+    more = len(errors) - 1
+    if more:
+        message += f" ({more} more problem{'s' if more > 1 else ''} in the body.)"
+    return InvalidRequest(message, param=param or None)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "TextPart", "ChatMessage"}
+
+
+def _dotted(loc: list[str]) -> str:
+    """("messages", "0", "content") → "messages[0].content", skipping union branch tags."""
+    out = ""
+    for part in loc:
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or "-" in part:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _reason(error: Any) -> str:
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")

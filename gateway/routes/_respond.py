@@ -7,13 +7,14 @@ from typing import Any, TypeVar
 
 import anyio
 import orjson
+import pydantic
 from fastapi import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway import pipeline
 from gateway.engines import EngineSet
-from gateway.errors import ClientClosedRequest
+from gateway.errors import ClientClosedRequest, invalid_body
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
 
@@ -25,6 +26,18 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """The body as `model`, parsed as JSON whatever the Content-Type says (curl -d
+    sends form encoding by default)."""
+    try:
+        return model.model_validate_json(await request.body())
+    except pydantic.ValidationError as exc:
+        raise invalid_body(exc.errors()) from None
 
 
 def request_id(request: Request) -> str:

@@ -6,13 +6,14 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import ChatCompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import request_id, respond
+from gateway.routes._respond import parse, request_id, respond
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+async def create_chat_completion(request: Request) -> Response:
+    body = await parse(request, ChatCompletionRequest)
     rid = request_id(request)
     generation = convert.chat_request(body, rid, request.app.state.settings.max_n)
     renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))

@@ -6,13 +6,14 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import CompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import request_id, respond
+from gateway.routes._respond import parse, request_id, respond
 
 router = APIRouter()
 
 
 @router.post("/v1/completions")
-async def create_completion(body: CompletionRequest, request: Request) -> Response:
+async def create_completion(request: Request) -> Response:
+    body = await parse(request, CompletionRequest)
     rid = request_id(request)
     generations = convert.completion_requests(body, rid, request.app.state.settings.max_n)
     n = generations[0].n * len(generations)

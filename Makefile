@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+MODEL   := models/smollm2-135m-instruct
+GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
+PYTEST_ARGS ?=
+
+.PHONY: serve test check venv model format lint types bench-engine
+
+## serve: set everything up (venv, vLLM, demo model) and serve the demo model
+serve: model
+	@echo ">>> serving $(MODEL) as smollm2-135m-instruct on http://$(HOST):$(PORT) (ready in ~30 s)"
+	@echo ">>> try:  curl http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"
+	$(VENV)/bin/switchyard serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+## test: set everything up and run the whole test suite (CI runs this)
+test: model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## check: format check, lint, types, tests
+check: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(MAKE) test
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+venv:
+	@scripts/setup-venv.sh
+
+model: venv
+	@$(VENV)/bin/switchyard-build demo-model --out $(MODEL)
+
+## bench-engine: the in-process engine vs vLLM's own server, same model and load
+bench-engine: model
+	$(PY) -m gateway.bench.engine --config configs/demo.yaml

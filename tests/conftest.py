@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = ROOT / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    if not (DEMO_MODEL / "switchyard-artifact.json").is_file():
+        pytest.fail(f"{DEMO_MODEL} is missing: run `make test`, which prepares it first.")
+    return DEMO_MODEL

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from engines.scripted import ScriptedConfig, ScriptedEngine
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.servers import serve, wait_until
+
+
+def scripted(model_id: str = "scripted", **options: Any) -> ScriptedEngine:
+    return ScriptedEngine(name=model_id, model_id=model_id, config=ScriptedConfig(**options))
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return scripted()
+
+
+@pytest.fixture
+def base_url(engine: ScriptedEngine) -> Iterator[str]:
+    """A live gateway on loopback in front of `engine`, started and ready."""
+    app = create_app(settings(max_body_bytes=64 * 1024), engines=[engine])
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        yield url
