@@ -31,6 +31,8 @@ def tp3_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 "options": {
                     "model": str(demo_model),
                     "tensor_parallel_size": 3,
+                    # fp32: bf16 all-reduce noise flips this small model's first token
+                    "dtype": "float32",
                     "distributed_executor_backend": "mp",
                     "enforce_eager": True,
                     "max_model_len": 1024,

@@ -193,9 +193,9 @@ def test_disconnect_mid_stream_aborts_inside_vllm(gateway: Gateway, client: Open
             if received >= 5:
                 break
         # Mid-generation: vLLM holds the request.
-        assert engine.stats().unfinished == 1
+        assert engine.stats().unfinished == 1, engine.stats()
     assert wait_until(lambda: engine.stats().unfinished == 0, timeout=10), engine.stats()
     # One more request runs through the scheduler; its last step reports what is left.
     client.chat.completions.create(model=MODEL_ID, messages=FRANCE, max_tokens=4)
     stats = engine.stats()
-    assert (stats.running, stats.waiting, stats.unfinished) == (0, 0, 0)
+    assert (stats.running, stats.waiting, stats.unfinished) == (0, 0, 0), stats

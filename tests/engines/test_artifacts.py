@@ -15,7 +15,7 @@ from engines.artifacts.manifest import (
 
 def test_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "model"
-    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:  # noqa: PT012
         (tmp / "weights.safetensors").write_bytes(b"half")
         raise RuntimeError("killed mid-way")
     assert list(tmp_path.iterdir()) == []
