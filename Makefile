@@ -39,4 +39,4 @@ model: venv
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
 bench-engine: model
-	$(PY) -m gateway.bench.engine --config configs/demo.yaml
+	$(VENV)/bin/switchyard bench engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol, runtime_checkable
 
 from engines.types import Chunk, EngineStats, GenerationRequest, Health
@@ -25,7 +25,7 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]: ...
 
     async def health(self) -> Health: ...
 

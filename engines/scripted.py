@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -115,7 +115,7 @@ class ScriptedEngine:
             random.Random(seed * 1009 + index).shuffle(words)
         return words
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         prompt_tokens = len(self._check(request))
         limit = request.max_tokens or self.config.max_model_len - prompt_tokens
         scripts = [_script(self._reply(request, i), request, limit) for i in range(request.n)]

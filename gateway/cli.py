@@ -2,6 +2,7 @@
 
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
+    switchyard bench engine [--requests N --concurrency C --max-tokens M]
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
 """
@@ -31,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--model", help="serve this model directory with the vllm engine")
     serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
+    bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
+    bench.add_argument("suite", choices=["engine"])
+    bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from gateway.bench import engine as bench_engine
+
+        return bench_engine.main(args.options)
 
     engines = None
     if args.model:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ async def complete(engine: Engine, call: Call) -> dict[str, Any]:
     return renderer.response()
 
 
-async def open_stream(engine: Engine, call: Call) -> AsyncIterator[bytes]:
+async def open_stream(engine: Engine, call: Call) -> AsyncGenerator[bytes, None]:
     """SSE events for `call`. Waits for the first chunk before returning, so an engine
     error at submission (bad request, context too long, engine down) is raised here."""
     chunks = _chunks(engine, call.requests)
@@ -61,8 +61,8 @@ async def open_stream(engine: Engine, call: Call) -> AsyncIterator[bytes]:
 
 
 async def _events(
-    call: Call, first: tuple[int, Chunk] | None, chunks: AsyncIterator[tuple[int, Chunk]]
-) -> AsyncIterator[bytes]:
+    call: Call, first: tuple[int, Chunk] | None, chunks: AsyncGenerator[tuple[int, Chunk], None]
+) -> AsyncGenerator[bytes, None]:
     renderer = call.renderer
     usage = call.include_usage
     try:
@@ -80,13 +80,13 @@ async def _events(
         log.exception("stream %s failed", call.request_id)
         yield event(internal_error(call.request_id).body())
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
     yield DONE
 
 
 async def _prepend(
-    first: tuple[int, Chunk], rest: AsyncIterator[tuple[int, Chunk]]
-) -> AsyncIterator[tuple[int, Chunk]]:
+    first: tuple[int, Chunk], rest: AsyncGenerator[tuple[int, Chunk], None]
+) -> AsyncGenerator[tuple[int, Chunk], None]:
     yield first
     async for item in rest:
         yield item
@@ -94,7 +94,7 @@ async def _prepend(
 
 async def _chunks(
     engine: Engine, requests: list[GenerationRequest]
-) -> AsyncIterator[tuple[int, Chunk]]:
+) -> AsyncGenerator[tuple[int, Chunk], None]:
     """(prompt slot, chunk) for every request, with choice indexes made response-wide:
     choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions."""
     if len(requests) == 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anyio
@@ -33,7 +33,7 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str] | None = None):
+    def __init__(self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None):
         self.body_iterator = body
         self.status_code = 200
         self.background = None

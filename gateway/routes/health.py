@@ -20,9 +20,9 @@ async def health() -> Response:
 async def ready(request: Request) -> Response:
     """Readiness: every engine has started and reports healthy."""
     engines: EngineSet = request.app.state.engines
-    states = {}
+    states: dict[str, str] = {}
     for served in engines.served:
-        state = served.state
+        state: str = served.state
         if state == "ready" and not (await served.engine.health()).ok:
             state = "unhealthy"
         states[served.engine.model_id] = state

@@ -1,0 +1,128 @@
+"""A small closed-loop load generator for OpenAI-compatible chat endpoints.
+
+Each request streams with `include_usage`, so TTFT is the time to the first content
+delta and output tokens are the server's own count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROMPTS = Path(__file__).resolve().parents[2] / "loadtest" / "prompts.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    requests: int = 64
+    concurrency: int = 8
+    max_tokens: int = 64
+    warmup: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    requests: int
+    failures: int
+    wall_s: float
+    output_tokens: int
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    e2e_p50_ms: float
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prompts() -> list[str]:
+    return [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def _one(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
+) -> tuple[float, float, int]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and any(c["delta"].get("content") for c in chunk["choices"]):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter() - start
+    return (ttft if ttft is not None else end), end, tokens
+
+
+async def run(url: str, model: str, load: Load) -> Result:
+    texts = prompts()
+    limits = httpx.Limits(
+        max_connections=load.concurrency, max_keepalive_connections=load.concurrency
+    )
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        for i in range(load.warmup):
+            await _one(client, url, model, texts[i % len(texts)], load.max_tokens)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(load.requests):
+            queue.put_nowait(i)
+        ttfts: list[float] = []
+        e2es: list[float] = []
+        tokens = failures = 0
+
+        async def worker() -> None:
+            nonlocal tokens, failures
+            while not queue.empty():
+                i = queue.get_nowait()
+                try:
+                    ttft, e2e, n = await _one(
+                        client, url, model, texts[i % len(texts)], load.max_tokens
+                    )
+                except httpx.HTTPError:
+                    failures += 1
+                    continue
+                ttfts.append(ttft)
+                e2es.append(e2e)
+                tokens += n
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(load.concurrency)))
+        wall = time.perf_counter() - start
+    return Result(
+        requests=load.requests,
+        failures=failures,
+        wall_s=round(wall, 3),
+        output_tokens=tokens,
+        tokens_per_s=round(tokens / wall, 2),
+        ttft_p50_ms=round(percentile(ttfts, 0.5) * 1000, 1),
+        ttft_p99_ms=round(percentile(ttfts, 0.99) * 1000, 1),
+        e2e_p50_ms=round(statistics.median(e2es) * 1000, 1) if e2es else float("nan"),
+    )
