@@ -21,7 +21,7 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
-from gateway.engines import EngineSet
+from gateway.engine_set import EngineSet
 from gateway.errors import (
     GatewayError,
     MethodNotAllowed,

@@ -20,6 +20,7 @@ from typing import Any
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.types import Chunk, GenerationRequest
+from gateway.engine_set import EngineSet
 from gateway.errors import from_engine_error, internal_error
 from gateway.openai.convert import Renderer
 from gateway.openai.sse import DONE, event
@@ -32,12 +33,14 @@ class Call:
     """One OpenAI request, converted: a generation per prompt, and how to render it."""
 
     request_id: str
+    model: str
     requests: list[GenerationRequest]
     renderer: Renderer
     include_usage: bool = False
 
 
-async def complete(engine: Engine, call: Call) -> dict[str, Any]:
+async def complete(engines: EngineSet, call: Call) -> dict[str, Any]:
+    engine = engines.resolve(call.model)
     renderer = call.renderer
     async with contextlib.aclosing(_chunks(engine, call.requests)) as chunks:
         async for slot, chunk in chunks:
@@ -46,10 +49,10 @@ async def complete(engine: Engine, call: Call) -> dict[str, Any]:
     return renderer.response()
 
 
-async def open_stream(engine: Engine, call: Call) -> AsyncGenerator[bytes, None]:
+async def open_stream(engines: EngineSet, call: Call) -> AsyncGenerator[bytes, None]:
     """SSE events for `call`. Waits for the first chunk before returning, so an engine
     error at submission (bad request, context too long, engine down) is raised here."""
-    chunks = _chunks(engine, call.requests)
+    chunks = _chunks(engines.resolve(call.model), call.requests)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:

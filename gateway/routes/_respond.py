@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway import pipeline
-from gateway.engines import EngineSet
+from gateway.engine_set import EngineSet
 from gateway.errors import ClientClosedRequest, invalid_body
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
@@ -45,13 +45,12 @@ def request_id(request: Request) -> str:
     return rid
 
 
-async def respond(request: Request, model: str, call: Call, stream: bool) -> Response:
+async def respond(request: Request, call: Call, stream: bool) -> Response:
     engines: EngineSet = request.app.state.engines
-    engine = engines.resolve(model)
     if stream:
-        events = await cancel_on_disconnect(request.receive, pipeline.open_stream(engine, call))
+        events = await cancel_on_disconnect(request.receive, pipeline.open_stream(engines, call))
         return EventStreamResponse(events)
-    body = await cancel_on_disconnect(request.receive, pipeline.complete(engine, call))
+    body = await cancel_on_disconnect(request.receive, pipeline.complete(engines, call))
     return JSONResponse(body)
 
 

@@ -18,5 +18,5 @@ async def create_chat_completion(request: Request) -> Response:
     generation = convert.chat_request(body, rid, request.app.state.settings.max_n)
     renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call(rid, [generation], renderer, include_usage)
-    return await respond(request, body.model, call, stream=bool(body.stream))
+    call = Call(rid, body.model, [generation], renderer, include_usage)
+    return await respond(request, call, stream=bool(body.stream))

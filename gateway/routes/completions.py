@@ -19,5 +19,5 @@ async def create_completion(request: Request) -> Response:
     n = generations[0].n * len(generations)
     renderer = convert.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call(rid, generations, renderer, include_usage)
-    return await respond(request, body.model, call, stream=bool(body.stream))
+    call = Call(rid, body.model, generations, renderer, include_usage)
+    return await respond(request, call, stream=bool(body.stream))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.engines import EngineSet
+from gateway.engine_set import EngineSet
 from gateway.errors import ServiceUnavailable
 from gateway.routes._respond import JSONResponse
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.engines import EngineSet
+from gateway.engine_set import EngineSet
 
 router = APIRouter()
 
