@@ -231,10 +231,12 @@ def _chunk(completion: Any, prompt_tokens: int, top: int | None) -> Chunk:
         finish = completion.finish_reason
     logprobs: tuple[TokenLogprob, ...] = ()
     if top is not None and completion.logprobs:
-        logprobs = tuple(
-            _token_logprob(token_id, position, top)
-            for token_id, position in zip(completion.token_ids, completion.logprobs, strict=False)
-        )
+        pairs = list(zip(completion.token_ids, completion.logprobs, strict=False))
+        if finish == "stop" and not isinstance(completion.stop_reason, str):
+            # The end-of-sequence (or stop) token is not part of the text; OpenAI does
+            # not report it. It may share a delta with the last visible token.
+            pairs = pairs[:-1]
+        logprobs = tuple(_token_logprob(token_id, pos, top) for token_id, pos in pairs)
     return Chunk(
         index=completion.index,
         text=completion.text,

@@ -1,11 +1,13 @@
 """`make bench-engine`: the gateway's in-process vLLM vs vLLM's own OpenAI server.
 
 Same model, same engine settings, same load (prompts, concurrency, max_tokens,
-temperature 0), one server after the other on this machine, in one run. Prints
+temperature 0), one server after the other on this machine, in one run; with
+`--rounds 2` (the default) the order alternates (A B B A) so drift in the machine
+weighs on both alike, and each side's requests are pooled. Prints
 output tokens/s and TTFT p50/p99 for both and their ratios, and writes
 docs/benchmarks/engine.{json,md}.
 
-    python -m gateway.bench.engine [--requests 64] [--concurrency 8] [--max-tokens 64]
+    switchyard bench engine [--requests 64] [--concurrency 8] [--max-tokens 64] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -17,57 +19,19 @@ import dataclasses
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-from gateway.bench.load import Load, Result, run
+from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.process import answers, server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
-
-
-@contextlib.contextmanager
-def server(cmd: list[str], url: str, env: dict[str, str], log: Path) -> Iterator[None]:
-    """Run `cmd` in its own process group until the block ends; wait for /v1/models."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{cmd[2]} exited early; see {log}")
-                with contextlib.suppress(httpx.HTTPError):
-                    r = httpx.post(
-                        url + "/v1/completions",
-                        timeout=30,
-                        json={"model": MODEL_ID, "prompt": "hi", "max_tokens": 1},
-                    )
-                    if r.status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{cmd[2]} did not become ready; see {log}")
-                time.sleep(1)
-            yield
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 def machine() -> dict[str, Any]:
@@ -100,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--port", type=int, default=8750)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
@@ -155,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
             "warning",
         ],
     }
-    results: dict[str, Result] = {}
-    for name, cmd in contenders.items():
-        print(f">>> {name}: starting", file=sys.stderr)
-        with server(cmd, url, env, work / f"{len(results)}.log"):
-            print(f">>> {name}: {load}", file=sys.stderr)
-            results[name] = asyncio.run(run(url, MODEL_ID, load))
+    samples: dict[str, list[Sample]] = {name: [] for name in contenders}
+    for round_ in range(args.rounds):
+        order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            print(f">>> round {round_ + 1}/{args.rounds}: {name}", file=sys.stderr)
+            log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
+            with server_process(contenders[name], answers(url, MODEL_ID), log, env):
+                samples[name].append(asyncio.run(run(url, MODEL_ID, load)))
+    results = {name: summarize(runs) for name, runs in samples.items()}
     ours, ref = results.values()
     ratios = {
         "throughput (ours/vllm, higher is better)": round(ours.tokens_per_s / ref.tokens_per_s, 3),
@@ -172,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "make bench-engine",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "load": dataclasses.asdict(load),
+        "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "results": {name: r.row() for name, r in results.items()},
         "ratios": ratios,
     }

@@ -27,6 +27,17 @@ class Load:
     warmup: int = 4
 
 
+@dataclass(slots=True)
+class Sample:
+    """Raw measurements of one load run; several runs pool into one `Result`."""
+
+    ttfts: list[float]
+    e2es: list[float]
+    tokens: int
+    wall_s: float
+    failures: int
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     requests: int
@@ -40,6 +51,23 @@ class Result:
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def summarize(samples: list[Sample]) -> Result:
+    ttfts = [t for s in samples for t in s.ttfts]
+    e2es = [t for s in samples for t in s.e2es]
+    tokens = sum(s.tokens for s in samples)
+    wall = sum(s.wall_s for s in samples)
+    return Result(
+        requests=len(e2es) + sum(s.failures for s in samples),
+        failures=sum(s.failures for s in samples),
+        wall_s=round(wall, 3),
+        output_tokens=tokens,
+        tokens_per_s=round(tokens / wall, 2),
+        ttft_p50_ms=round(percentile(ttfts, 0.5) * 1000, 1),
+        ttft_p99_ms=round(percentile(ttfts, 0.99) * 1000, 1),
+        e2e_p50_ms=round(statistics.median(e2es) * 1000, 1) if e2es else float("nan"),
+    )
 
 
 def prompts() -> list[str]:
@@ -83,7 +111,7 @@ async def _one(
     return (ttft if ttft is not None else end), end, tokens
 
 
-async def run(url: str, model: str, load: Load) -> Result:
+async def run(url: str, model: str, load: Load) -> Sample:
     texts = prompts()
     limits = httpx.Limits(
         max_connections=load.concurrency, max_keepalive_connections=load.concurrency
@@ -116,13 +144,4 @@ async def run(url: str, model: str, load: Load) -> Result:
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(load.concurrency)))
         wall = time.perf_counter() - start
-    return Result(
-        requests=load.requests,
-        failures=failures,
-        wall_s=round(wall, 3),
-        output_tokens=tokens,
-        tokens_per_s=round(tokens / wall, 2),
-        ttft_p50_ms=round(percentile(ttfts, 0.5) * 1000, 1),
-        ttft_p99_ms=round(percentile(ttfts, 0.99) * 1000, 1),
-        e2e_p50_ms=round(statistics.median(e2es) * 1000, 1) if e2es else float("nan"),
-    )
+    return Sample(ttfts, e2es, tokens, wall, failures)

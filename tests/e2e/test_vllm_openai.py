@@ -187,11 +187,11 @@ def test_disconnect_mid_stream_aborts_inside_vllm(gateway: Gateway, client: Open
         "stream": True,
     }
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r:
+        # Keep the iterator referenced: dropping it early would close the connection.
+        lines = r.iter_lines()
         received = 0
-        for line in r.iter_lines():
-            received += '"content"' in line
-            if received >= 5:
-                break
+        while received < 5:
+            received += '"content"' in next(lines)
         # Mid-generation: vLLM holds the request.
         assert engine.stats().unfinished == 1, engine.stats()
     assert wait_until(lambda: engine.stats().unfinished == 0, timeout=10), engine.stats()

@@ -1,0 +1,57 @@
+"""Run a server command in its own process group for the length of a `with` block."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def server_process(
+    cmd: list[str],
+    ready: Callable[[], bool],
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 600.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `cmd`, poll `ready()` until true, yield, then end the whole group we
+    started (the server and its workers) by its id: SIGTERM, then SIGKILL."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out.flush()
+                    tail = log.read_text()[-4000:]
+                    raise RuntimeError(f"{' '.join(cmd[:4])} did not become ready:\n{tail}")
+                time.sleep(1)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def answers(url: str, model: str) -> Callable[[], bool]:
+    """A readiness probe: a one-token completion succeeds."""
+    import httpx
+
+    def probe() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            body = {"model": model, "prompt": "hi", "max_tokens": 1}
+            return httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 200
+        return False
+
+    return probe
