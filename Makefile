@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test check venv model format lint types bench-engine
+.PHONY: serve test check venv model adapters format lint types bench-engine bench-adapters
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -36,6 +36,12 @@ venv:
 
 model: venv
 	@$(VENV)/bin/switchyard-build demo-model --out $(MODEL)
+
+## adapters: retrain the demo adapters (committed in adapters/; ~4 min each on 2 cores)
+adapters: model
+	rm -rf adapters/shout adapters/json
+	$(VENV)/bin/switchyard-build train-lora shout
+	$(VENV)/bin/switchyard-build train-lora json
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
 bench-engine: model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol, runtime_checkable
 
-from engines.types import Chunk, EngineStats, GenerationRequest, Health
+from engines.types import Adapter, AdapterSupport, Chunk, EngineStats, GenerationRequest, Health
 
 
 @runtime_checkable
@@ -22,6 +22,7 @@ class Engine(Protocol):
 
     name: str
     model_id: str
+    adapter_support: AdapterSupport | None
 
     async def start(self) -> None: ...
 
@@ -30,8 +31,18 @@ class Engine(Protocol):
     async def health(self) -> Health: ...
 
     @property
-    def adapters(self) -> Mapping[str, str]:
-        """Adapter name → where it was loaded from. Empty until adapters land."""
+    def adapters(self) -> Mapping[str, Adapter]:
+        """Adapters loaded in this engine, by name."""
+        ...
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        """Make `adapter` usable by requests; raises InvalidGenerationRequest if the
+        engine cannot load it. A new version of a name becomes the listed one; the
+        old version keeps serving its requests until it is unloaded."""
+        ...
+
+    async def unload_adapter(self, adapter: Adapter) -> None:
+        """Free this version (by `engine_id`); callers drain its requests first."""
         ...
 
     def stats(self) -> EngineStats: ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -22,9 +22,12 @@ from engines.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
     GenerationFailed,
+    InvalidGenerationRequest,
     UnsupportedParameter,
 )
 from engines.types import (
+    Adapter,
+    AdapterSupport,
     Chunk,
     EngineStats,
     FinishReason,
@@ -49,6 +52,8 @@ class ScriptedConfig:
     fail_after_tokens: int | None = None
     max_model_len: int = 4096
     unsupported: tuple[str, ...] = ()
+    max_lora_rank: int = 16
+    max_loras: int = 4
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -63,6 +68,12 @@ class ScriptedEngine:
         self.running = 0
         self.aborted = 0
         self._started = False
+        self._versions: dict[int, Adapter] = {}  # by engine_id
+        self.adapter_support = AdapterSupport(
+            max_rank=config.max_lora_rank,
+            max_loaded=config.max_loras,
+            target_modules=frozenset({"q_proj", "k_proj", "v_proj", "o_proj"}),
+        )
 
     async def start(self) -> None:
         await anyio.sleep(self.config.start_delay_s)
@@ -72,8 +83,14 @@ class ScriptedEngine:
         return Health(ok=self._started, detail="" if self._started else "not started")
 
     @property
-    def adapters(self) -> Mapping[str, str]:
-        return {}
+    def adapters(self) -> Mapping[str, Adapter]:
+        return {a.name: a for a in self._versions.values()}  # the latest version wins
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        self._versions[adapter.engine_id] = adapter
+
+    async def unload_adapter(self, adapter: Adapter) -> None:
+        self._versions.pop(adapter.engine_id, None)
 
     def stats(self) -> EngineStats:
         return EngineStats(running=self.running, unfinished=self.running)
@@ -103,6 +120,14 @@ class ScriptedEngine:
         return prompt_tokens
 
     def _reply(self, request: GenerationRequest, index: int) -> list[str]:
+        """The reply's words; an adapter shows itself as a leading `[name]` word."""
+        if request.adapter is not None:
+            if request.adapter.engine_id not in self._versions:
+                raise InvalidGenerationRequest(f"adapter {request.adapter.name!r} is not loaded")
+            return [
+                f"[{request.adapter.name}]",
+                *self._reply(replace(request, adapter=None), index),
+            ]
         if self.config.reply is not None:
             words = tokenize(self.config.reply)
         elif isinstance(request.prompt, str):

@@ -16,6 +16,26 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Adapter:
+    """One version of a LoRA adapter: `engine_id` is unique per (name, digest), so a
+    changed adapter reloaded under the same name never reuses cached state."""
+
+    name: str
+    path: str
+    digest: str
+    engine_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSupport:
+    """What adapters an engine can take; None on an engine means none at all."""
+
+    max_rank: int
+    max_loaded: int
+    target_modules: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One generation, already validated by the caller.
 
@@ -36,7 +56,7 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
-    adapter: str | None = None
+    adapter: Adapter | None = None
 
     @property
     def is_chat(self) -> bool:

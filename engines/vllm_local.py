@@ -29,12 +29,19 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.types import (
+    Adapter,
+    AdapterSupport,
     Chunk,
     EngineStats,
     FinishReason,
     GenerationRequest,
     Health,
     TokenLogprob,
+)
+
+# The projections vLLM's LoRA layers wrap in Llama-style models.
+LORA_TARGETS = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
 
 # Prompts longer than this are tokenized on a worker thread, not on the event loop.
@@ -56,6 +63,10 @@ class VLLMConfig:
     seed: int = 0
     cpu_kvcache_space_gib: float | None = None
     cpu_omp_threads_bind: str | None = None
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -72,6 +83,12 @@ class VLLMEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._stats = _StatsBox()
+        self._adapters: dict[str, Adapter] = {}
+        self.adapter_support = (
+            AdapterSupport(config.max_lora_rank, config.max_loras, LORA_TARGETS)
+            if config.enable_lora
+            else None
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -102,6 +119,10 @@ class VLLMEngine:
             max_num_seqs=cfg.max_num_seqs,
             max_logprobs=cfg.max_logprobs,
             seed=cfg.seed,
+            enable_lora=cfg.enable_lora,
+            max_loras=cfg.max_loras,
+            max_lora_rank=cfg.max_lora_rank,
+            max_cpu_loras=cfg.max_cpu_loras,
             disable_log_stats=True,
             **cfg.engine_args,
         )
@@ -123,8 +144,25 @@ class VLLMEngine:
         return Health(ok=True)
 
     @property
-    def adapters(self) -> Mapping[str, str]:
-        return {}
+    def adapters(self) -> Mapping[str, Adapter]:
+        return dict(self._adapters)
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        if self._llm is None or self.adapter_support is None:
+            raise InvalidGenerationRequest(f"engine {self.name!r} was started without LoRA")
+        try:
+            await self._llm.add_lora(_lora_request(adapter))
+        except Exception as exc:
+            raise InvalidGenerationRequest(
+                f"vLLM could not load adapter {adapter.name!r}: {exc}", param="path"
+            ) from None
+        self._adapters[adapter.name] = adapter
+
+    async def unload_adapter(self, adapter: Adapter) -> None:
+        if self._adapters.get(adapter.name) == adapter:
+            del self._adapters[adapter.name]
+        if self._llm is not None:
+            await self._llm.remove_lora(adapter.engine_id)
 
     def stats(self) -> EngineStats:
         unfinished = self._llm.get_num_unfinished_requests() if self._llm else 0
@@ -144,9 +182,12 @@ class VLLMEngine:
         params = self._sampling_params(request, len(prompt_ids))
         # vLLM wants unique ids; ours may come from a client-supplied header.
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        lora = _lora_request(request.adapter) if request.adapter is not None else None
         finished = False
         try:
-            stream = llm.generate(_engine_input(llm, prompt_ids), params, request_id)
+            stream = llm.generate(
+                _engine_input(llm, prompt_ids), params, request_id, lora_request=lora
+            )
             async with contextlib.aclosing(stream):
                 async for output in stream:
                     for completion in output.outputs:
@@ -214,6 +255,12 @@ class VLLMEngine:
             logprobs=request.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
+
+
+def _lora_request(adapter: Adapter) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.engine_id, adapter.path)
 
 
 def _engine_input(llm: Any, prompt_ids: list[int]) -> Any:

@@ -21,7 +21,8 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
-from gateway.engine_set import EngineSet
+from gateway.adapters import Base, identities
+from gateway.engine_set import EngineSet, Served
 from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -32,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routes import chat, completions, health, models
+from gateway.routes import adapters, chat, completions, health, models
 from gateway.routes._respond import JSONResponse
 from gateway.settings import Settings
 
@@ -44,11 +45,9 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     caller (tests share one across apps); otherwise they are built from `settings`,
     started in the background and closed on shutdown."""
     owned = engines is None
-    engine_set = EngineSet(
-        engines
-        if engines is not None
-        else [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
-    )
+    if engines is None:
+        engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
+    engine_set = EngineSet(_served(engine, settings) for engine in engines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +71,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.engines = engine_set
     app.state.started_at = int(time.time())
 
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, adapters, health):
         app.include_router(module.router)
 
     app.add_exception_handler(GatewayError, _gateway_error)
@@ -85,6 +84,19 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _served(engine: Engine, settings: Settings) -> Served:
+    """An engine with its adapter settings (matched by engine name, if configured)."""
+    config = next((e for e in settings.engines if e.name == engine.name), None)
+    model_path = str(config.options.get("model", "")) if config else None
+    base = Base(
+        engine,
+        identities(engine.model_id, model_path),
+        config.adapter_root if config else None,
+    )
+    startup = [(a.name, a.path) for a in config.adapters] if config else []
+    return Served(engine, base, startup)
 
 
 async def _start_engines(engine_set: EngineSet, settings: Settings) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.types import Chunk, GenerationRequest
-from gateway.engine_set import EngineSet
+from gateway.engine_set import EngineSet, Route
 from gateway.errors import from_engine_error, internal_error
 from gateway.openai.convert import Renderer
 from gateway.openai.sse import DONE, event
@@ -40,9 +40,8 @@ class Call:
 
 
 async def complete(engines: EngineSet, call: Call) -> dict[str, Any]:
-    engine = engines.resolve(call.model)
     renderer = call.renderer
-    async with contextlib.aclosing(_chunks(engine, call.requests)) as chunks:
+    async with contextlib.aclosing(_chunks(engines.resolve(call.model), call.requests)) as chunks:
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
             renderer.add(chunk)
@@ -96,10 +95,31 @@ async def _prepend(
 
 
 async def _chunks(
-    engine: Engine, requests: list[GenerationRequest]
+    route: Route, requests: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """(prompt slot, chunk) for every request, with choice indexes made response-wide:
-    choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions."""
+    choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions.
+
+    Counts the request in flight on its adapter from the first step to the close, so
+    an adapter being unloaded drains it first. Callers step it right after resolving
+    (no await in between) and always close it."""
+    adapter = route.adapter
+    if adapter is None:
+        async for item in _generate(route.engine, requests):
+            yield item
+        return
+    adapter.acquire()
+    try:
+        requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
+        async for item in _generate(route.engine, requests):
+            yield item
+    finally:
+        adapter.release()
+
+
+async def _generate(
+    engine: Engine, requests: list[GenerationRequest]
+) -> AsyncGenerator[tuple[int, Chunk], None]:
     if len(requests) == 1:
         async with contextlib.aclosing(engine.generate(requests[0])) as stream:
             async for chunk in stream:

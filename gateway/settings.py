@@ -20,8 +20,16 @@ from pydantic_settings import (
 )
 
 
+class AdapterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: Path
+
+
 class EngineSettings(BaseModel):
-    """One engine serving one base model under `model_id` (the OpenAI `model` name)."""
+    """One engine serving one base model under `model_id` (the OpenAI `model` name),
+    with the LoRA adapters loaded at start-up and the root runtime loads come from."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,6 +37,8 @@ class EngineSettings(BaseModel):
     kind: str = "vllm"
     model_id: str
     options: dict[str, Any] = Field(default_factory=dict)
+    adapters: list[AdapterSettings] = Field(default_factory=list)
+    adapter_root: Path | None = None
 
 
 class Settings(BaseSettings):

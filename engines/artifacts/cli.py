@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--out", type=Path, required=True)
     imp.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
 
+    lora = sub.add_parser("train-lora", help="train a demo adapter on the demo model")
+    lora.add_argument("style", choices=["shout", "json"])
+    lora.add_argument("--base", type=Path, default=Path("models/smollm2-135m-instruct"))
+    lora.add_argument("--out", type=Path, help="default: adapters/STYLE")
+    lora.add_argument("--epochs", type=int, default=3)
+    lora.add_argument("--rank", type=int, default=8)
+
     check = sub.add_parser("verify-checksums", help="check an artifact against its manifest")
     check.add_argument("directory", type=Path)
 
@@ -31,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo-model":
             import_gguf.prepare_demo_model(args.out, args.cache)
+        elif args.command == "train-lora":
+            from engines.artifacts import train_lora
+
+            rows = train_lora.base_answers(args.base, train_lora.DATA / "base_answers.jsonl")
+            out = args.out or Path("adapters") / args.style
+            train_lora.train(args.base, args.style, out, rows, rank=args.rank, epochs=args.epochs)
         elif args.command == "import-gguf":
             import_gguf.import_gguf(args.gguf, args.out, dtype=args.dtype)
         else:

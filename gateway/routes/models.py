@@ -25,5 +25,17 @@ async def list_models(request: Request) -> dict[str, Any]:
                 "parent": None,
             }
             for served in engines.served
+        ]
+        + [
+            {
+                "id": record.adapter.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "switchyard",
+                "root": record.adapter.name,
+                "parent": record.base,
+            }
+            for record in engines.adapters.records()
+            if record.state == "ready"
         ],
     }

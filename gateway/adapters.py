@@ -1,0 +1,236 @@
+"""The gateway's adapter registry: LoRA adapters addressed as model names.
+
+The registry, not the engine, owns an adapter's identity (name + sha256 of its files),
+its vLLM lora id (fresh for every new digest, so a changed adapter never reuses cached
+state), its state and its in-flight count:
+
+    validate (before the engine is touched) → load into the base's engine → ready
+    ready → draining (new requests: 404; in-flight ones finish) → unloaded
+
+Reloading a name with different files makes the new version ready at once; the old
+one drains in the background and is then unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio.to_thread
+
+from engines.base import Engine
+from engines.types import Adapter, AdapterSupport
+from gateway.errors import InvalidRequest, NotFound
+
+log = logging.getLogger("switchyard")
+
+State = Literal["ready", "draining"]
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class AdapterRejected(InvalidRequest):
+    code = "invalid_adapter"
+
+
+@dataclass(slots=True)
+class AdapterRecord:
+    adapter: Adapter
+    base: str
+    engine: Engine
+    state: State = "ready"
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.adapter.name,
+            "base": self.base,
+            "path": self.adapter.path,
+            "digest": self.adapter.digest,
+            "state": self.state,
+            "in_flight": self.in_flight,
+            "lora_id": self.adapter.engine_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    """A base model that takes adapters: its engine, the names an adapter may give
+    as its base, and the directory runtime loads must come from."""
+
+    engine: Engine
+    identities: frozenset[str]
+    root: Path | None
+
+
+class AdapterRegistry:
+    def __init__(self) -> None:
+        self._records: dict[str, AdapterRecord] = {}
+        self._draining: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    def get(self, name: str) -> AdapterRecord | None:
+        record = self._records.get(name)
+        return record if record is not None and record.state == "ready" else None
+
+    def records(self) -> Iterable[AdapterRecord]:
+        return list(self._records.values())
+
+    async def load(
+        self, name: str, path: Path, base_id: str, base: Base, *, enforce_root: bool = True
+    ) -> AdapterRecord:
+        """Validate, then load. A bad adapter raises AdapterRejected and changes nothing."""
+        if base.engine.adapter_support is None:
+            raise AdapterRejected(
+                f"The model '{base_id}' is served without LoRA support; enable it with "
+                "`enable_lora: true` in its engine options.",
+                param="base",
+            )
+        if not name or "/" in name or name == base_id:
+            raise AdapterRejected(f"'{name}' cannot name an adapter.", param="name")
+        root = base.root if enforce_root else None
+        support = base.engine.adapter_support
+        real_path, digest = await anyio.to_thread.run_sync(
+            inspect, path, root, support, base.identities
+        )
+        async with self._lock:
+            current = self._records.get(name)
+            if current is not None and current.base != base_id:
+                raise AdapterRejected(
+                    f"An adapter named '{name}' already serves '{current.base}'.", param="name"
+                )
+            if current is not None and current.adapter.digest == digest:
+                return current
+            adapter = Adapter(name, str(real_path), digest, next(self._ids))
+            await base.engine.load_adapter(adapter)
+            record = AdapterRecord(adapter, base_id, base.engine)
+            self._records[name] = record
+        if current is not None:
+            self._retire(current)
+        log.info("adapter %s ready on %s (digest %s)", name, base_id, digest[:12])
+        return record
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to `name` now; return once its in-flight requests finished."""
+        record = self._records.pop(name, None)
+        if record is None:
+            raise NotFound(f"No adapter named '{name}' is loaded.", param="name")
+        await self._drain(record)
+
+    def _retire(self, record: AdapterRecord) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(record))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, record: AdapterRecord) -> None:
+        record.state = "draining"
+        while record.in_flight:
+            await record.idle.wait()
+        await record.engine.unload_adapter(record.adapter)
+        log.info("adapter %s (lora id %d) unloaded", record.adapter.name, record.adapter.engine_id)
+
+    async def aclose(self) -> None:
+        for task in list(self._draining):
+            task.cancel()
+
+
+def inspect(
+    path: Path, root: Path | None, support: AdapterSupport, base_ids: frozenset[str]
+) -> tuple[Path, str]:
+    """Check an adapter directory without loading it; return where it really is and
+    its content digest (sha256 over its files' names and bytes)."""
+    if root is not None:
+        real_root = root.resolve()
+        if not path.resolve().is_relative_to(real_root):
+            raise AdapterRejected(
+                f"'{path}' is outside the adapter root; put adapters under the configured "
+                "adapter_root.",
+                param="path",
+            )
+    if not path.is_dir():
+        raise AdapterRejected(f"No adapter directory at '{path}'.", param="path")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if root is not None:
+        escaping = [p.name for p in files if not p.resolve().is_relative_to(real_root)]
+        if escaping:
+            raise AdapterRejected(
+                f"Files in '{path}' link outside the adapter root: {', '.join(escaping)}.",
+                param="path",
+            )
+    config_path = path / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise AdapterRejected(f"'{path}' has no {ADAPTER_CONFIG}.", param="path")
+    if not any((path / w).is_file() for w in WEIGHTS):
+        raise AdapterRejected(f"'{path}' has no adapter weights ({WEIGHTS[0]}).", param="path")
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, OSError) as exc:
+        raise AdapterRejected(f"{ADAPTER_CONFIG} is not valid JSON: {exc}", param="path") from None
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise AdapterRejected(
+            f"Only LoRA adapters are served; this one is {config.get('peft_type')!r}.",
+            param="path",
+        )
+    base = str(config.get("base_model_name_or_path") or "")
+    if base not in base_ids and Path(base).name not in base_ids:
+        raise AdapterRejected(
+            f"The adapter was trained for '{base}', not for this base model "
+            f"(one of: {', '.join(sorted(base_ids))}).",
+            param="path",
+        )
+    rank = int(config.get("r", 0))
+    if not 0 < rank <= support.max_rank:
+        raise AdapterRejected(
+            f"The adapter's rank {rank} is over this engine's max_lora_rank "
+            f"{support.max_rank}; raise max_lora_rank or use a smaller adapter.",
+            param="path",
+        )
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        raise AdapterRejected(
+            "target_modules given as a pattern is not supported; list the modules.",
+            param="path",
+        )
+    unsupported = sorted(set(targets) - support.target_modules)
+    if unsupported:
+        raise AdapterRejected(
+            f"The adapter targets modules this engine cannot adapt: {', '.join(unsupported)}.",
+            param="path",
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        digest.update(file.read_bytes())
+    return path.resolve(), digest.hexdigest()
+
+
+def identities(model_id: str, model_path: str | None) -> frozenset[str]:
+    """The names an adapter may give for this base: its model id, its directory's
+    name and, for artifacts built here, the manifest id."""
+    names = {model_id}
+    if model_path:
+        path = Path(model_path)
+        names.add(path.name)
+        manifest = path / "switchyard-artifact.json"
+        if manifest.is_file():
+            names.add(str(json.loads(manifest.read_text()).get("id", "")))
+    names.discard("")
+    return frozenset(names)

@@ -1,0 +1,67 @@
+"""Runtime adapter management. Admin-only once auth lands (issue 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from gateway.engine_set import EngineSet
+from gateway.errors import InvalidRequest
+from gateway.routes._respond import parse
+
+router = APIRouter()
+
+
+class LoadAdapter(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str
+    path: str
+    base: str | None = None
+
+
+@router.get("/v1/adapters")
+async def list_adapters(request: Request) -> dict[str, Any]:
+    engines: EngineSet = request.app.state.engines
+    return {"object": "list", "data": [r.describe() for r in engines.adapters.records()]}
+
+
+@router.post("/v1/adapters")
+async def load_adapter(request: Request) -> dict[str, Any]:
+    """Load (or reload) an adapter from a path under the base's adapter root; a
+    relative path is taken relative to that root."""
+    engines: EngineSet = request.app.state.engines
+    body = await parse(request, LoadAdapter)
+    base_id = body.base or _only_base(engines)
+    base = engines.base(base_id)
+    path = Path(body.path)
+    if not path.is_absolute():
+        if base.root is None:
+            raise InvalidRequest(
+                f"The model '{base_id}' has no adapter_root; give an absolute path.",
+                param="path",
+            )
+        path = base.root / path
+    record = await engines.adapters.load(body.name, path, base_id, base)
+    return record.describe()
+
+
+@router.delete("/v1/adapters/{name}")
+async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
+    """Stop routing to the adapter now; answer once its in-flight requests are done."""
+    engines: EngineSet = request.app.state.engines
+    await engines.adapters.unload(name)
+    return {"name": name, "object": "adapter", "deleted": True}
+
+
+def _only_base(engines: EngineSet) -> str:
+    bases = [s.engine.model_id for s in engines.served if s.engine.adapter_support]
+    if len(bases) != 1:
+        raise InvalidRequest(
+            f"Name the base model: 'base' is one of {', '.join(bases) or '(none take adapters)'}.",
+            param="base",
+        )
+    return bases[0]
