@@ -117,6 +117,8 @@ class AdapterRegistry:
                 raise AdapterRejected(
                     f"An adapter named '{name}' already serves '{current.base}'.", param="name"
                 )
+            if current is not None and current.state == "draining":
+                raise AdapterRejected(f"'{name}' is being unloaded; retry once it is gone.")
             if current is not None and current.adapter.digest == digest:
                 return current
             adapter = Adapter(name, str(real_path), digest, next(self._ids))
@@ -129,11 +131,14 @@ class AdapterRegistry:
         return record
 
     async def unload(self, name: str) -> None:
-        """Stop routing to `name` now; return once its in-flight requests finished."""
-        record = self._records.pop(name, None)
+        """Stop routing to `name` now; return once its in-flight requests finished.
+        Meanwhile it is listed as draining."""
+        record = self.get(name)
         if record is None:
             raise NotFound(f"No adapter named '{name}' is loaded.", param="name")
         await self._drain(record)
+        if self._records.get(name) is record:
+            del self._records[name]
 
     def _retire(self, record: AdapterRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(record))

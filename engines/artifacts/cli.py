@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     lora.add_argument("style", choices=["shout", "json"])
     lora.add_argument("--base", type=Path, default=Path("models/smollm2-135m-instruct"))
     lora.add_argument("--out", type=Path, help="default: adapters/STYLE")
-    lora.add_argument("--epochs", type=int, default=3)
+    lora.add_argument("--epochs", type=int, default=4)
     lora.add_argument("--rank", type=int, default=8)
 
     check = sub.add_parser("verify-checksums", help="check an artifact against its manifest")

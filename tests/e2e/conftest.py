@@ -3,6 +3,7 @@ behind a live gateway on loopback."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,39 +13,59 @@ from openai import OpenAI
 
 from engines.vllm_local import VLLMEngine
 from gateway.app import create_app
-from gateway.settings import EngineSettings, Settings
+from gateway.settings import AdapterSettings, EngineSettings, Settings
 from tests.servers import serve, wait_until
 
 MODEL_ID = "smollm2-135m-instruct"
+ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 
 
 @dataclass
 class Gateway:
     url: str
     engine: VLLMEngine
+    adapter_root: Path
 
     def client(self) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="session")
-def gateway(demo_model: Path) -> Iterator[Gateway]:
+def gateway(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """LoRA on, with fewer GPU slots (max_loras=2) than the adapters tests load."""
+    root = tmp_path_factory.mktemp("adapters")
+    for name in ("shout", "json"):
+        shutil.copytree(ADAPTERS / name, root / name)
     options = {
         "model": str(demo_model),
         "max_model_len": 2048,
         "enforce_eager": True,
         "cpu_kvcache_space_gib": 1,
+        "enable_lora": True,
+        "max_loras": 2,
+        "max_cpu_loras": 6,
+        "max_lora_rank": 16,
     }
-    settings = Settings(
-        engines=[EngineSettings(name="local", kind="vllm", model_id=MODEL_ID, options=options)]
+    engine = EngineSettings(
+        name="local",
+        kind="vllm",
+        model_id=MODEL_ID,
+        options=options,
+        adapter_root=root,
+        adapters=[AdapterSettings(name=n, path=root / n) for n in ("shout", "json")],
     )
-    app = create_app(settings)
+    app = create_app(Settings(engines=[engine]))
     (served,) = app.state.engines.served
+    registry = app.state.engines.adapters
     with serve(app) as url:
-        wait_until(lambda: served.state != "loading", timeout=600, interval=0.5)
+        wait_until(
+            lambda: served.state == "failed" or len(list(registry.records())) == 2,
+            timeout=600,
+            interval=0.5,
+        )
         assert served.state == "ready", served.error
         assert isinstance(served.engine, VLLMEngine)
-        yield Gateway(url, served.engine)
+        yield Gateway(url, served.engine, root)
 
 
 @pytest.fixture(scope="session")

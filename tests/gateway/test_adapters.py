@@ -1,0 +1,166 @@
+"""The adapter registry on the scripted engine: validation, identity, draining."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engines.scripted import ScriptedEngine
+from gateway.adapters import AdapterRejected, identities, inspect
+from gateway.app import create_app
+from gateway.settings import EngineSettings, Settings
+from tests.gateway.conftest import scripted
+from tests.servers import serve, wait_until
+
+SUPPORT = scripted().adapter_support
+assert SUPPORT is not None
+
+
+def make_adapter(path: Path, *, base: str = "scripted", rank: int = 8, **config: object) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "base_model_name_or_path": base,
+                "r": rank,
+                "target_modules": ["q_proj", "v_proj"],
+                **config,
+            }
+        )
+    )
+    (path / "adapter_model.safetensors").write_bytes(b"weights of " + path.name.encode())
+    return path
+
+
+def test_inspect_accepts_a_good_adapter_and_digests_its_files(tmp_path: Path) -> None:
+    path = make_adapter(tmp_path / "good")
+    real, digest = inspect(path, tmp_path, SUPPORT, frozenset({"scripted"}))
+    assert real == path.resolve()
+    assert inspect(path, tmp_path, SUPPORT, frozenset({"scripted"}))[1] == digest
+    (path / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert inspect(path, tmp_path, SUPPORT, frozenset({"scripted"}))[1] != digest
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"base": "another-model"}, "trained for 'another-model'"),
+        ({"rank": 64}, "max_lora_rank"),
+        ({"target_modules": ["lm_head"]}, "lm_head"),
+        ({"target_modules": ".*proj"}, "pattern"),
+        ({"peft_type": "IA3"}, "Only LoRA"),
+    ],
+)
+def test_inspect_rejects_with_the_reason(
+    tmp_path: Path, config: dict[str, object], reason: str
+) -> None:
+    path = make_adapter(tmp_path / "bad", **config)  # type: ignore[arg-type]
+    with pytest.raises(AdapterRejected, match=reason):
+        inspect(path, tmp_path, SUPPORT, frozenset({"scripted"}))
+
+
+def test_inspect_keeps_loads_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = make_adapter(tmp_path / "outside")
+    root.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for path in (outside, root / "link", root / ".." / "outside"):
+        with pytest.raises(AdapterRejected, match="outside the adapter root"):
+            inspect(path, root, SUPPORT, frozenset({"scripted"}))
+
+
+def test_base_identities_include_the_manifest_id(tmp_path: Path) -> None:
+    (tmp_path / "switchyard-artifact.json").write_text(json.dumps({"id": "demo-123"}))
+    assert identities("served-name", str(tmp_path)) == {"served-name", tmp_path.name, "demo-123"}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    make_adapter(tmp_path / "a")
+    make_adapter(tmp_path / "b")
+    return tmp_path
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return scripted(reply="one two three four five six", token_delay_s=0.05)
+
+
+@pytest.fixture
+def url(root: Path, engine: ScriptedEngine) -> object:
+    settings = Settings(
+        engines=[
+            EngineSettings(name="scripted", kind="scripted", model_id="scripted", adapter_root=root)
+        ]
+    )
+    app = create_app(settings, engines=[engine])
+    with serve(app) as base_url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        yield base_url
+
+
+def chat(url: object, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+
+
+def test_adapter_lifecycle_through_the_api(url: object, engine: ScriptedEngine) -> None:
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "a", "path": "a"})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["state"] == "ready"
+    assert chat(url, "a").json()["choices"][0]["message"]["content"].startswith("[a]")
+    models = httpx.get(f"{url}/v1/models").json()["data"]
+    assert {"id": "a", "parent": "scripted"}.items() <= models[1].items()
+    # Same files: same identity. Other files under the same name: a fresh lora id.
+    assert httpx.post(f"{url}/v1/adapters", json={"name": "a", "path": "a"}).json() == first
+    second = httpx.post(f"{url}/v1/adapters", json={"name": "a", "path": "b"}).json()
+    assert second["digest"] != first["digest"]
+    assert second["lora_id"] != first["lora_id"]
+    assert wait_until(
+        lambda: first["lora_id"] not in {a.engine_id for a in engine.adapters.values()}, 5
+    )
+    assert httpx.delete(f"{url}/v1/adapters/a").json()["deleted"] is True
+    assert chat(url, "a").status_code == 404
+    assert httpx.delete(f"{url}/v1/adapters/a").status_code == 404
+    assert engine.adapters == {}
+
+
+def test_bad_loads_get_400(url: object) -> None:
+    for body in (
+        {"name": "x", "path": "missing"},
+        {"name": "x", "path": "/etc"},
+        {"name": "scripted", "path": "a"},
+        {"name": "x"},
+    ):
+        r = httpx.post(f"{url}/v1/adapters", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unload_waits_for_in_flight_requests(url: object, engine: ScriptedEngine) -> None:
+    httpx.post(f"{url}/v1/adapters", json={"name": "a", "path": "a"})
+    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(lines)
+        with httpx.Client(base_url=str(url)) as other:
+            done: list[int] = []
+            t = threading.Thread(
+                target=lambda: done.append(other.delete("/v1/adapters/a").status_code)
+            )
+            t.start()
+            assert wait_until(
+                lambda: httpx.get(f"{url}/v1/adapters").json()["data"][0]["state"] == "draining", 5
+            )
+            assert chat(url, "a").status_code == 404
+            assert not done
+            rest = list(lines)
+            t.join(5)
+    assert "data: [DONE]" in rest
+    assert done == [200]
