@@ -46,3 +46,7 @@ adapters: model
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
 bench-engine: model
 	$(VENV)/bin/switchyard bench engine
+
+## bench-adapters: tokens/s over 1, 2 and 4 adapters as ratios to base-only traffic
+bench-adapters: model
+	$(VENV)/bin/switchyard bench adapters

@@ -111,14 +111,16 @@ async def _one(
     return (ttft if ttft is not None else end), end, tokens
 
 
-async def run(url: str, model: str, load: Load) -> Sample:
+async def run(url: str, model: str | list[str], load: Load) -> Sample:
+    """Closed-loop load; with several models, request i goes to model i mod len."""
+    models = [model] if isinstance(model, str) else model
     texts = prompts()
     limits = httpx.Limits(
         max_connections=load.concurrency, max_keepalive_connections=load.concurrency
     )
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
-        for i in range(load.warmup):
-            await _one(client, url, model, texts[i % len(texts)], load.max_tokens)
+        for i in range(max(load.warmup, len(models))):
+            await _one(client, url, models[i % len(models)], texts[i % len(texts)], load.max_tokens)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(load.requests):
             queue.put_nowait(i)
@@ -131,8 +133,9 @@ async def run(url: str, model: str, load: Load) -> Sample:
             while not queue.empty():
                 i = queue.get_nowait()
                 try:
+                    model_i = models[i % len(models)]
                     ttft, e2e, n = await _one(
-                        client, url, model, texts[i % len(texts)], load.max_tokens
+                        client, url, model_i, texts[i % len(texts)], load.max_tokens
                     )
                 except httpx.HTTPError:
                     failures += 1
