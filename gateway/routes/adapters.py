@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -32,19 +31,19 @@ async def list_adapters(request: Request) -> dict[str, Any]:
 @router.post("/v1/adapters")
 async def load_adapter(request: Request) -> dict[str, Any]:
     """Load (or reload) an adapter from a path under the base's adapter root; a
-    relative path is taken relative to that root."""
+    relative path is taken relative to that root. Runtime loads need a root."""
     engines: EngineSet = request.app.state.engines
     body = await parse(request, LoadAdapter)
     base_id = body.base or _only_base(engines)
     base = engines.base(base_id)
-    path = Path(body.path)
-    if not path.is_absolute():
-        if base.root is None:
-            raise InvalidRequest(
-                f"The model '{base_id}' has no adapter_root; give an absolute path.",
-                param="path",
-            )
-        path = base.root / path
+    if base.root is None:
+        raise InvalidRequest(
+            f"Runtime loads for '{base_id}' are off: set adapter_root for its engine.",
+            param="path",
+        )
+    if any(body.name == s.engine.model_id for s in engines.served):
+        raise InvalidRequest(f"'{body.name}' is a base model's name.", param="name")
+    path = base.root / body.path  # an absolute body.path replaces the root; inspect checks
     record = await engines.adapters.load(body.name, path, base_id, base)
     return record.describe()
 
