@@ -20,11 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gateway.bench.engine import MODEL_ID, ROOT, machine
 from gateway.bench.load import Load, run, summarize
-from gateway.bench.process import answers, server_process
+from gateway.bench.process import answers, gateway_command, server_process
 
 ADAPTERS = {
     "shout": "adapters/shout",
@@ -69,20 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "adapters": [{"name": n, "path": str(ROOT / p)} for n, p in ADAPTERS.items()],
     }
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    config = work / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"engines": [engine]}))
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(args.port),
-        "--log-level",
-        "warning",
-    ]
+    cmd = gateway_command([engine], args.port, work)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     results = {}
     with server_process(cmd, answers(url, "json-b"), work / "gateway.log", env):

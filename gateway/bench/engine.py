@@ -25,10 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gateway.bench.load import Load, Sample, run, summarize
-from gateway.bench.process import answers, server_process
+from gateway.bench.process import answers, gateway_command, server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
@@ -78,29 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONUNBUFFERED": "1"}
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    config = work / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "engines": [
-                    {"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}
-                ]
-            }
-        )
-    )
+    gateway = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]
     contenders = {
-        "switchyard (in-process vLLM)": [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(args.port),
-            "--log-level",
-            "warning",
-        ],
+        "switchyard (in-process vLLM)": gateway_command(gateway, args.port, work),
         "vllm serve (OpenAI server)": [
             sys.executable,
             "-m",

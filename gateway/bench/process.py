@@ -6,9 +6,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -42,6 +46,16 @@ def server_process(
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def gateway_command(engines: list[dict[str, Any]], port: int, work: Path) -> list[str]:
+    """`switchyard serve` on loopback with these engine settings written to a file."""
+    config = work / f"gateway-{port}.yaml"
+    config.write_text(yaml.safe_dump({"engines": engines}))
+    return [
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+        "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
 
 
 def answers(url: str, model: str) -> Callable[[], bool]:

@@ -4,15 +4,13 @@ three workers, served by `switchyard serve` in its own process. Slow (minutes)."
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from gateway.bench.process import answers, server_process
+from gateway.bench.process import answers, gateway_command, server_process
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.tp]
@@ -42,22 +40,13 @@ def tp3_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             }
         ]
     }
-    path = tmp_path_factory.mktemp("tp3") / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(path),
-        "--port",
-        url.rsplit(":", 1)[1],
-    ]
+    work = tmp_path_factory.mktemp("tp3")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = gateway_command(config["engines"], port, work)
     ready = answers(url, "smollm2-tp3")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with server_process(cmd, ready, path.parent / "server.log", env, timeout=900):
+    with server_process(cmd, ready, work / "server.log", env, timeout=900):
         yield url
 
 
