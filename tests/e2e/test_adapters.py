@@ -72,7 +72,7 @@ def test_models_list_adapters_under_their_base(client: OpenAI) -> None:
 
 async def test_mixed_concurrent_batch_has_no_cross_talk(gateway: Gateway) -> None:
     client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    plan = [(["base", "shout", "json"][i % 3], i % 2 == 0, PROMPTS[i]) for i in range(24)]
+    plan = [(["base", "shout", "json"][i % 3], i % 2 == 0, PROMPTS[i]) for i in range(30)]
 
     async def one(model: str, stream: bool, prompt: str) -> str:
         target = MODEL_ID if model == "base" else model
