@@ -7,6 +7,7 @@ it never appears in `make serve`'s default config.
 Output: `reply` split into word-sized tokens, or, when `reply` is None, the last user
 message (or the prompt) echoed back. With temperature > 0 the words are shuffled by a
 generator seeded from `seed` and the choice index, so a fixed seed repeats itself.
+A request on an adapter starts its reply with the word `[adapter-name]`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from engines.types import Chunk, FinishReason, GenerationRequest, Message, TokenLogprob
 from gateway.errors import InvalidRequest
@@ -305,5 +305,3 @@ def _completion_logprobs(
         "text_offset": offsets,
     }
 
-
-Endpoint = Literal["chat", "completion"]
