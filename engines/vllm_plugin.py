@@ -42,18 +42,25 @@ def register() -> None:
 
 
 def lora_products(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
-    """Row t: inputs[t] @ weights[indices[t]].T, or zeros where indices[t] < 0."""
+    """Row t: inputs[t] @ weights[indices[t]].T, or zeros where indices[t] < 0.
+
+    Called per projection per layer per step, so the common batches stay cheap: one
+    adapter for every row is a single matmul, and no adapter at all is zeros."""
     import torch
 
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
+    lo, hi = (int(v) for v in torch.aminmax(indices))
+    if lo == hi >= 0:
+        return inputs @ weights[lo].to(dtype).T
     out = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
+    if hi < 0:
+        return out
     for slot in torch.unique(indices).tolist():
-        if slot < 0:
-            continue
-        rows = (indices == slot).nonzero(as_tuple=True)[0]
-        out[rows] = inputs[rows] @ weights[slot].to(dtype).T
+        if slot >= 0:
+            rows = (indices == slot).nonzero(as_tuple=True)[0]
+            out[rows] = inputs[rows] @ weights[slot].to(dtype).T
     return out
 
 

@@ -36,6 +36,16 @@ def test_shrink_and_expand_match_vllm_for_adapted_rows(weights: dict[str, torch.
     torch.testing.assert_close(s_ours, s_theirs)
 
 
+@pytest.mark.parametrize("indices", [[1, 1, 1], [-1, -1, -1]])
+def test_uniform_batches(weights: dict[str, torch.Tensor], indices: list[int]) -> None:
+    x = torch.randn(3, 16)
+    idx = torch.tensor(indices)
+    ours = torch.full((3, 4), 9.0)
+    vllm_plugin.bgmv_shrink(x, weights["a"], ours, idx)
+    expected = torch.zeros(3, 4) if indices[0] < 0 else x @ weights["a"][1, 0].T
+    torch.testing.assert_close(ours, expected)
+
+
 def test_rows_without_adapter_get_no_lora_term(weights: dict[str, torch.Tensor]) -> None:
     x = torch.randn(2, 16)
     idx = torch.tensor([-1, 1])
