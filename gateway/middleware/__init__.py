@@ -1,2 +1,2 @@
-"""Cross-cutting concerns as pure ASGI middleware (no BaseHTTPMiddleware: it buffers
-streams and breaks contextvars). The order is set in `gateway.app`."""
+"""Cross-cutting concerns as pure ASGI middleware (not Starlette's base-class kind: it
+buffers streams and breaks contextvars). The order is set in `gateway.app`."""
