@@ -102,6 +102,7 @@ def import_gguf(gguf: Path, out: Path, *, dtype: str = "bfloat16", source: Any =
     model = model.to(getattr(torch, dtype))
     model.config.dtype = dtype
     steps.update()
+    gguf_sha256 = sha256_file(gguf)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -110,8 +111,8 @@ def import_gguf(gguf: Path, out: Path, *, dtype: str = "bfloat16", source: Any =
         write_manifest(
             tmp,
             kind="import-gguf",
-            id=f"{out.name}-{sha256_file(gguf)[:12]}",
-            source=source or {"file": gguf.name, "sha256": sha256_file(gguf)},
+            id=f"{out.name}-{gguf_sha256[:12]}",
+            source=source or {"file": gguf.name, "sha256": gguf_sha256},
             dtype=dtype,
             tools=tool_versions("transformers", "torch", "gguf", "switchyard"),
         )

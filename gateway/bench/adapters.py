@@ -42,13 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    Load.add_arguments(parser)
     parser.add_argument("--port", type=int, default=8751)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
-    load = Load(args.requests, args.concurrency, args.max_tokens)
+    load = Load.from_arguments(args)
     url = f"http://127.0.0.1:{args.port}"
     options = {
         "model": str(ROOT / "models" / MODEL_ID),

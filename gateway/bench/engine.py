@@ -59,14 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    Load.add_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--port", type=int, default=8750)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
-    load = Load(args.requests, args.concurrency, args.max_tokens)
+    load = Load.from_arguments(args)
     url = f"http://127.0.0.1:{args.port}"
     engine = {
         "model": args.model,

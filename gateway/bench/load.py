@@ -6,6 +6,7 @@ delta and output tokens are the server's own count.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -25,6 +26,17 @@ class Load:
     concurrency: int = 8
     max_tokens: int = 64
     warmup: int = 4
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        default = Load()
+        parser.add_argument("--requests", type=int, default=default.requests)
+        parser.add_argument("--concurrency", type=int, default=default.concurrency)
+        parser.add_argument("--max-tokens", type=int, default=default.max_tokens)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Load:
+        return cls(args.requests, args.concurrency, args.max_tokens)
 
 
 @dataclass(slots=True)
