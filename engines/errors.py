@@ -4,7 +4,10 @@ EngineError
 ├── InvalidGenerationRequest      the caller asked for something impossible (400)
 │   ├── UnsupportedParameter      a valid OpenAI field this engine cannot honour
 │   └── ContextLengthExceeded     prompt + max_tokens do not fit the context
-├── EngineUnavailable             not started, shutting down, or dead (503)
+├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
+│   │                             the balancer retries elsewhere and counts a failure)
+│   ├── EngineUnreachable         could not connect at all (ejected at once)
+│   └── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
 └── GenerationFailed              broke while generating (500 / error event)
 """
 
@@ -44,6 +47,14 @@ class ContextLengthExceeded(InvalidGenerationRequest):
 
 
 class EngineUnavailable(EngineError):
+    pass
+
+
+class EngineUnreachable(EngineUnavailable):
+    pass
+
+
+class EngineOverloaded(EngineUnavailable):
     pass
 
 

@@ -14,6 +14,8 @@ from engines.errors import EngineError
 ENGINES: dict[str, str] = {
     "vllm": "engines.vllm_local:VLLMEngine",
     "scripted": "engines.scripted:ScriptedEngine",
+    "openai_remote": "engines.openai_remote:OpenAIRemoteEngine",
+    "tgi": "engines.tgi:TGIEngine",
 }
 
 

@@ -4,11 +4,14 @@ The registry, not the engine, owns an adapter's identity (name + sha256 of its f
 its vLLM lora id (fresh for every new digest, so a changed adapter never reuses cached
 state), its state and its in-flight count:
 
-    validate (before the engine is touched) → load into the base's engine → ready
-    ready → draining (new requests: 404; in-flight ones finish) → unloaded
+    validate (before any engine is touched) → load on every healthy backend of the
+    base's pool (all or nothing: one refusal rolls the others back) → listed, ready
+    ready → draining (new requests: 404; in-flight ones finish) → unloaded everywhere
 
-Reloading a name with different files makes the new version ready at once; the old
-one drains in the background and is then unloaded.
+A backend that was down gets the registry's adapters when it recovers (`restore`),
+so a replica that restarted empty serves them again. Reloading a name with different
+files makes the new version ready at once; the old one drains in the background and
+is then unloaded.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
-from engines.base import Engine
+from engines.errors import EngineUnavailable
 from engines.types import Adapter, AdapterSupport
-from gateway.errors import InvalidRequest, NotFound
+from gateway.balancer.backend import Backend
+from gateway.balancer.pool import Pool
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 
 log = logging.getLogger("switchyard")
 
@@ -44,7 +49,8 @@ class AdapterRejected(InvalidRequest):
 class AdapterRecord:
     adapter: Adapter
     base: str
-    engine: Engine
+    pool: Pool
+    placed: set[str] = field(default_factory=set)  # backend names holding it
     state: State = "ready"
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -67,15 +73,16 @@ class AdapterRecord:
             "state": self.state,
             "in_flight": self.in_flight,
             "lora_id": self.adapter.engine_id,
+            "backends": sorted(self.placed),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Base:
-    """A base model that takes adapters: its engine, the names an adapter may give
+    """A base model that takes adapters: its pool, the names an adapter may give
     as its base, and the directory runtime loads must come from."""
 
-    engine: Engine
+    pool: Pool
     identities: frozenset[str]
     root: Path | None
 
@@ -95,10 +102,20 @@ class AdapterRegistry:
         return list(self._records.values())
 
     async def load(
-        self, name: str, path: Path, base_id: str, base: Base, *, enforce_root: bool = True
+        self,
+        name: str,
+        path: Path,
+        base_id: str,
+        base: Base,
+        *,
+        enforce_root: bool = True,
+        require_placed: bool = True,
     ) -> AdapterRecord:
-        """Validate, then load. A bad adapter raises AdapterRejected and changes nothing."""
-        if base.engine.adapter_support is None:
+        """Validate, then load. A bad adapter raises AdapterRejected and changes nothing.
+        With `require_placed`, no healthy backend to load it on is a 503; without
+        (start-up), the adapter waits for a backend to recover."""
+        support = base.pool.support
+        if support is None:
             raise AdapterRejected(
                 f"The model '{base_id}' is served without LoRA support; enable it with "
                 "`enable_lora: true` in its engine options.",
@@ -107,7 +124,6 @@ class AdapterRegistry:
         if not name or "/" in name or name == base_id:
             raise AdapterRejected(f"'{name}' cannot name an adapter.", param="name")
         root = base.root if enforce_root else None
-        support = base.engine.adapter_support
         real_path, digest = await anyio.to_thread.run_sync(
             inspect, path, root, support, base.identities
         )
@@ -122,13 +138,33 @@ class AdapterRegistry:
             if current is not None and current.adapter.digest == digest:
                 return current
             adapter = Adapter(name, str(real_path), digest, next(self._ids))
-            await base.engine.load_adapter(adapter)
-            record = AdapterRecord(adapter, base_id, base.engine)
+            placed = await _place(adapter, base.pool)
+            if not placed and require_placed:
+                raise ServiceUnavailable(
+                    f"No backend of '{base_id}' is up to load '{name}'; retry once GET /ready "
+                    "shows it ready."
+                )
+            record = AdapterRecord(adapter, base_id, base.pool, placed)
             self._records[name] = record
         if current is not None:
             self._retire(current)
-        log.info("adapter %s ready on %s (digest %s)", name, base_id, digest[:12])
+        log.info(
+            "adapter %s ready on %s (digest %s) on %s",
+            name,
+            base_id,
+            digest[:12],
+            ", ".join(sorted(placed)) or "no backend yet",
+        )
         return record
+
+    async def restore(self, pool: Pool, backend: Backend) -> None:
+        """Load every listed adapter of `pool` on `backend` (which may have restarted
+        empty). Raises EngineUnavailable if the backend fails while at it."""
+        async with self._lock:
+            for record in list(self._records.values()):
+                if record.pool is pool and record.state == "ready":
+                    await backend.engine.load_adapter(record.adapter)
+                    record.placed.add(backend.name)
 
     async def unload(self, name: str) -> None:
         """Stop routing to `name` now; return once its in-flight requests finished.
@@ -149,12 +185,41 @@ class AdapterRegistry:
         record.state = "draining"
         while record.in_flight:
             await record.idle.wait()
-        await record.engine.unload_adapter(record.adapter)
+        await _remove(record.adapter, record.pool, record.placed)
         log.info("adapter %s (lora id %d) unloaded", record.adapter.name, record.adapter.engine_id)
 
     async def aclose(self) -> None:
         for task in list(self._draining):
             task.cancel()
+
+
+async def _place(adapter: Adapter, pool: Pool) -> set[str]:
+    """Load `adapter` on every healthy backend of `pool`; a down one is skipped (it
+    gets the adapter when it recovers), a refusal unloads it from the others."""
+    placed: set[str] = set()
+    try:
+        for backend in pool.backends:
+            if backend.state != "ready" or not backend.healthy:
+                continue
+            try:
+                await backend.engine.load_adapter(adapter)
+            except EngineUnavailable as exc:
+                log.warning("adapter %s not on %s yet: %s", adapter.name, backend.name, exc)
+                continue
+            placed.add(backend.name)
+    except BaseException:
+        await _remove(adapter, pool, placed)
+        raise
+    return placed
+
+
+async def _remove(adapter: Adapter, pool: Pool, placed: set[str]) -> None:
+    for backend in pool.backends:
+        if backend.name in placed:
+            try:
+                await backend.engine.unload_adapter(adapter)
+            except EngineUnavailable as exc:
+                log.warning("adapter %s left on %s: %s", adapter.name, backend.name, exc)
 
 
 def inspect(

@@ -2,7 +2,8 @@
 
 Middleware, outermost first:  request id → body limit → routes.
 Engines start in the background after the server is up: `/health` answers at once,
-`/ready` and generation routes answer 503 until the engines are loaded.
+`/ready` and generation routes answer 503 until the engines are loaded. Engines that
+share a model id form one pool behind the balancer (gateway/balancer/).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
@@ -22,7 +24,9 @@ from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
 from gateway.adapters import Base, identities
-from gateway.engine_set import EngineSet, Served
+from gateway.balancer.backend import Backend, Breaker
+from gateway.balancer.pool import Pool
+from gateway.engine_set import EngineSet, Model
 from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -47,12 +51,12 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     owned = engines is None
     if engines is None:
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
-    engine_set = EngineSet(_served(engine, settings) for engine in engines)
+    engine_set = EngineSet(_models(engines, settings), settings.balancer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_start_engines, engine_set, settings)
+            tg.start_soon(_run_engines, engine_set, settings)
             try:
                 yield
             finally:
@@ -86,35 +90,55 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     return app
 
 
-def _served(engine: Engine, settings: Settings) -> Served:
-    """An engine with its adapter settings (matched by engine name, if configured)."""
-    config = next((e for e in settings.engines if e.name == engine.name), None)
-    model_path = str(config.options.get("model", "")) if config else None
-    base = Base(
-        engine,
-        identities(engine.model_id, model_path),
-        config.adapter_root if config else None,
-    )
-    startup = [(a.name, a.path) for a in config.adapters] if config else []
-    return Served(engine, base, startup)
+def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
+    """Engines grouped into one pool per model id, with their settings (matched by
+    engine name, if configured): limits, adapter roots, start-up adapters."""
+    configs = {e.name: e for e in settings.engines}
+    balancer = settings.balancer
+    groups: dict[str, list[Engine]] = {}
+    for engine in engines:
+        groups.setdefault(engine.model_id, []).append(engine)
+    models = []
+    for model_id, group in groups.items():
+        backends = []
+        names: set[str] = set()
+        root: Path | None = None
+        startup: dict[str, Path] = {}
+        for engine in group:
+            config = configs.get(engine.name)
+            breaker = Breaker(balancer.eject_after, balancer.ejection_s, balancer.max_ejection_s)
+            backends.append(Backend(engine, config.max_in_flight if config else None, breaker))
+            if config is None:
+                continue
+            model_path = config.options.get("model")
+            names |= identities(model_id, str(model_path) if model_path else None)
+            names |= set(config.base_names)
+            root = root or config.adapter_root
+            for adapter in config.adapters:
+                startup.setdefault(adapter.name, adapter.path)
+        pool = Pool(model_id, backends, balancer)
+        base = Base(pool, frozenset(names | {model_id}), root)
+        models.append(Model(base, list(startup.items())))
+    return models
 
 
-async def _start_engines(engine_set: EngineSet, settings: Settings) -> None:
+async def _run_engines(engine_set: EngineSet, settings: Settings) -> None:
     await engine_set.start_all()
-    for served in engine_set.served:
-        if served.state == "ready":
+    for model in engine_set.models:
+        if model.pool.state() == "ready":
             log.info(
                 "ready: curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json'"
                 ' -d \'{"model": "%s", "messages": [{"role": "user", "content": '
                 '"What is the capital of France?"}]}\'',
                 settings.host,
                 settings.port,
-                served.engine.model_id,
+                model.id,
             )
+    await engine_set.prober.run()
 
 
 def _error_response(error: GatewayError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

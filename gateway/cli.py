@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        # On SIGTERM uvicorn stops accepting, lets open requests and streams finish
+        # for up to this long, then cancels them and runs the lifespan's shutdown.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
 

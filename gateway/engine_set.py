@@ -1,107 +1,137 @@
-"""The engines this gateway serves, by model id, with their start-up state, and the
-resolution of a requested model name to an engine and, for adapters, an adapter."""
+"""The models this gateway serves, each a pool of backends (engines sharing a model
+id), with their start-up, health probing and shut-down; and the resolution of a
+requested model name to a pool and, for adapters, an adapter."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import anyio
 
-from engines.base import Engine
 from gateway.adapters import AdapterRecord, AdapterRegistry, Base
+from gateway.balancer.backend import Backend
+from gateway.balancer.health import Prober
+from gateway.balancer.pool import Pool
 from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.settings import BalancerSettings
 
 log = logging.getLogger("switchyard")
 
-State = Literal["loading", "ready", "failed"]
-
 
 @dataclass(slots=True)
-class Served:
-    engine: Engine
+class Model:
+    """One model id: its pool, what adapters may name as their base, and the adapters
+    loaded at start-up."""
+
     base: Base
     startup_adapters: list[tuple[str, Path]] = field(default_factory=list)
-    state: State = "loading"
-    error: str = ""
+
+    @property
+    def pool(self) -> Pool:
+        return self.base.pool
+
+    @property
+    def id(self) -> str:
+        return self.pool.model_id
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a request goes: the engine, and the adapter version if one was named."""
+    """Where a request goes: the pool, and the adapter version if one was named."""
 
-    engine: Engine
+    pool: Pool
     adapter: AdapterRecord | None = None
 
 
 class EngineSet:
-    """Owns start-up and shut-down of its engines; resolves a model id to one engine."""
+    """Owns start-up, probing and shut-down of its engines; resolves model names."""
 
-    def __init__(self, served: Iterable[Served]) -> None:
-        self._by_model: dict[str, Served] = {}
+    def __init__(self, models: Iterable[Model], settings: BalancerSettings) -> None:
+        self._models: dict[str, Model] = {}
+        for model in models:
+            if model.id in self._models:
+                raise ValueError(f"two pools serve the model id {model.id!r}")
+            self._models[model.id] = model
         self.adapters = AdapterRegistry()
-        for s in served:
-            if s.engine.model_id in self._by_model:
-                raise ValueError(f"two engines serve the model id {s.engine.model_id!r}")
-            self._by_model[s.engine.model_id] = s
-
-    def base(self, model_id: str) -> Base:
-        served = self._by_model.get(model_id)
-        if served is None:
-            raise ModelNotFound(model_id)
-        return served.base
+        self.prober = Prober([m.pool for m in self._models.values()], settings, self._restore)
 
     @property
-    def served(self) -> list[Served]:
-        return list(self._by_model.values())
+    def models(self) -> list[Model]:
+        return list(self._models.values())
 
-    def resolve(self, model: str) -> Route:
-        adapter = self.adapters.get(model)
-        served = self._by_model.get(adapter.base if adapter else model)
-        if served is None:
-            raise ModelNotFound(model)
-        if served.state == "loading":
-            raise ServiceUnavailable(f"The model '{model}' is still loading; retry shortly.")
-        if served.state == "failed":
-            raise ServiceUnavailable(f"The model '{model}' failed to start: {served.error}")
-        return Route(served.engine, adapter)
+    def base(self, model_id: str) -> Base:
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        return model.base
+
+    def resolve(self, name: str) -> Route:
+        adapter = self.adapters.get(name)
+        model = self._models.get(adapter.base if adapter else name)
+        if model is None:
+            raise ModelNotFound(name)
+        state = model.pool.state()
+        if state == "loading":
+            raise ServiceUnavailable(f"The model '{name}' is still loading; retry shortly.")
+        if state == "failed":
+            errors = "; ".join(b.error for b in model.pool.backends)
+            raise ServiceUnavailable(f"The model '{name}' failed to start: {errors}")
+        return Route(model.pool, adapter)
 
     @property
     def ready(self) -> bool:
-        return all(s.state == "ready" for s in self._by_model.values())
+        return all(m.pool.state() == "ready" for m in self._models.values())
+
+    async def run(self) -> None:
+        """Start everything, then probe forever (until cancelled at shut-down)."""
+        await self.start_all()
+        await self.prober.run()
 
     async def start_all(self) -> None:
-        """Start every engine, one after the other (they compete for the same cores)."""
-        for served in self._by_model.values():
-            if served.state == "ready":
-                continue
-            name = served.engine.name
-            try:
-                await served.engine.start()
-            except Exception as exc:
-                served.state, served.error = "failed", f"{type(exc).__name__}: {exc}"
-                log.exception("engine %s failed to start", name)
-            else:
-                served.state = "ready"
-                log.info("engine %s ready: serving %r", name, served.engine.model_id)
-                await self._load_startup_adapters(served)
+        """Start every engine, one after the other (in-process ones compete for the
+        same cores), probe each once, then load the start-up adapters."""
+        for model in self._models.values():
+            for backend in model.pool.backends:
+                await self._start(backend)
+            await asyncio.gather(
+                *(self.prober.probe(model.pool, b, first=True) for b in model.pool.backends)
+            )
+            await self._load_startup_adapters(model)
 
-    async def _load_startup_adapters(self, served: Served) -> None:
-        model_id = served.engine.model_id
-        for name, path in served.startup_adapters:
+    async def _start(self, backend: Backend) -> None:
+        if backend.state == "ready":
+            return
+        try:
+            await backend.engine.start()
+        except Exception as exc:
+            backend.state, backend.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("engine %s failed to start", backend.name)
+        else:
+            backend.state = "ready"
+            log.info("engine %s ready: serving %r", backend.name, backend.engine.model_id)
+
+    async def _restore(self, pool: Pool, backend: Backend) -> None:
+        await self.adapters.restore(pool, backend)
+
+    async def _load_startup_adapters(self, model: Model) -> None:
+        for name, path in model.startup_adapters:
             try:
-                await self.adapters.load(name, path, model_id, served.base, enforce_root=False)
+                await self.adapters.load(
+                    name, path, model.id, model.base, enforce_root=False, require_placed=False
+                )
             except Exception as exc:
-                log.error("adapter %s for %s was not loaded: %s", name, model_id, exc)
+                log.error("adapter %s for %s was not loaded: %s", name, model.id, exc)
 
     async def aclose(self) -> None:
         await self.adapters.aclose()
         with anyio.CancelScope(shield=True):
-            for served in self._by_model.values():
-                try:
-                    await served.engine.aclose()
-                except Exception:
-                    log.exception("engine %s failed to close", served.engine.name)
+            for model in self._models.values():
+                for backend in model.pool.backends:
+                    try:
+                        await backend.engine.aclose()
+                    except Exception:
+                        log.exception("engine %s failed to close", backend.name)

@@ -6,6 +6,7 @@
     ├── NotFound                    404 invalid_request_error (unknown route)
     ├── MethodNotAllowed            405 invalid_request_error
     ├── PayloadTooLarge             413 invalid_request_error
+    ├── Overloaded                  429 rate_limit_error, code server_overloaded, Retry-After
     ├── ClientClosedRequest         499 (nobody reads it: the client is gone)
     └── ServiceUnavailable          503 service_unavailable (engine loading or down)
 
@@ -28,6 +29,7 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    headers: dict[str, str] = {}  # replaced, never mutated
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -83,6 +85,16 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class Overloaded(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class ClientClosedRequest(GatewayError):
     status = 499
     type = "invalid_request_error"
@@ -103,6 +115,8 @@ def from_engine_error(exc: engine_errors.EngineError) -> GatewayError:
         return InvalidRequest(exc.message, param=exc.param, code="unsupported_parameter")
     if isinstance(exc, engine_errors.InvalidGenerationRequest):
         return InvalidRequest(exc.message, param=exc.param)
+    if isinstance(exc, engine_errors.EngineOverloaded):
+        return Overloaded(exc.message)
     if isinstance(exc, engine_errors.EngineUnavailable):
         return ServiceUnavailable(exc.message)
     return GatewayError(f"The engine failed while generating: {exc.message}")

@@ -1,8 +1,14 @@
-"""The one top-down request flow: resolve the model, generate, render.
+"""The one top-down request flow: resolve the model, pick a backend, generate, render.
 
-    resolve model → engine.generate(...) per prompt → merge choices → render
-    (JSON body, or SSE events primed with the first chunk so that errors raised
-    before any output still get their own HTTP status)
+    resolve model → pool.acquire (policy, queue) → engine.generate(...) per prompt
+    → merge choices → render (JSON body, or SSE events primed with the first chunk
+    so that errors raised before any output still get their own HTTP status)
+    finally: release the backend slot and tell its breaker how it went
+
+A backend failing before anything reached the client (EngineUnavailable: down, timed
+out, 5xx, 429) is retried on another backend of the pool, within `max_attempts` and
+the pool's retry budget. Non-streamed answers are collected before they are sent, so
+they are retried whenever their backend fails; streams only until their first chunk.
 
 Routes hand in plain data (`Call`); nothing here knows about FastAPI.
 """
@@ -13,19 +19,30 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from engines.base import Engine
-from engines.errors import EngineError
+from engines.errors import EngineError, EngineUnavailable
 from engines.types import Chunk, GenerationRequest
+from gateway.balancer.backend import Backend
+from gateway.balancer.policies import RouteKey
+from gateway.balancer.pool import Pool
 from gateway.engine_set import EngineSet, Route
-from gateway.errors import from_engine_error, internal_error
+from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
 from gateway.openai.convert import Renderer
 from gateway.openai.sse import DONE, event
 
 log = logging.getLogger("switchyard")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to a call, for response headers, metrics and logs."""
+
+    backend: str | None = None
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +54,13 @@ class Call:
     requests: list[GenerationRequest]
     renderer: Renderer
     include_usage: bool = False
+    outcome: Outcome = field(default_factory=Outcome)
 
 
 async def complete(engines: EngineSet, call: Call) -> dict[str, Any]:
     renderer = call.renderer
-    async with contextlib.aclosing(_chunks(engines.resolve(call.model), call.requests)) as chunks:
+    route = engines.resolve(call.model)
+    async with contextlib.aclosing(_chunks(route, call, buffered=True)) as chunks:
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
             renderer.add(chunk)
@@ -51,7 +70,7 @@ async def complete(engines: EngineSet, call: Call) -> dict[str, Any]:
 async def open_stream(engines: EngineSet, call: Call) -> AsyncGenerator[bytes, None]:
     """SSE events for `call`. Waits for the first chunk before returning, so an engine
     error at submission (bad request, context too long, engine down) is raised here."""
-    chunks = _chunks(engines.resolve(call.model), call.requests)
+    chunks = _chunks(engines.resolve(call.model), call, buffered=False)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
@@ -95,7 +114,7 @@ async def _prepend(
 
 
 async def _chunks(
-    route: Route, requests: list[GenerationRequest]
+    route: Route, call: Call, *, buffered: bool
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """(prompt slot, chunk) for every request, with choice indexes made response-wide:
     choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions.
@@ -104,17 +123,70 @@ async def _chunks(
     an adapter being unloaded drains it first. Callers step it right after resolving
     (no await in between) and always close it."""
     adapter = route.adapter
+    requests = call.requests
     if adapter is None:
-        async for item in _generate(route.engine, requests):
+        key = route.pool.route_key(None, requests[0].prompt)
+        async for item in _balanced(route.pool, key, None, requests, call.outcome, buffered):
             yield item
         return
     adapter.acquire()
     try:
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
-        async for item in _generate(route.engine, requests):
+        key = route.pool.route_key(adapter.adapter.name, requests[0].prompt)
+        async for item in _balanced(
+            route.pool, key, adapter.placed, requests, call.outcome, buffered
+        ):
             yield item
     finally:
         adapter.release()
+
+
+async def _balanced(
+    pool: Pool,
+    key: RouteKey,
+    placed: Collection[str] | None,
+    requests: list[GenerationRequest],
+    outcome: Outcome,
+    buffered: bool,
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The requests' chunks from one backend of `pool`, retried on another while
+    nothing was sent."""
+    tried: list[Backend] = []
+    last: EngineUnavailable | None = None
+    while True:
+        try:
+            backend = await pool.acquire(key, tried, placed)
+        except ServiceUnavailable:
+            if last is not None:
+                raise last from None
+            raise
+        outcome.backend = backend.name
+        outcome.attempts += 1
+        failure: BaseException | None = None
+        sent = False
+        try:
+            async with contextlib.aclosing(_generate(backend.engine, requests)) as stream:
+                if buffered:
+                    items = [item async for item in stream]
+                    sent = True
+                    for item in items:
+                        yield item
+                else:
+                    async for item in stream:
+                        sent = True
+                        yield item
+            return
+        except EngineUnavailable as exc:
+            failure = last = exc
+            if sent or not pool.may_retry(len(tried)):
+                raise
+            log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
+            tried.append(backend)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            pool.release(backend, key.adapter, failure)
 
 
 async def _generate(

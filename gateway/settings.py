@@ -29,7 +29,8 @@ class AdapterSettings(BaseModel):
 
 class EngineSettings(BaseModel):
     """One engine serving one base model under `model_id` (the OpenAI `model` name),
-    with the LoRA adapters loaded at start-up and the root runtime loads come from."""
+    with the LoRA adapters loaded at start-up and the root runtime loads come from.
+    Engines sharing a `model_id` form a pool behind the balancer."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,6 +40,35 @@ class EngineSettings(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     adapters: list[AdapterSettings] = Field(default_factory=list)
     adapter_root: Path | None = None
+    max_in_flight: int | None = Field(None, ge=1)
+    # More names adapters may give as their base (a remote engine's upstream model).
+    base_names: list[str] = Field(default_factory=list)
+
+
+PolicyName = Literal["round_robin", "least_outstanding", "adapter_affinity", "prefix_affinity"]
+
+
+class BalancerSettings(BaseModel):
+    """How requests for one model spread over the engines that serve it (engines
+    with the same `model_id` form a pool). See gateway/balancer/ for the semantics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: PolicyName = "adapter_affinity"
+    policies: dict[str, PolicyName] = Field(default_factory=dict)  # per model id
+    load_factor: float = Field(1.25, ge=1.0)
+    prefix_chars: int = Field(256, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    retry_budget: float = Field(0.2, ge=0.0, le=1.0)
+    queue_size: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(30.0, gt=0)
+    probe_interval_s: float = Field(5.0, gt=0)
+    probe_timeout_s: float = Field(2.0, gt=0)
+    unhealthy_after: int = Field(2, ge=1)
+    healthy_after: int = Field(1, ge=1)
+    eject_after: int = Field(3, ge=1)
+    ejection_s: float = Field(5.0, gt=0)
+    max_ejection_s: float = Field(60.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -51,7 +81,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     max_n: int = Field(16, ge=1)
+    shutdown_grace_s: int = Field(30, ge=0)
     engines: list[EngineSettings] = Field(default_factory=list)
+    balancer: BalancerSettings = Field(default_factory=BalancerSettings)
 
     @field_validator("engines")
     @classmethod

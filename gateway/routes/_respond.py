@@ -49,9 +49,14 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     engines: EngineSet = request.app.state.engines
     if stream:
         events = await cancel_on_disconnect(request.receive, pipeline.open_stream(engines, call))
-        return EventStreamResponse(events)
+        return EventStreamResponse(events, headers=_headers(call))
     body = await cancel_on_disconnect(request.receive, pipeline.complete(engines, call))
-    return JSONResponse(body)
+    return JSONResponse(body, headers=_headers(call))
+
+
+def _headers(call: Call) -> dict[str, str]:
+    backend = call.outcome.backend
+    return {"x-switchyard-backend": backend} if backend else {}
 
 
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:

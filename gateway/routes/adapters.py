@@ -41,7 +41,7 @@ async def load_adapter(request: Request) -> dict[str, Any]:
             f"Runtime loads for '{base_id}' are off: set adapter_root for its engine.",
             param="path",
         )
-    if any(body.name == s.engine.model_id for s in engines.served):
+    if any(body.name == m.id for m in engines.models):
         raise InvalidRequest(f"'{body.name}' is a base model's name.", param="name")
     path = base.root / body.path  # an absolute body.path replaces the root; inspect checks
     record = await engines.adapters.load(body.name, path, base_id, base)
@@ -57,7 +57,7 @@ async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
 
 
 def _only_base(engines: EngineSet) -> str:
-    bases = [s.engine.model_id for s in engines.served if s.engine.adapter_support]
+    bases = [m.id for m in engines.models if m.pool.support]
     if len(bases) != 1:
         raise InvalidRequest(
             f"Name the base model: 'base' is one of {', '.join(bases) or '(none take adapters)'}.",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -18,16 +20,16 @@ async def health() -> Response:
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
-    """Readiness: every engine has started and reports healthy."""
+    """Readiness: every model has at least one routable backend (from the balancer's
+    own view: start-up state, health probes and circuit breakers). The body says per
+    model, and per backend, what is up."""
     engines: EngineSet = request.app.state.engines
-    states: dict[str, str] = {}
-    for served in engines.served:
-        state: str = served.state
-        if state == "ready" and not (await served.engine.health()).ok:
-            state = "unhealthy"
-        states[served.engine.model_id] = state
+    now = time.monotonic()
+    states = {m.id: m.pool.state() for m in engines.models}
+    backends = {m.id: [b.describe(now) for b in m.pool.backends] for m in engines.models}
+    body = {"models": states, "backends": backends}
     if all(state == "ready" for state in states.values()):
-        return JSONResponse({"status": "ready", "models": states})
+        return JSONResponse({"status": "ready", **body})
     waiting = ", ".join(f"{model} ({state})" for model, state in states.items() if state != "ready")
     error = ServiceUnavailable(f"Not ready: {waiting}.")
-    return JSONResponse({**error.body(), "models": states}, status_code=error.status)
+    return JSONResponse({**error.body(), **body}, status_code=error.status)

@@ -1,5 +1,10 @@
+"""`GET /v1/models`: what can be served right now. A model whose backends are all
+down (or still loading) is left out rather than failing the listing; an adapter is
+listed while some healthy backend of its base holds it."""
+
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,29 +18,22 @@ router = APIRouter()
 async def list_models(request: Request) -> dict[str, Any]:
     engines: EngineSet = request.app.state.engines
     created: int = request.app.state.started_at
+    now = time.monotonic()
+    servable = {m.id for m in engines.models if m.pool.state() == "ready"}
+    models = [_model(m.id, None, created) for m in engines.models if m.id in servable]
+    for record in engines.adapters.records():
+        routable = {b.name for b in record.pool.backends if b.routable(now)}
+        if record.state == "ready" and record.base in servable and record.placed & routable:
+            models.append(_model(record.adapter.name, record.base, created))
+    return {"object": "list", "data": models}
+
+
+def _model(model_id: str, parent: str | None, created: int) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": served.engine.model_id,
-                "object": "model",
-                "created": created,
-                "owned_by": "switchyard",
-                "root": served.engine.model_id,
-                "parent": None,
-            }
-            for served in engines.served
-        ]
-        + [
-            {
-                "id": record.adapter.name,
-                "object": "model",
-                "created": created,
-                "owned_by": "switchyard",
-                "root": record.adapter.name,
-                "parent": record.base,
-            }
-            for record in engines.adapters.records()
-            if record.state == "ready"
-        ],
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "switchyard",
+        "root": model_id,
+        "parent": parent,
     }

@@ -1,0 +1,450 @@
+"""Any OpenAI-compatible server (`vllm serve`, SGLang, llama.cpp) as an engine.
+
+One `httpx.AsyncClient` per upstream, with a keep-alive pool and four explicit
+timeouts: connect; first token (request sent → first streamed event, which covers the
+upstream's own queue); idle (between events); total. Every generation streams from the
+upstream (`stream: true` with usage) whatever the client asked, so TTFT, disconnects
+and retries work the same way as in-process.
+
+Upstream failures map onto the engine error tree (engines/errors.py):
+
+    connect refused or timed out          → EngineUnreachable  (ejected at once)
+    429, our own pool exhausted           → EngineOverloaded   (retried elsewhere)
+    424 (TGI's generation error)          → GenerationFailed
+    401/403/404/408/5xx, timeouts, a cut  → EngineUnavailable  (retried while nothing
+    stream, a malformed event                                   reached the client)
+    400, 422                              → InvalidGenerationRequest (the client's)
+    an error event in the stream          → GenerationFailed
+
+Adapters go through vLLM's runtime LoRA endpoints (the server needs
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a content-addressed name,
+`name@digest12`: two gateways sharing a server agree on it, and a changed adapter
+never reuses the old version's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from engines.errors import (
+    EngineError,
+    EngineOverloaded,
+    EngineUnavailable,
+    EngineUnreachable,
+    GenerationFailed,
+    InvalidGenerationRequest,
+)
+from engines.types import (
+    Adapter,
+    AdapterSupport,
+    Chunk,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    Health,
+    TokenLogprob,
+)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRemoteConfig:
+    url: str
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 120.0
+    idle_timeout_s: float = 60.0
+    total_timeout_s: float = 900.0
+    max_connections: int = 512
+    health_path: str = "/health"
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    lora_target_modules: tuple[str, ...] = LORA_TARGETS
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+
+class OpenAIRemoteEngine:
+    Config = OpenAIRemoteConfig
+
+    def __init__(self, name: str, model_id: str, config: OpenAIRemoteConfig) -> None:
+        self.name = name
+        self.model_id = model_id
+        self.config = config
+        self.root = config.url.rstrip("/").removesuffix("/v1")
+        self.adapter_support = (
+            AdapterSupport(
+                max_rank=config.max_lora_rank,
+                max_loaded=config.max_loras,
+                target_modules=frozenset(config.lora_target_modules),
+            )
+            if config.enable_lora
+            else None
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._versions: dict[int, Adapter] = {}  # by engine_id
+        self._running = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the connection pool. The upstream may still be starting: whether it
+        answers is the health probe's business, not a reason to fail here."""
+        config = self.config
+        headers = {}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise EngineUnavailable(
+                    f"engine {self.name!r}: the environment variable {config.api_key_env} "
+                    "holding the upstream's API key is not set"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.root,
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout_s,
+                read=config.idle_timeout_s,
+                write=config.idle_timeout_s,
+                pool=config.first_token_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> Health:
+        try:
+            response = await self._http().get(self.config.health_path)
+        except (httpx.HTTPError, EngineUnavailable) as exc:
+            return Health(ok=False, detail=describe(exc))
+        if response.status_code != 200:
+            return Health(
+                ok=False, detail=f"{self.config.health_path} answered {response.status_code}"
+            )
+        return Health(ok=True)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self._running, unfinished=self._running)
+
+    # -- adapters --------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> Mapping[str, Adapter]:
+        return {a.name: a for a in self._versions.values()}
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        body = {"lora_name": upstream_name(adapter), "lora_path": adapter.path}
+        response = await self._admin("/v1/load_lora_adapter", body)
+        if response.status_code == 200 or "already" in response.text:
+            self._versions[adapter.engine_id] = adapter
+            return
+        if response.status_code == 404:
+            raise InvalidGenerationRequest(
+                f"{self.root} has no runtime LoRA endpoint: start it with --enable-lora and "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
+            )
+        if response.status_code >= 500:
+            raise EngineUnavailable(f"{self.root} failed to load the adapter: {_message(response)}")
+        raise InvalidGenerationRequest(f"{self.root} refused the adapter: {_message(response)}")
+
+    async def unload_adapter(self, adapter: Adapter) -> None:
+        self._versions.pop(adapter.engine_id, None)
+        with contextlib.suppress(EngineUnavailable):
+            await self._admin("/v1/unload_lora_adapter", {"lora_name": upstream_name(adapter)})
+
+    async def _admin(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            return await self._http().post(path, content=orjson.dumps(body), headers=_JSON)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.root) from None
+
+    # -- generation ------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        path, body, reader = self.prepare(request)
+        self._running += 1
+        try:
+            async for payload in self.stream_events(path, body):
+                for chunk in reader.read(payload):
+                    yield chunk
+            for chunk in reader.finish():
+                yield chunk
+        finally:
+            self._running -= 1
+
+    def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
+        """The upstream path, the JSON body (always streamed) and the event reader."""
+        model = (
+            upstream_name(request.adapter)
+            if request.adapter is not None
+            else self.config.upstream_model or self.model_id
+        )
+        return *openai_body(request, model), EventReader(chat=request.is_chat)
+
+    async def stream_events(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """POST `body` and yield the JSON of each SSE `data:` event until `[DONE]`,
+        with the timeouts applied and failures mapped onto the engine errors."""
+        client = self._http()
+        config = self.config
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + config.first_token_timeout_s
+        deadline = time.monotonic() + config.total_timeout_s
+        request = client.build_request("POST", path, content=orjson.dumps(body), headers=_JSON)
+        try:
+            async with asyncio.timeout_at(first_deadline):
+                response = await client.send(request, stream=True)
+        except TimeoutError:
+            raise self._first_token_timeout() from None
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.root) from None
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise status_error(response, self.root)
+            async with contextlib.aclosing(sse_data(response.aiter_lines())) as events:
+                first = True
+                while True:
+                    try:
+                        if first:
+                            async with asyncio.timeout_at(first_deadline):
+                                payload = await anext(events)
+                            first = False
+                        else:
+                            payload = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        raise self._first_token_timeout() from None
+                    except httpx.HTTPError as exc:
+                        raise transport_error(exc, self.root) from None
+                    yield payload
+                    if time.monotonic() > deadline:
+                        raise EngineUnavailable(
+                            f"{self.root} did not finish within total_timeout_s="
+                            f"{config.total_timeout_s}"
+                        )
+        finally:
+            await response.aclose()
+
+    def _first_token_timeout(self) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"{self.root} sent nothing within first_token_timeout_s="
+            f"{self.config.first_token_timeout_s}"
+        )
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise EngineUnavailable(f"engine {self.name!r} is not started")
+        return self._client
+
+
+def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "n": request.n,
+    }
+    optional = {
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop) or None,
+        "seed": request.seed,
+        "presence_penalty": request.presence_penalty or None,
+        "frequency_penalty": request.frequency_penalty or None,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    if isinstance(request.prompt, str):
+        body["prompt"] = request.prompt
+        if request.logprobs is not None:
+            body["logprobs"] = request.logprobs
+        return "/v1/completions", body
+    body["messages"] = [{"role": m.role, "content": m.content} for m in request.prompt]
+    if request.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.logprobs
+    return "/v1/chat/completions", body
+
+
+def upstream_name(adapter: Adapter) -> str:
+    return f"{adapter.name}@{adapter.digest[:12]}"
+
+
+class Reader(Protocol):
+    """Turns an upstream's stream events into engine chunks."""
+
+    def read(self, payload: dict[str, Any]) -> list[Chunk]: ...
+
+    def finish(self) -> list[Chunk]:
+        """Chunks owed once the stream ended (e.g. the usage correction)."""
+        ...
+
+
+class EventReader:
+    """OpenAI stream chunks (chat or completions) → engine `Chunk`s.
+
+    Completion tokens are counted one per text event (the upstream's logprobs count
+    when present) and reconciled with the upstream's final `usage`, which is also the
+    only place the prompt's length appears: `finish()` yields that correction."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.counted = 0
+        self.usage: dict[str, Any] | None = None
+
+    def read(self, payload: dict[str, Any]) -> list[Chunk]:
+        if payload.get("error") and not payload.get("choices"):
+            raise GenerationFailed(f"the upstream failed mid-stream: {_error_text(payload)}")
+        if payload.get("usage"):
+            self.usage = payload["usage"]
+        chunks = []
+        for choice in payload.get("choices") or ():
+            if self.chat:
+                text = (choice.get("delta") or {}).get("content") or ""
+                logprobs = chat_logprobs(choice.get("logprobs"))
+            else:
+                text = choice.get("text") or ""
+                logprobs = completion_logprobs(choice.get("logprobs"))
+            finish = finish_reason(choice.get("finish_reason"))
+            if not text and finish is None:
+                continue
+            tokens = len(logprobs) or (1 if text else 0)
+            self.counted += tokens
+            chunks.append(Chunk(choice.get("index", 0), text, tokens, 0, logprobs, finish))
+        return chunks
+
+    def finish(self) -> list[Chunk]:
+        if self.usage is None:
+            return []
+        completion = int(self.usage.get("completion_tokens") or 0)
+        prompt = int(self.usage.get("prompt_tokens") or 0)
+        return [Chunk(0, "", completion - self.counted, prompt)]
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, Any], None]:
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise EngineUnavailable(
+                f"the upstream sent a malformed event: {data[:200]!r}"
+            ) from None
+        if not isinstance(payload, dict):
+            raise EngineUnavailable(f"the upstream sent a malformed event: {data[:200]!r}")
+        yield payload
+
+
+def finish_reason(value: Any) -> FinishReason | None:
+    if value is None:
+        return None
+    return "length" if value == "length" else "stop"
+
+
+def chat_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
+    if not value:
+        return ()
+    return tuple(
+        TokenLogprob(
+            t["token"],
+            float(t["logprob"]),
+            tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()),
+        )
+        for t in value.get("content") or ()
+    )
+
+
+def completion_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
+    if not value:
+        return ()
+    tops = value.get("top_logprobs") or [None] * len(value["tokens"])
+    return tuple(
+        TokenLogprob(token, float(logprob or 0.0), tuple((top or {}).items()))
+        for token, logprob, top in zip(value["tokens"], value["token_logprobs"], tops, strict=False)
+    )
+
+
+def transport_error(exc: Exception, where: str) -> EngineError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
+    if isinstance(exc, httpx.PoolTimeout):
+        return EngineOverloaded(f"no free connection to {where}: the pool is exhausted")
+    if isinstance(exc, httpx.ReadTimeout):
+        return EngineUnavailable(f"{where} went silent (idle timeout)")
+    return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
+
+
+def status_error(response: httpx.Response, where: str) -> EngineError:
+    status = response.status_code
+    message = _message(response)
+    if status == 429:
+        return EngineOverloaded(f"{where} is overloaded (429): {message}")
+    if status in (400, 422):
+        return InvalidGenerationRequest(message, param=_error_param(response))
+    if status == 424:  # TGI: the model failed while generating
+        return GenerationFailed(f"{where} failed to generate: {message}")
+    return EngineUnavailable(f"{where} answered {status}: {message}")
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_text(payload: dict[str, Any]) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _message(response: httpx.Response) -> str:
+    payload = _json(response)
+    if isinstance(payload, dict):
+        if "error" in payload:
+            return _error_text(payload)
+        if "message" in payload:  # vLLM's older error shape
+            return str(payload["message"])
+    return response.text[:500] or response.reason_phrase
+
+
+def _error_param(response: httpx.Response) -> str | None:
+    payload = _json(response)
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        param = payload["error"].get("param")
+        return str(param) if param else None
+    return None

@@ -1,0 +1,1 @@
+"""Pools of backends per model: routing policies, health, ejection, backpressure."""

@@ -1,0 +1,168 @@
+"""A pool: the backends serving one model id, its routing policy, its wait queue and
+its retry budget.
+
+    acquire(key) → a backend with room, chosen by the policy among routable ones
+                   (ready, healthy, circuit not open, not already tried, holding the
+                   adapter); none has room → wait in a bounded FIFO queue
+                   (`queue_size`, `queue_timeout_s`); queue full or wait too long →
+                   Overloaded (429 + Retry-After); nothing routable → 503
+    release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
+
+Retries draw on a budget: each request adds `retry_budget` of a retry (up to a burst
+of ten), so a dying backend cannot turn every request into `max_attempts` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Collection, Sequence
+
+from engines.types import AdapterSupport, Message
+from gateway.balancer.backend import Backend
+from gateway.balancer.policies import RouteKey, make_policy
+from gateway.errors import Overloaded, ServiceUnavailable
+from gateway.settings import BalancerSettings, PolicyName
+
+RETRY_BURST = 10.0
+
+
+class Pool:
+    def __init__(
+        self,
+        model_id: str,
+        backends: Sequence[Backend],
+        settings: BalancerSettings,
+        policy: PolicyName | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.backends = list(backends)
+        self.settings = settings
+        self.policy_name = policy or settings.policies.get(model_id, settings.policy)
+        self.policy = make_policy(self.policy_name, settings.load_factor)
+        self.queue_wait_s = 0.0  # total, for metrics
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._retry_tokens = RETRY_BURST
+
+    @property
+    def support(self) -> AdapterSupport | None:
+        """Adapters every backend can take (None if one takes none)."""
+        supports = [b.engine.adapter_support for b in self.backends]
+        if not supports or any(s is None for s in supports):
+            return None
+        known = [s for s in supports if s is not None]
+        return AdapterSupport(
+            max_rank=min(s.max_rank for s in known),
+            max_loaded=min(s.max_loaded for s in known),
+            target_modules=frozenset.intersection(*(s.target_modules for s in known)),
+        )
+
+    def route_key(self, adapter: str | None, prompt: str | tuple[Message, ...]) -> RouteKey:
+        if self.policy_name != "prefix_affinity":
+            return RouteKey(adapter)
+        if not isinstance(prompt, str):
+            prompt = "".join(f"{m.role}\0{m.content}\0" for m in prompt)
+        return RouteKey(adapter, prompt[: self.settings.prefix_chars])
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def state(self) -> str:
+        """ready (something routable) | loading | unavailable | failed"""
+        now = time.monotonic()
+        if any(b.routable(now) for b in self.backends):
+            return "ready"
+        if any(b.state == "loading" for b in self.backends):
+            return "loading"
+        if any(b.state == "ready" for b in self.backends):
+            return "unavailable"
+        return "failed"
+
+    async def acquire(
+        self,
+        key: RouteKey,
+        exclude: Collection[Backend] = (),
+        placed: Collection[str] | None = None,
+    ) -> Backend:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            candidates = [
+                b
+                for b in self.backends
+                if b.routable(now) and b not in exclude and (placed is None or b.name in placed)
+            ]
+            if not candidates:
+                raise self._unavailable(now)
+            free = [b for b in candidates if b.has_room()]
+            if free:
+                backend = self.policy.choose(free, key)
+                backend.begin(key.adapter)
+                self._retry_tokens = min(
+                    RETRY_BURST, self._retry_tokens + self.settings.retry_budget
+                )
+                return backend
+            if len(self._waiters) >= self.settings.queue_size:
+                raise Overloaded(
+                    f"Every backend for '{self.model_id}' is at its limit and the wait queue "
+                    f"is full ({self.settings.queue_size}); retry shortly."
+                )
+            if deadline is None:
+                deadline = loop.time() + self.settings.queue_timeout_s
+            await self._wait(deadline)
+
+    async def _wait(self, deadline: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            raise Overloaded(
+                f"No backend for '{self.model_id}' had room within "
+                f"{self.settings.queue_timeout_s:g} s; retry shortly."
+            ) from None
+        finally:
+            self.queue_wait_s += time.perf_counter() - started
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, backend: Backend, adapter: str | None, failure: BaseException | None) -> None:
+        backend.end(adapter, failure)
+        self.wake()
+
+    def wake(self, everyone: bool = False) -> None:
+        """Let the longest waiter (or all: a backend came back) look again."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
+
+    def may_retry(self, retries_so_far: int) -> bool:
+        if retries_so_far + 1 >= self.settings.max_attempts or self._retry_tokens < 1:
+            return False
+        self._retry_tokens -= 1
+        return True
+
+    def _unavailable(self, now: float) -> ServiceUnavailable:
+        states = ", ".join(
+            f"{b.name}: {_why(b, now)}" for b in self.backends if not b.routable(now)
+        )
+        return ServiceUnavailable(
+            f"No backend can serve '{self.model_id}' right now ({states or 'all tried'}); "
+            "retry shortly."
+        )
+
+
+def _why(backend: Backend, now: float) -> str:
+    if backend.state != "ready":
+        return backend.state
+    if not backend.healthy:
+        return "failing health checks"
+    return f"ejected ({backend.breaker.state(now)})"
