@@ -185,9 +185,10 @@ class OpenAIRemoteEngine:
         path, body, reader = self.prepare(request)
         self._running += 1
         try:
-            async for payload in self.stream_events(path, body):
-                for chunk in reader.read(payload):
-                    yield chunk
+            async with contextlib.aclosing(self.stream_events(path, body)) as events:
+                async for payload in events:
+                    for chunk in reader.read(payload):
+                        yield chunk
             for chunk in reader.finish():
                 yield chunk
         finally:

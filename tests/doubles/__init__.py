@@ -1,0 +1,1 @@
+"""Test doubles for servers that cannot run here, named as such."""

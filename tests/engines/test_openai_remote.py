@@ -1,0 +1,155 @@
+"""The openai_remote engine against a real OpenAI-compatible server on loopback: a
+Switchyard gateway serving the scripted engine (uvicorn, real HTTP and SSE)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from engines.errors import (
+    EngineUnavailable,
+    EngineUnreachable,
+    GenerationFailed,
+    InvalidGenerationRequest,
+)
+from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
+from engines.scripted import ScriptedConfig, ScriptedEngine
+from engines.types import Chunk, GenerationRequest, Message
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.servers import free_port, serve, wait_until
+
+CHAT = (Message("user", "the quick brown fox"),)
+
+
+@contextlib.contextmanager
+def upstream(**options: Any) -> Iterator[str]:
+    engine = ScriptedEngine("up", "up-model", ScriptedConfig(**options))
+    app = create_app(Settings(), engines=[engine])
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def remote(url: str, **options: Any) -> AsyncIterator[OpenAIRemoteEngine]:
+    config = OpenAIRemoteConfig(url=url, upstream_model="up-model", **options)
+    engine = OpenAIRemoteEngine("remote", "gw-model", config)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+async def collect(engine: OpenAIRemoteEngine, request: GenerationRequest) -> list[Chunk]:
+    return [chunk async for chunk in engine.generate(request)]
+
+
+def text(chunks: list[Chunk], index: int = 0) -> str:
+    return "".join(c.text for c in chunks if c.index == index)
+
+
+@pytest.fixture(scope="module")
+def echo_url() -> Iterator[str]:
+    with upstream(reply=None) as url:
+        yield url
+
+
+async def test_chat_and_completion_stream_with_usage(echo_url: str) -> None:
+    async with remote(echo_url + "/v1") as engine:
+        assert (await engine.health()).ok
+        chat = await collect(engine, GenerationRequest("r1", CHAT, temperature=0))
+        assert text(chat) == "the quick brown fox"
+        assert chat[-1].prompt_tokens > 0
+        assert sum(c.token_count for c in chat) == 4
+        assert [c.finish_reason for c in chat if c.finish_reason] == ["stop"]
+
+        completion = await collect(engine, GenerationRequest("r2", "one two three", max_tokens=2, temperature=0))
+        assert text(completion) == "one two"
+        assert [c.finish_reason for c in completion if c.finish_reason] == ["length"]
+        assert sum(c.token_count for c in completion) == 2
+
+
+async def test_n_stop_seed_and_logprobs_pass_through(echo_url: str) -> None:
+    async with remote(echo_url) as engine:
+        request = GenerationRequest(
+            "r", CHAT, n=2, temperature=1.0, seed=7, stop=(" fox",), logprobs=1
+        )
+        chunks = await collect(engine, request)
+        for index in (0, 1):
+            assert " fox" not in text(chunks, index)
+            assert any(c.logprobs for c in chunks if c.index == index)
+        again = await collect(engine, request)
+        assert text(again, 0) == text(chunks, 0)  # the seed travelled
+
+        completion = await collect(engine, GenerationRequest("c", "a b c", logprobs=2, temperature=0))
+        assert all(len(c.logprobs[0].top) == 2 for c in completion if c.text)
+
+
+async def test_upstream_400_is_the_clients_error(echo_url: str) -> None:
+    async with remote(echo_url) as engine:
+        with pytest.raises(InvalidGenerationRequest) as info:
+            await collect(engine, GenerationRequest("r", CHAT, max_tokens=10**6))
+        assert "maximum context length" in info.value.message
+
+
+async def test_unknown_upstream_model_is_unavailable_not_client_error(echo_url: str) -> None:
+    config = OpenAIRemoteConfig(url=echo_url, upstream_model="nope")
+    engine = OpenAIRemoteEngine("remote", "gw-model", config)
+    await engine.start()
+    try:
+        with pytest.raises(EngineUnavailable, match="404"):
+            await collect(engine, GenerationRequest("r", CHAT))
+    finally:
+        await engine.aclose()
+
+
+async def test_connection_refused_is_unreachable() -> None:
+    async with remote(f"http://127.0.0.1:{free_port()}", connect_timeout_s=1) as engine:
+        assert not (await engine.health()).ok
+        with pytest.raises(EngineUnreachable):
+            await collect(engine, GenerationRequest("r", CHAT))
+
+
+async def test_first_token_and_idle_timeouts() -> None:
+    with upstream(first_token_delay_s=5) as url:
+        async with remote(url, first_token_timeout_s=0.5) as engine:
+            started = time.perf_counter()
+            with pytest.raises(EngineUnavailable, match="first_token_timeout_s"):
+                await collect(engine, GenerationRequest("r", CHAT))
+            assert time.perf_counter() - started < 4
+    with upstream(token_delay_s=5) as url:
+        async with remote(url, idle_timeout_s=0.5) as engine:
+            chunks: list[Chunk] = []
+            with pytest.raises(EngineUnavailable, match="silent"):
+                async for chunk in engine.generate(GenerationRequest("r", CHAT)):
+                    chunks.append(chunk)
+            assert chunks  # the first token came, then nothing
+
+
+async def test_failure_mid_stream_is_generation_failed() -> None:
+    with upstream(fail_after_tokens=2) as url:
+        async with remote(url) as engine:
+            chunks: list[Chunk] = []
+            with pytest.raises(GenerationFailed, match="scripted failure"):
+                async for chunk in engine.generate(GenerationRequest("r", CHAT)):
+                    chunks.append(chunk)
+            assert len([c for c in chunks if c.text]) == 2
+
+
+async def test_closing_the_stream_aborts_the_upstream_request() -> None:
+    engine = ScriptedEngine("up", "up-model", ScriptedConfig(token_delay_s=0.05, reply="a " * 200))
+    app = create_app(Settings(), engines=[engine])
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        async with remote(url) as client:
+            stream = client.generate(GenerationRequest("r", CHAT))
+            await anext(stream)
+            await stream.aclose()
+            assert wait_until(lambda: engine.aborted == 1, timeout=5)
+            assert engine.running == 0
