@@ -50,6 +50,13 @@ async def collect(engine: OpenAIRemoteEngine, request: GenerationRequest) -> lis
     return [chunk async for chunk in engine.generate(request)]
 
 
+async def collect_until_error(
+    engine: OpenAIRemoteEngine, request: GenerationRequest, chunks: list[Chunk]
+) -> None:
+    async for chunk in engine.generate(request):
+        chunks.append(chunk)
+
+
 def text(chunks: list[Chunk], index: int = 0) -> str:
     return "".join(c.text for c in chunks if c.index == index)
 
@@ -69,7 +76,9 @@ async def test_chat_and_completion_stream_with_usage(echo_url: str) -> None:
         assert sum(c.token_count for c in chat) == 4
         assert [c.finish_reason for c in chat if c.finish_reason] == ["stop"]
 
-        completion = await collect(engine, GenerationRequest("r2", "one two three", max_tokens=2, temperature=0))
+        completion = await collect(
+            engine, GenerationRequest("r2", "one two three", max_tokens=2, temperature=0)
+        )
         assert text(completion) == "one two"
         assert [c.finish_reason for c in completion if c.finish_reason] == ["length"]
         assert sum(c.token_count for c in completion) == 2
@@ -87,7 +96,9 @@ async def test_n_stop_seed_and_logprobs_pass_through(echo_url: str) -> None:
         again = await collect(engine, request)
         assert text(again, 0) == text(chunks, 0)  # the seed travelled
 
-        completion = await collect(engine, GenerationRequest("c", "a b c", logprobs=2, temperature=0))
+        completion = await collect(
+            engine, GenerationRequest("c", "a b c", logprobs=2, temperature=0)
+        )
         assert all(len(c.logprobs[0].top) == 2 for c in completion if c.text)
 
 
@@ -127,8 +138,7 @@ async def test_first_token_and_idle_timeouts() -> None:
         async with remote(url, idle_timeout_s=0.5) as engine:
             chunks: list[Chunk] = []
             with pytest.raises(EngineUnavailable, match="silent"):
-                async for chunk in engine.generate(GenerationRequest("r", CHAT)):
-                    chunks.append(chunk)
+                await collect_until_error(engine, GenerationRequest("r", CHAT), chunks)
             assert chunks  # the first token came, then nothing
 
 
@@ -137,8 +147,7 @@ async def test_failure_mid_stream_is_generation_failed() -> None:
         async with remote(url) as engine:
             chunks: list[Chunk] = []
             with pytest.raises(GenerationFailed, match="scripted failure"):
-                async for chunk in engine.generate(GenerationRequest("r", CHAT)):
-                    chunks.append(chunk)
+                await collect_until_error(engine, GenerationRequest("r", CHAT), chunks)
             assert len([c for c in chunks if c.text]) == 2
 
 

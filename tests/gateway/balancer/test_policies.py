@@ -1,0 +1,110 @@
+"""Routing policies and the circuit breaker, on backends with no traffic behind them."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from engines.scripted import ScriptedConfig, ScriptedEngine
+from gateway.balancer.backend import Backend, Breaker
+from gateway.balancer.policies import (
+    AdapterAffinity,
+    LeastOutstanding,
+    PrefixAffinity,
+    RoundRobin,
+    RouteKey,
+)
+
+
+def backends(n: int, max_loras: int = 1) -> list[Backend]:
+    return [
+        Backend(ScriptedEngine(f"b{i}", "m", ScriptedConfig(max_loras=max_loras)), state="ready")
+        for i in range(n)
+    ]
+
+
+def test_round_robin_takes_turns() -> None:
+    pool = backends(3)
+    policy = RoundRobin()
+    assert [policy.choose(pool, RouteKey()).name for _ in range(6)] == ["b0", "b1", "b2"] * 2
+
+
+def test_least_outstanding_prefers_the_idle_backend() -> None:
+    a, b = backends(2)
+    a.in_flight = 5
+    policy = LeastOutstanding()
+    assert {policy.choose([a, b], RouteKey()).name for _ in range(20)} == {"b1"}
+
+
+def test_adapter_affinity_keeps_an_adapter_where_it_runs() -> None:
+    pool = backends(2)
+    policy = AdapterAffinity(load_factor=1.25)
+    placements: dict[str, Counter[str]] = {a: Counter() for a in ("x", "y")}
+    for i in range(40):
+        adapter = "x" if i % 2 else "y"
+        backend = policy.choose(pool, RouteKey(adapter))
+        backend.begin(adapter)
+        placements[adapter][backend.name] += 1
+        if i % 3 == 0:  # some requests finish
+            backend.end(adapter, None)
+    # Each adapter mostly stays on one replica, and the two use different ones.
+    homes = {a: c.most_common(1)[0] for a, c in placements.items()}
+    assert homes["x"][0] != homes["y"][0]
+    assert all(count >= 15 for _, count in homes.values())
+
+
+def test_adapter_affinity_is_bounded() -> None:
+    """One hot adapter spills onto the other replica instead of piling up."""
+    pool = backends(2)
+    policy = AdapterAffinity(load_factor=1.25)
+    for _ in range(20):
+        policy.choose(pool, RouteKey("hot")).begin("hot")
+    assert max(b.in_flight for b in pool) <= 13  # ceil(1.25 * 20 / 2)
+
+
+def test_adapter_affinity_prefers_recent_residents() -> None:
+    a, b = backends(2)
+    b.begin("x")
+    b.end("x", None)  # no longer in flight, but resident in b's LoRA slot
+    assert AdapterAffinity().choose([a, b], RouteKey("x")) is b
+
+
+def test_prefix_affinity_is_sticky_and_spreads() -> None:
+    pool = backends(3)
+    policy = PrefixAffinity(load_factor=10)
+    homes = {p: policy.choose(pool, RouteKey(prefix=p)).name for p in map(str, range(60))}
+    assert all(policy.choose(pool, RouteKey(prefix=p)).name == h for p, h in homes.items())
+    assert len(set(homes.values())) == 3
+    # Removing a backend only moves the prefixes that lived on it (consistent hashing).
+    moved = [
+        p
+        for p, h in homes.items()
+        if h != "b2" and policy.choose(pool[:2], RouteKey(prefix=p)).name != h
+    ]
+    assert moved == []
+
+
+def test_breaker_ejects_backs_off_and_recovers() -> None:
+    breaker = Breaker(threshold=2, base_s=10, max_s=25)
+    breaker.failed(0)
+    assert breaker.state(0) == "closed"
+    breaker.failed(1)
+    assert breaker.state(1) == "open"
+    assert not breaker.allows(5)
+    assert breaker.state(11) == "half_open"
+    assert breaker.allows(11)
+    breaker.leased(11)
+    assert not breaker.allows(11)  # one trial at a time
+    breaker.failed(12)  # the trial failed: twice as long
+    assert breaker.state(31) == "open"
+    assert breaker.state(32) == "half_open"
+    breaker.failed(33)
+    assert breaker.open_until == 33 + 25  # capped
+    breaker.succeeded()
+    assert breaker.state(34) == "closed"
+    assert breaker.ejections == 0
+
+
+def test_connect_failures_eject_at_once() -> None:
+    breaker = Breaker(threshold=5)
+    breaker.failed(0, at_once=True)
+    assert breaker.state(0) == "open"
