@@ -5,8 +5,8 @@ routable and have room; none of them ever waits.
     least_outstanding  power of two choices on in-flight requests
     adapter_affinity   adapter requests go where the adapter is resident (in flight
                        there, or among the last `max_loras` it served), else to the
-                       backend with the fewest adapters in flight; base requests use
-                       least_outstanding. The default.
+                       backend with the fewest adapters in flight (then in its slots);
+                       base requests use least_outstanding. The default.
     prefix_affinity    rendezvous (consistent) hashing on the prompt's prefix, so
                        shared prefixes meet the same prefix cache
 
@@ -83,7 +83,8 @@ class AdapterAffinity:
         ):
             if resident:
                 return min(resident, key=lambda b: b.in_flight)
-        return min(within, key=lambda b: (len(b.by_adapter), b.in_flight))
+        # Cold: where the fewest adapters run, then hold slots, then least load.
+        return min(within, key=lambda b: (len(b.by_adapter), len(b.recent), b.in_flight))
 
 
 class PrefixAffinity:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.load import Load, Sample, run, summarize
-from gateway.bench.process import answers, gateway_command, server_process
+from gateway.bench.process import answers, gateway_command, server_process, vllm_server_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
@@ -77,24 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     gateway = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]
     contenders = {
         "switchyard (in-process vLLM)": gateway_command(gateway, args.port, work),
-        "vllm serve (OpenAI server)": [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            args.model,
-            "--served-model-name",
-            MODEL_ID,
-            "--max-model-len",
-            "2048",
-            "--enforce-eager",
-            "--port",
-            str(args.port),
-            "--host",
-            "127.0.0.1",
-            "--uvicorn-log-level",
-            "warning",
-        ],
+        "vllm serve (OpenAI server)": vllm_server_command(
+            args.model, MODEL_ID, args.port, "--max-model-len", "2048"
+        ),
     }
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):

