@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test check venv model adapters format lint types bench-engine bench-adapters
+.PHONY: serve test check venv model adapters format lint types bench-engine bench-adapters bench-routing
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -50,3 +50,7 @@ bench-engine: model
 ## bench-adapters: tokens/s over 1, 2 and 4 adapters as ratios to base-only traffic
 bench-adapters: model
 	$(VENV)/bin/switchyard bench adapters
+
+## bench-routing: adapter_affinity vs round_robin on two vLLM replicas; gateway-added latency
+bench-routing: model
+	$(VENV)/bin/switchyard bench routing

@@ -124,15 +124,18 @@ async def _one(
 
 
 async def run(url: str, model: str | list[str], load: Load) -> Sample:
-    """Closed-loop load; with several models, request i goes to model i mod len."""
+    """Closed-loop load; with several models, request i goes to model i mod len.
+    Warm-up: `load.warmup` requests, and at least one per distinct model."""
     models = [model] if isinstance(model, str) else model
+    distinct = list(dict.fromkeys(models))
     texts = prompts()
     limits = httpx.Limits(
         max_connections=load.concurrency, max_keepalive_connections=load.concurrency
     )
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
-        for i in range(max(load.warmup, len(models))):
-            await _one(client, url, models[i % len(models)], texts[i % len(texts)], load.max_tokens)
+        for i in range(max(load.warmup, len(distinct))):
+            name = distinct[i % len(distinct)]
+            await _one(client, url, name, texts[i % len(texts)], load.max_tokens)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(load.requests):
             queue.put_nowait(i)

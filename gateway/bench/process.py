@@ -48,10 +48,13 @@ def server_process(
                     proc.wait()
 
 
-def gateway_command(engines: list[dict[str, Any]], port: int, work: Path) -> list[str]:
-    """`switchyard serve` on loopback with these engine settings written to a file."""
+def gateway_command(
+    engines: list[dict[str, Any]], port: int, work: Path, **settings: Any
+) -> list[str]:
+    """`switchyard serve` on loopback with these engine (and other) settings written
+    to a file."""
     config = work / f"gateway-{port}.yaml"
-    config.write_text(yaml.safe_dump({"engines": engines}))
+    config.write_text(yaml.safe_dump({"engines": engines, **settings}))
     return [
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
         "--port", str(port), "--log-level", "warning",

@@ -3,9 +3,11 @@ this CPU-only machine, so this checks our side of TGI's documented API."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 
@@ -18,8 +20,11 @@ from engines.errors import (
 from engines.openai_remote import OpenAIRemoteConfig
 from engines.tgi import TGIEngine
 from engines.types import Adapter, Chunk, GenerationRequest, Message
+from gateway.app import create_app
+from gateway.settings import Settings
 from tests.doubles.tgi import create_tgi_double
-from tests.servers import serve
+from tests.gateway.test_errors import assert_error
+from tests.servers import serve, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +123,26 @@ async def test_tgi_errors_map_onto_the_engine_errors(
     script["fail_after"] = 1
     with pytest.raises(GenerationFailed, match="generation"):
         await collect(tgi, GenerationRequest("r", "a b c"))
+
+
+def test_through_the_gateway_tgi_streams_and_refuses_n(double: tuple[str, Starlette]) -> None:
+    """The OpenAI API in front of the TGI double: a streamed completion, and n=2 as
+    a 400 naming `n` (never a silent single choice)."""
+    settings = Settings(
+        engines=[
+            {"name": "tgi", "kind": "tgi", "model_id": "tgi-model", "options": {"url": double[0]}}
+        ]
+    )
+    app = create_app(settings)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        body = {"model": "tgi-model", "prompt": "one two three", "stream": True, "temperature": 0}
+        with client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in lines[:-1]]
+        assert "".join(c["text"] for chunk in chunks for c in chunk["choices"]) == "one two three"
+        chat = {"model": "tgi-model", "messages": [{"role": "user", "content": "hi"}], "n": 2}
+        error = assert_error(client.post("/v1/chat/completions", json=chat), 400, param="n")
+        assert error["code"] == "unsupported_parameter"

@@ -5,7 +5,10 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from engines.registry import build_engine
 from gateway.settings import SettingsFileError, load_settings
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 YAML = """
 port: 9001
@@ -60,3 +63,14 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsFileError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_build(path: Path) -> None:
+    """Every config in configs/ passes the settings loader and each engine's own
+    option validation (building an engine does not start it)."""
+    settings = load_settings(path)
+    assert settings.engines
+    for engine in settings.engines:
+        built = build_engine(engine.kind, engine.name, engine.model_id, engine.options)
+        assert built.model_id == engine.model_id
