@@ -1,6 +1,6 @@
 """Any OpenAI-compatible server (`vllm serve`, SGLang, llama.cpp) as an engine.
 
-One `httpx.AsyncClient` per upstream, with a keep-alive pool and four explicit
+One `aiohttp.ClientSession` per upstream, with a keep-alive pool and four explicit
 timeouts: connect; first token (request sent → first streamed event, which covers the
 upstream's own queue); idle (between events); total. Every generation streams from the
 upstream (`stream: true` with usage) whatever the client asked, so TTFT, disconnects
@@ -9,7 +9,7 @@ and retries work the same way as in-process.
 Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
-    429, our own pool exhausted           → EngineOverloaded   (retried elsewhere)
+    429                                   → EngineOverloaded   (retried elsewhere)
     424 (TGI's generation error)          → GenerationFailed
     401/403/404/408/5xx, timeouts, a cut  → EngineUnavailable  (retried while nothing
     stream, a malformed event                                   reached the client)
@@ -20,6 +20,10 @@ Adapters go through vLLM's runtime LoRA endpoints (the server needs
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a content-addressed name,
 `name@digest12`: two gateways sharing a server agree on it, and a changed adapter
 never reuses the old version's name.
+
+aiohttp rather than httpx: streaming the same completions from the same upstream,
+httpx spent 14x the client CPU per request at concurrency 64 (`switchyard bench
+http-clients`, docs/benchmarks/http_clients.md).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 
 from engines.errors import (
@@ -94,7 +98,7 @@ class OpenAIRemoteEngine:
             if config.enable_lora
             else None
         )
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self._running = 0
 
@@ -113,35 +117,31 @@ class OpenAIRemoteEngine:
                     "holding the upstream's API key is not set"
                 )
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.root,
+        self._session = aiohttp.ClientSession(
             headers=headers,
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout_s,
-                read=config.idle_timeout_s,
-                write=config.idle_timeout_s,
-                pool=config.first_token_timeout_s,
-            ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
+            connector=aiohttp.TCPConnector(limit=config.max_connections),
+            read_bufsize=2**20,  # SSE lines (one event each) up to ~2 MiB
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=config.first_token_timeout_s,  # waiting for a pooled connection
+                sock_connect=config.connect_timeout_s,
+                sock_read=config.idle_timeout_s,
             ),
         )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def health(self) -> Health:
         try:
-            response = await self._http().get(self.config.health_path)
-        except (httpx.HTTPError, EngineUnavailable) as exc:
+            async with self._http().get(self.root + self.config.health_path) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, EngineUnavailable) as exc:
             return Health(ok=False, detail=describe(exc))
-        if response.status_code != 200:
-            return Health(
-                ok=False, detail=f"{self.config.health_path} answered {response.status_code}"
-            )
+        if status != 200:
+            return Health(ok=False, detail=f"{self.config.health_path} answered {status}")
         return Health(ok=True)
 
     def stats(self) -> EngineStats:
@@ -155,28 +155,31 @@ class OpenAIRemoteEngine:
 
     async def load_adapter(self, adapter: Adapter) -> None:
         body = {"lora_name": upstream_name(adapter), "lora_path": adapter.path}
-        response = await self._admin("/v1/load_lora_adapter", body)
-        if response.status_code == 200 or "already" in response.text:
+        reply = await self._admin("/v1/load_lora_adapter", body)
+        if reply.status == 200 or "already" in reply.text:
             self._versions[adapter.engine_id] = adapter
             return
-        if response.status_code == 404:
+        if reply.status == 404:
             raise InvalidGenerationRequest(
                 f"{self.root} has no runtime LoRA endpoint: start it with --enable-lora and "
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
             )
-        if response.status_code >= 500:
-            raise EngineUnavailable(f"{self.root} failed to load the adapter: {_message(response)}")
-        raise InvalidGenerationRequest(f"{self.root} refused the adapter: {_message(response)}")
+        if reply.status >= 500:
+            raise EngineUnavailable(f"{self.root} failed to load the adapter: {reply.message}")
+        raise InvalidGenerationRequest(f"{self.root} refused the adapter: {reply.message}")
 
     async def unload_adapter(self, adapter: Adapter) -> None:
         self._versions.pop(adapter.engine_id, None)
         with contextlib.suppress(EngineUnavailable):
             await self._admin("/v1/unload_lora_adapter", {"lora_name": upstream_name(adapter)})
 
-    async def _admin(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _admin(self, path: str, body: dict[str, Any]) -> Reply:
         try:
-            return await self._http().post(path, content=orjson.dumps(body), headers=_JSON)
-        except httpx.HTTPError as exc:
+            async with self._http().post(
+                self.root + path, data=orjson.dumps(body), headers=_JSON
+            ) as response:
+                return Reply(response.status, await response.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, self.root) from None
 
     # -- generation ------------------------------------------------------------------
@@ -208,24 +211,23 @@ class OpenAIRemoteEngine:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST `body` and yield the JSON of each SSE `data:` event until `[DONE]`,
         with the timeouts applied and failures mapped onto the engine errors."""
-        client = self._http()
+        session = self._http()
         config = self.config
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + config.first_token_timeout_s
+        first_deadline = asyncio.get_running_loop().time() + config.first_token_timeout_s
         deadline = time.monotonic() + config.total_timeout_s
-        request = client.build_request("POST", path, content=orjson.dumps(body), headers=_JSON)
         try:
             async with asyncio.timeout_at(first_deadline):
-                response = await client.send(request, stream=True)
-        except TimeoutError:
-            raise self._first_token_timeout() from None
-        except httpx.HTTPError as exc:
+                response = await session.post(
+                    self.root + path, data=orjson.dumps(body), headers=_JSON
+                )
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
+        except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise status_error(response, self.root)
-            async with contextlib.aclosing(sse_data(response.aiter_lines())) as events:
+            if response.status >= 400:
+                raise status_error(Reply(response.status, await response.read()), self.root)
+            async with contextlib.aclosing(sse_data(response.content)) as events:
                 first = True
                 while True:
                     try:
@@ -236,10 +238,13 @@ class OpenAIRemoteEngine:
                         else:
                             payload = await anext(events)
                     except StopAsyncIteration:
+                        # Read the end of the body so the connection can be reused.
+                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                            await response.content.read()
                         return
-                    except TimeoutError:
-                        raise self._first_token_timeout() from None
-                    except httpx.HTTPError as exc:
+                    except TimeoutError as exc:
+                        raise self._timeout(exc) from None
+                    except aiohttp.ClientError as exc:
                         raise transport_error(exc, self.root) from None
                     yield payload
                     if time.monotonic() > deadline:
@@ -248,18 +253,25 @@ class OpenAIRemoteEngine:
                             f"{config.total_timeout_s}"
                         )
         finally:
-            await response.aclose()
+            # A stream left early closes its connection, which aborts the upstream's
+            # generation; a finished one goes back to the pool.
+            if response.content.at_eof():
+                response.release()
+            else:
+                response.close()
 
-    def _first_token_timeout(self) -> EngineUnavailable:
+    def _timeout(self, exc: TimeoutError) -> EngineError:
+        if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connect or read
+            return transport_error(exc, self.root)
         return EngineUnavailable(
             f"{self.root} sent nothing within first_token_timeout_s="
             f"{self.config.first_token_timeout_s}"
         )
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise EngineUnavailable(f"engine {self.name!r} is not started")
-        return self._client
+        return self._session
 
 
 def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
@@ -346,12 +358,12 @@ class EventReader:
         return [Chunk(0, "", completion - self.counted, prompt)]
 
 
-async def sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, Any], None]:
+async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
     async for line in lines:
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             return
         try:
             payload = orjson.loads(data)
@@ -393,37 +405,64 @@ def completion_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
     )
 
 
-def transport_error(exc: Exception, where: str) -> EngineError:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An upstream's non-streamed answer (errors, admin calls)."""
+
+    status: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    @property
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.content)
+        except orjson.JSONDecodeError:
+            return None
+
+    @property
+    def message(self) -> str:
+        payload = self.json
+        if isinstance(payload, dict):
+            if "error" in payload:
+                return _error_text(payload)
+            if "message" in payload:  # vLLM's older error shape
+                return str(payload["message"])
+        return self.text[:500] or f"HTTP {self.status}"
+
+    @property
+    def param(self) -> str | None:
+        payload = self.json
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            param = payload["error"].get("param")
+            return str(param) if param else None
+        return None
+
+
+def transport_error(exc: BaseException, where: str) -> EngineError:
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
-    if isinstance(exc, httpx.PoolTimeout):
-        return EngineOverloaded(f"no free connection to {where}: the pool is exhausted")
-    if isinstance(exc, httpx.ReadTimeout):
+    if isinstance(exc, aiohttp.SocketTimeoutError):
         return EngineUnavailable(f"{where} went silent (idle timeout)")
     return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
 
 
-def status_error(response: httpx.Response, where: str) -> EngineError:
-    status = response.status_code
-    message = _message(response)
+def status_error(reply: Reply, where: str) -> EngineError:
+    status = reply.status
     if status == 429:
-        return EngineOverloaded(f"{where} is overloaded (429): {message}")
+        return EngineOverloaded(f"{where} is overloaded (429): {reply.message}")
     if status in (400, 422):
-        return InvalidGenerationRequest(message, param=_error_param(response))
+        return InvalidGenerationRequest(reply.message, param=reply.param)
     if status == 424:  # TGI: the model failed while generating
-        return GenerationFailed(f"{where} failed to generate: {message}")
-    return EngineUnavailable(f"{where} answered {status}: {message}")
+        return GenerationFailed(f"{where} failed to generate: {reply.message}")
+    return EngineUnavailable(f"{where} answered {status}: {reply.message}")
 
 
 def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _error_text(payload: dict[str, Any]) -> str:
@@ -431,21 +470,3 @@ def _error_text(payload: dict[str, Any]) -> str:
     if isinstance(error, dict):
         return str(error.get("message") or error)
     return str(error)
-
-
-def _message(response: httpx.Response) -> str:
-    payload = _json(response)
-    if isinstance(payload, dict):
-        if "error" in payload:
-            return _error_text(payload)
-        if "message" in payload:  # vLLM's older error shape
-            return str(payload["message"])
-    return response.text[:500] or response.reason_phrase
-
-
-def _error_param(response: httpx.Response) -> str | None:
-    payload = _json(response)
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        param = payload["error"].get("param")
-        return str(param) if param else None
-    return None

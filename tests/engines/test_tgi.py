@@ -125,9 +125,12 @@ async def test_tgi_errors_map_onto_the_engine_errors(
         await collect(tgi, GenerationRequest("r", "a b c"))
 
 
-def test_through_the_gateway_tgi_streams_and_refuses_n(double: tuple[str, Starlette]) -> None:
+def test_through_the_gateway_tgi_streams_and_refuses_n(
+    double: tuple[str, Starlette], script: dict[str, Any]
+) -> None:
     """The OpenAI API in front of the TGI double: a streamed completion, and n=2 as
     a 400 naming `n` (never a silent single choice)."""
+    script.clear()
     settings = Settings(
         engines=[
             {"name": "tgi", "kind": "tgi", "model_id": "tgi-model", "options": {"url": double[0]}}
