@@ -93,6 +93,7 @@ class AdapterRegistry:
         self._draining: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
+        self.loads = self.unloads = 0  # versions, for metrics
 
     def get(self, name: str) -> AdapterRecord | None:
         record = self._records.get(name)
@@ -146,6 +147,7 @@ class AdapterRegistry:
                 )
             record = AdapterRecord(adapter, base_id, base.pool, placed)
             self._records[name] = record
+            self.loads += 1
         if current is not None:
             self._retire(current)
         log.info(
@@ -186,6 +188,7 @@ class AdapterRegistry:
         while record.in_flight:
             await record.idle.wait()
         await _remove(record.adapter, record.pool, record.placed)
+        self.unloads += 1
         log.info("adapter %s (lora id %d) unloaded", record.adapter.name, record.adapter.engine_id)
 
     async def aclose(self) -> None:

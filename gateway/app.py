@@ -35,9 +35,10 @@ from gateway.errors import (
     internal_error,
     invalid_body,
 )
+from gateway.metrics import Metrics
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routes import adapters, chat, completions, health, models
+from gateway.routes import adapters, chat, completions, health, metrics, models
 from gateway.routes._respond import JSONResponse
 from gateway.settings import Settings
 
@@ -73,9 +74,10 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     )
     app.state.settings = settings
     app.state.engines = engine_set
+    app.state.metrics = Metrics(engine_set) if settings.metrics else None
     app.state.started_at = int(time.time())
 
-    for module in (chat, completions, models, adapters, health):
+    for module in (chat, completions, models, adapters, health, metrics):
         app.include_router(module.router)
 
     app.add_exception_handler(GatewayError, _gateway_error)

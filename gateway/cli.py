@@ -76,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    access = logging.getLogger("switchyard.access")
+    access.propagate = False  # its lines are JSON objects, alone on their line
+    if settings.access_log:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+    else:
+        access.disabled = True
     try:
         app = create_app(settings)
     except EngineError as exc:
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=False,  # ours (switchyard.access) says more, as JSON
         # On SIGTERM uvicorn stops accepting, lets open requests and streams finish
         # for up to this long, then cancels them and runs the lifespan's shutdown.
         timeout_graceful_shutdown=settings.shutdown_grace_s,

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Collection
+import time
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,16 @@ log = logging.getLogger("switchyard")
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened to a call, for response headers, metrics and logs."""
+    """What happened to a call, for response headers, metrics and logs; `watch` sees
+    every chunk as it leaves the engine (metrics time tokens there)."""
 
+    base: str | None = None
+    adapter: str | None = None
     backend: str | None = None
     attempts: int = 0
+    queue_wait_s: float = 0.0
+    failed_mid_stream: bool = False
+    watch: Callable[[Chunk], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +103,10 @@ async def _events(
         if usage:
             yield event(renderer.usage_chunk())
     except EngineError as exc:
+        call.outcome.failed_mid_stream = True
         yield event(from_engine_error(exc).body())
     except Exception:
+        call.outcome.failed_mid_stream = True
         log.exception("stream %s failed", call.request_id)
         yield event(internal_error(call.request_id).body())
     finally:
@@ -124,6 +133,8 @@ async def _chunks(
     (no await in between) and always close it."""
     adapter = route.adapter
     requests = call.requests
+    call.outcome.base = route.pool.model_id
+    call.outcome.adapter = adapter.adapter.name if adapter else None
     if adapter is None:
         key = route.pool.route_key(None, requests[0].prompt)
         async for item in _balanced(route.pool, key, None, requests, call.outcome, buffered):
@@ -154,18 +165,23 @@ async def _balanced(
     tried: list[Backend] = []
     last: EngineUnavailable | None = None
     while True:
+        waiting = time.perf_counter()
         try:
             backend = await pool.acquire(key, tried, placed)
         except ServiceUnavailable:
             if last is not None:
                 raise last from None
             raise
+        finally:
+            outcome.queue_wait_s += time.perf_counter() - waiting
         outcome.backend = backend.name
         outcome.attempts += 1
         failure: BaseException | None = None
         sent = False
         try:
-            async with contextlib.aclosing(_generate(backend.engine, requests)) as stream:
+            async with contextlib.aclosing(
+                _watched(_generate(backend.engine, requests), outcome.watch)
+            ) as stream:
                 if buffered:
                     items = [item async for item in stream]
                     sent = True
@@ -187,6 +203,16 @@ async def _balanced(
             raise
         finally:
             pool.release(backend, key.adapter, failure)
+
+
+async def _watched(
+    items: AsyncGenerator[tuple[int, Chunk], None], watch: Callable[[Chunk], None] | None
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if watch is not None:
+                watch(item[1])
+            yield item
 
 
 async def _generate(

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     max_n: int = Field(16, ge=1)
     shutdown_grace_s: int = Field(30, ge=0)
+    metrics: bool = True  # /metrics and request metrics
+    access_log: bool = True  # one JSON line per generation request
+    log_prompts: bool = False  # put prompt text in access-log lines
     engines: list[EngineSettings] = Field(default_factory=list)
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
 

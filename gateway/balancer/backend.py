@@ -75,6 +75,7 @@ class Backend:
     healthy: bool = True
     in_flight: int = 0
     routed: int = 0
+    probe_failures: int = 0
     by_adapter: Counter[str] = field(default_factory=Counter)
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 

@@ -58,6 +58,7 @@ class Prober:
             if not backend.healthy and streak.ok >= self.settings.healthy_after:
                 await self._recover(pool, backend)
         else:
+            backend.probe_failures += 1
             streak.ok, streak.failed = 0, streak.failed + 1
             if backend.healthy and streak.failed >= self.settings.unhealthy_after:
                 backend.healthy = False

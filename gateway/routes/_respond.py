@@ -15,6 +15,7 @@ from starlette.types import Receive
 from gateway import pipeline
 from gateway.engine_set import EngineSet
 from gateway.errors import ClientClosedRequest, invalid_body
+from gateway.observe import Recorder
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
 
@@ -47,10 +48,18 @@ def request_id(request: Request) -> str:
 
 async def respond(request: Request, call: Call, stream: bool) -> Response:
     engines: EngineSet = request.app.state.engines
-    if stream:
-        events = await cancel_on_disconnect(request.receive, pipeline.open_stream(engines, call))
-        return EventStreamResponse(events, headers=_headers(call))
-    body = await cancel_on_disconnect(request.receive, pipeline.complete(engines, call))
+    settings = request.app.state.settings
+    recorder = Recorder.start(call, request.app.state.metrics, stream, settings.log_prompts)
+    try:
+        if stream:
+            opened = pipeline.open_stream(engines, call)
+            events = await cancel_on_disconnect(request.receive, opened)
+            return EventStreamResponse(recorder.watch_stream(events), headers=_headers(call))
+        body = await cancel_on_disconnect(request.receive, pipeline.complete(engines, call))
+    except Exception as exc:
+        recorder.failed(exc)
+        raise
+    recorder.finish(200)
     return JSONResponse(body, headers=_headers(call))
 
 

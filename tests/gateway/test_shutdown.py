@@ -45,7 +45,12 @@ def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
                 return False
 
         assert wait_until(ready, timeout=30, interval=0.2)
-        body = {"model": "s", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        body = {
+            "model": "s",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "temperature": 0,
+        }
         text = []
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()

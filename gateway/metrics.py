@@ -1,0 +1,253 @@
+"""Every Prometheus metric of the gateway, defined once, on a registry owned by the app.
+
+Request metrics are measured at the gateway, as clients feel them: time to first
+token is from the request's arrival to the first chunk with text leaving the engine
+(or remote backend); inter-token latency is the gap between consecutive chunks with
+text. State that already lives elsewhere (backend health, circuits, queues, engine
+scheduler stats, in-flight counts) is read at scrape time by a collector, never copied.
+
+Labels are bounded: `model` and `adapter` are only names this gateway serves (a name a
+client made up is counted as model="unknown"), `backend` only configured engine names.
+
+One process per gateway: `switchyard serve` runs a single uvicorn worker (the engines
+live in it), so there is no multiprocess aggregation to do; scale out with replicas,
+each scraped on its own /metrics, and aggregate in PromQL with `sum by (...)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engines.types import Chunk
+from gateway.engine_set import EngineSet
+from gateway.pipeline import Outcome
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+UNKNOWN = "unknown"
+NONE = ""
+
+
+class Metrics:
+    def __init__(self, engines: EngineSet) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        by = ("model", "adapter")
+        self.requests = Counter(
+            "switchyard_requests",
+            "Generation requests finished, by outcome.",
+            (*by, "backend", "status", "stream", "cache"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "switchyard_request_duration_seconds",
+            "End-to-end generation request time, arrival to last byte.",
+            by,
+            buckets=E2E_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "switchyard_time_to_first_token_seconds",
+            "Arrival to the first chunk with text.",
+            (*by, "stream"),
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "switchyard_inter_token_latency_seconds",
+            "Gap between consecutive chunks with text.",
+            by,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "switchyard_time_per_output_token_seconds",
+            "(last token - first token) / (completion tokens - 1), per request.",
+            by,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_s = Histogram(
+            "switchyard_output_tokens_per_second",
+            "Completion tokens / end-to-end time, per request.",
+            by,
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "switchyard_prompt_tokens", "Prompt tokens of finished requests.", by, registry=r
+        )
+        self.completion_tokens = Counter(
+            "switchyard_completion_tokens", "Completion tokens sent.", by, registry=r
+        )
+        self.queue_wait = Histogram(
+            "switchyard_queue_wait_seconds",
+            "Time a request waited for a backend with room.",
+            ("model",),
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.retries = Counter(
+            "switchyard_retries", "Requests retried on another backend.", ("model",), registry=r
+        )
+        self.cache = Counter(
+            "switchyard_cache_lookups",
+            "Response cache lookups by result (hit, miss, error, bypass).",
+            ("model", "result"),
+            registry=r,
+        )
+        r.register(_StateCollector(engines))
+        self._engines = engines
+
+    def start(self, stream: bool) -> Observation:
+        return Observation(self, stream)
+
+
+@dataclass(slots=True)
+class Observation:
+    """One request's measurements; `finish` records them once. The pipeline calls
+    `chunk` for every chunk as it leaves the engine (before any buffering)."""
+
+    metrics: Metrics
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    last_token: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    done: bool = False
+
+    def chunk(self, chunk: Chunk) -> None:
+        if not chunk.text:
+            return
+        now = time.perf_counter()
+        if self.first_token is None:
+            self.first_token = now
+        elif self.last_token is not None:
+            self.gaps.append(now - self.last_token)
+        self.last_token = now
+
+    def finish(
+        self,
+        status: int,
+        outcome: Outcome,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cache: str = "none",
+    ) -> dict[str, object]:
+        """Record, and return the facts for the access log."""
+        if self.done:
+            return {}
+        self.done = True
+        m = self.metrics
+        model = outcome.base or UNKNOWN  # unresolved names never become labels
+        labels = (model, outcome.adapter or NONE)
+        stream = "true" if self.stream else "false"
+        elapsed = time.perf_counter() - self.started
+        m.requests.labels(*labels, outcome.backend or NONE, str(status), stream, cache).inc()
+        if outcome.attempts > 1:
+            m.retries.labels(model).inc(outcome.attempts - 1)
+        if outcome.attempts:
+            m.queue_wait.labels(model).observe(outcome.queue_wait_s)
+        facts: dict[str, object] = {"duration_ms": round(elapsed * 1000, 2)}
+        if status != 200:
+            return facts
+        m.duration.labels(*labels).observe(elapsed)
+        m.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        m.completion_tokens.labels(*labels).inc(completion_tokens)
+        if elapsed > 0 and completion_tokens:
+            m.tokens_per_s.labels(*labels).observe(completion_tokens / elapsed)
+        if self.first_token is not None:
+            ttft = self.first_token - self.started
+            m.ttft.labels(*labels, stream).observe(ttft)
+            facts["ttft_ms"] = round(ttft * 1000, 2)
+        itl = m.itl.labels(*labels)
+        for gap in self.gaps:
+            itl.observe(gap)
+        if self.first_token is not None and self.last_token is not None and completion_tokens > 1:
+            tpot = (self.last_token - self.first_token) / (completion_tokens - 1)
+            m.tpot.labels(*labels).observe(tpot)
+        return facts
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the balancer and the engines."""
+
+    def __init__(self, engines: EngineSet) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.monotonic()
+        up = GaugeMetricFamily(
+            "switchyard_backend_up", "1 if the backend is routable.", labels=["model", "backend"]
+        )
+        healthy = GaugeMetricFamily(
+            "switchyard_backend_healthy",
+            "1 if the backend passes its health probes.",
+            labels=["model", "backend"],
+        )
+        circuit = GaugeMetricFamily(
+            "switchyard_backend_circuit_state",
+            "The backend's circuit breaker: 1 for its current state.",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "switchyard_backend_in_flight", "Requests in flight.", labels=["model", "backend"]
+        )
+        queued = GaugeMetricFamily(
+            "switchyard_queue_depth", "Requests waiting for a backend.", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            "switchyard_engine_running", "Requests running in the engine.", labels=["backend"]
+        )
+        waiting = GaugeMetricFamily(
+            "switchyard_engine_waiting", "Requests waiting in the engine.", labels=["backend"]
+        )
+        kv = GaugeMetricFamily(
+            "switchyard_engine_kv_cache_usage",
+            "KV-cache usage (0-1), in-process engines.",
+            labels=["backend"],
+        )
+        adapters = GaugeMetricFamily(
+            "switchyard_adapters_loaded", "Adapters listed, per base.", labels=["base"]
+        )
+        probe_failures = CounterMetricFamily(
+            "switchyard_backend_probe_failures",
+            "Failed active health probes.",
+            labels=["backend"],
+        )
+        registry = self.engines.adapters
+        operations = CounterMetricFamily(
+            "switchyard_adapter_operations",
+            "Adapter loads and unloads.",
+            labels=["operation"],
+        )
+        operations.add_metric(["load"], registry.loads)
+        operations.add_metric(["unload"], registry.unloads)
+        for model in self.engines.models:
+            pool = model.pool
+            queued.add_metric([model.id], pool.queued)
+            listed = sum(1 for r in self.engines.adapters.records() if r.pool is pool)
+            adapters.add_metric([model.id], listed)
+            for backend in pool.backends:
+                name = backend.name
+                up.add_metric([model.id, name], float(backend.routable(now)))
+                healthy.add_metric([model.id, name], float(backend.healthy))
+                state = backend.breaker.state(now)
+                for s in ("closed", "open", "half_open"):
+                    circuit.add_metric([name, s], float(s == state))
+                in_flight.add_metric([model.id, name], backend.in_flight)
+                probe_failures.add_metric([name], backend.probe_failures)
+                stats = backend.engine.stats()
+                running.add_metric([name], stats.running)
+                waiting.add_metric([name], stats.waiting)
+                kv.add_metric([name], stats.kv_cache_usage)
+        yield from (up, healthy, circuit, in_flight, queued, running, waiting, kv, adapters)
+        yield from (probe_failures, operations)
