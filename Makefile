@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test check venv model adapters format lint types bench-engine bench-adapters bench-routing
+.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -17,8 +17,12 @@ serve: model
 	$(VENV)/bin/switchyard serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 ## test: set everything up and run the whole test suite (CI runs this)
-test: model
+test: model system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## system-deps: Debian packages the tests run for real (prometheus)
+system-deps:
+	@scripts/system-deps.sh
 
 ## check: format check, lint, types, tests
 check: venv
@@ -54,3 +58,7 @@ bench-adapters: model
 ## bench-routing: adapter_affinity vs round_robin on two vLLM replicas; gateway-added latency
 bench-routing: model
 	$(VENV)/bin/switchyard bench routing
+
+## bench-metrics: requests/s through the gateway with metrics on vs off (scripted engine)
+bench-metrics: venv
+	$(VENV)/bin/switchyard bench metrics

@@ -2,7 +2,7 @@
 
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
-    switchyard bench engine|adapters|routing [--requests N --concurrency C --max-tokens M]
+    switchyard bench engine|adapters|routing|http-clients|metrics [--requests N ...]
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
 """
@@ -33,17 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", help="serve this model directory with the vllm engine")
     serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
     bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
-    bench.add_argument("suite", choices=["engine", "adapters", "routing", "http-clients"])
+    bench.add_argument(
+        "suite", choices=["engine", "adapters", "routing", "http-clients", "metrics"]
+    )
     bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from gateway.bench import adapters, engine, http_clients, routing
+        from gateway.bench import adapters, engine, http_clients, metrics, routing
 
         suites = {
             "engine": engine.main,
             "adapters": adapters.main,
             "routing": routing.main,
             "http-clients": http_clients.main,
+            "metrics": metrics.main,
         }
         suite = suites[args.suite]
         return suite(args.options)

@@ -105,7 +105,12 @@ class Metrics:
             registry=r,
         )
         r.register(_StateCollector(engines))
-        self._engines = engines
+        # Series that may stay at zero exist from the start, so rates and ratios over
+        # them answer 0 rather than nothing.
+        for model in engines.models:
+            self.retries.labels(model.id)
+            for result in ("hit", "miss", "error", "bypass"):
+                self.cache.labels(model.id, result)
 
     def start(self, stream: bool) -> Observation:
         return Observation(self, stream)

@@ -1,0 +1,91 @@
+"""`make bench-metrics`: what the metrics cost. Requests/s through `switchyard serve`
+with the scripted engine (16-token streamed chat completions, no delays, so the
+gateway is the bottleneck), metrics and access log on vs off, same load, rounds
+alternating (A B B A). Goal: <= 5 % difference.
+
+    switchyard bench metrics [--requests 1500] [--concurrency 16] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gateway.bench.engine import ROOT
+from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.process import answers, gateway_command, server_process
+
+REPLY = " ".join(f"w{i}" for i in range(16))
+SIDES = {"metrics on": True, "metrics off": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    Load.add_arguments(parser)
+    parser.set_defaults(requests=1500, concurrency=16, max_tokens=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--port", type=int, default=8780)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args(argv)
+    load = Load.from_arguments(args)
+    work = Path(tempfile.mkdtemp(prefix="switchyard-bench-metrics-"))
+    url = f"http://127.0.0.1:{args.port}"
+    engine = {"name": "s", "kind": "scripted", "model_id": "scripted", "options": {"reply": REPLY}}
+    samples: dict[str, list[Sample]] = {side: [] for side in SIDES}
+    for round_ in range(args.rounds):
+        order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
+        for side in order:
+            print(f">>> round {round_ + 1}/{args.rounds}: {side}", file=sys.stderr)
+            on = SIDES[side]
+            command = gateway_command([engine], args.port, work, metrics=on, access_log=on)
+            log = work / f"{round_}-{side.replace(' ', '-')}.log"
+            with server_process(command, answers(url, "scripted"), log, dict(os.environ)):
+                samples[side].append(asyncio.run(run(url, "scripted", load)))
+    results = {side: summarize(s) for side, s in samples.items()}
+    rps = {side: r.requests / r.wall_s for side, r in results.items()}
+    ratio = round(rps["metrics on"] / rps["metrics off"], 3)
+    report: dict[str, Any] = {
+        "benchmark": "metrics cost",
+        "command": "make bench-metrics",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load": {**dataclasses.asdict(load), "rounds": args.rounds},
+        "requests_per_s": {side: round(v, 1) for side, v in rps.items()},
+        "results": {side: r.row() for side, r in results.items()},
+        "ratio (on/off requests/s, goal >= 0.95)": ratio,
+    }
+    lines = [
+        "# What the metrics cost",
+        "",
+        f"`{report['command']}`, {report['when']}, {report['cpus']} CPUs, load "
+        f"{report['load']}; `switchyard serve` with the scripted engine (16-token streams).",
+        "",
+        "| gateway | requests/s | TTFT p50 ms | TTFT p99 ms | failures |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {side} | {rps[side]:.1f} | {r.ttft_p50_ms} | {r.ttft_p99_ms} | {r.failures} |"
+            for side, r in results.items()
+        ),
+        "",
+        f"- requests/s, on / off: **{ratio}** (goal ≥ 0.95)",
+        "",
+    ]
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "metrics.md").write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
