@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.load import Load, Sample, run, summarize
-from gateway.bench.process import answers, gateway_command, server_process, vllm_server_command
+from gateway.bench.process import (
+    answers,
+    gateway_command,
+    server_process,
+    vllm_server_command,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
@@ -105,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": {name: r.row() for name, r in results.items()},
         "ratios": ratios,
     }
-    table = _markdown(report)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "engine.md").write_text(table)
+    write_report(args.out, "engine", report, _markdown(report))
     return 0
 
 

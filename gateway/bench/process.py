@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,31 @@ def vllm_server_command(model: Path | str, served_name: str, port: int, *extra: 
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--uvicorn-log-level", "warning", *extra,
     ]  # fmt: skip
+
+
+def lora_replica(
+    model: Path | str, served_name: str, port: int, core: int
+) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of a `vllm serve` replica for routing tests: runtime
+    LoRA loading on, one LoRA slot (max_loras=1), pinned to one CPU core."""
+    flags = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
+    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "4", "--disable-log-stats"]
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": str(core % (os.cpu_count() or 1)),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return vllm_server_command(model, served_name, port, *flags), env
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], markdown: str) -> None:
+    """Print the table and write `stem`.json and `stem`.md under `out`."""
+    print(markdown)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
 
 
 def answers(url: str, model: str) -> Callable[[], bool]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import random
 import shutil
@@ -41,8 +40,9 @@ from gateway.bench.load import Load, Sample, percentile, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
+    lora_replica,
     server_process,
-    vllm_server_command,
+    write_report,
 )
 
 ADAPTERS = {"a1": "shout", "a2": "json", "a3": "shout", "a4": "json"}
@@ -72,22 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     root = work / "adapters"
     for name, source in ADAPTERS.items():
         shutil.copytree(ROOT / "adapters" / source, root / name)
-    env = {
-        **os.environ,
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    extra = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
-    extra += ["--max-lora-rank", "16", "--max-cpu-loras", "4", "--disable-log-stats"]
+    env = dict(os.environ)
     replica_urls = [f"http://127.0.0.1:{args.port + 1 + i}" for i in range(2)]
     models = zipf_models(list(ADAPTERS), load.requests)
     samples: dict[str, list[Sample]] = {policy: [] for policy in POLICIES}
     with ExitStack() as stack:
         for i, url in enumerate(replica_urls):
             print(f">>> starting replica r{i} on {url}", file=sys.stderr)
-            command = vllm_server_command(args.model, MODEL_ID, args.port + 1 + i, *extra)
-            replica_env = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
+            command, replica_env = lora_replica(args.model, MODEL_ID, args.port + 1 + i, core=i)
             stack.enter_context(
                 server_process(command, answers(url, MODEL_ID), work / f"r{i}.log", replica_env)
             )
@@ -122,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "added_latency": latency,
     }
-    table = _markdown(report)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "routing.md").write_text(table)
+    write_report(args.out, "routing", report, _markdown(report))
     return 0
 
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.bench.process import vllm_server_command
+from gateway.bench.process import lora_replica
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
 from tests.servers import free_port, serve, wait_until
@@ -82,25 +82,12 @@ class Replica:
 @pytest.fixture(scope="module")
 def replicas(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
     logs = tmp_path_factory.mktemp("replicas")
-    env = {
-        **os.environ,
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    extra = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
-    extra += ["--max-lora-rank", "16", "--max-cpu-loras", "4", "--disable-log-stats"]
     started = []
     try:
         for i in range(2):
             port = free_port()
-            replica = Replica(
-                f"r{i}",
-                port,
-                vllm_server_command(demo_model, MODEL, port, *extra),
-                {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i)},
-                logs / f"r{i}.log",
-            )
+            command, env = lora_replica(demo_model, MODEL, port, core=i)
+            replica = Replica(f"r{i}", port, command, env, logs / f"r{i}.log")
             replica.start()
             started.append(replica)
         for replica in started:
