@@ -1,0 +1,67 @@
+"""Cache keys and the in-memory backend (issue 5, in progress)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engines.types import GenerationRequest, Message
+from gateway.cache.keys import FORMAT, Identity, cache_key, deterministic
+from gateway.cache.memory import MemoryCache
+
+CHAT = (Message("user", "hi"),)
+BASE = Identity("m")
+
+
+def key(request: GenerationRequest, identity: Identity = BASE, scope: str = "") -> str:
+    return cache_key(identity, "chat", [request], scope)
+
+
+def test_request_id_does_not_matter_everything_else_does() -> None:
+    request = GenerationRequest("a", CHAT, temperature=0, max_tokens=8)
+    assert key(request) == key(dataclasses.replace(request, request_id="b"))
+    assert key(request).startswith(FORMAT + ":")
+    for change in (
+        {"prompt": (Message("user", "hello"),)},
+        {"max_tokens": 9},
+        {"stop": ("x",)},
+        {"n": 2},
+        {"logprobs": 1},
+        {"frequency_penalty": 0.5},
+    ):
+        assert key(dataclasses.replace(request, **change)) != key(request), change
+    assert key(request, scope="tenant-b") != key(request)
+    assert cache_key(BASE, "completions", [request]) != key(request)
+
+
+def test_adapter_digest_and_artifact_are_part_of_the_identity() -> None:
+    request = GenerationRequest("a", CHAT, temperature=0)
+    v1 = Identity("m", adapter="shout", adapter_digest="1" * 64)
+    v2 = Identity("m", adapter="shout", adapter_digest="2" * 64)
+    assert key(request, v1) != key(request, v2)
+    assert key(request, Identity("m", artifact="gptq-1")) != key(request)
+
+
+def test_greedy_ignores_seed_and_top_p_and_only_deterministic_requests_qualify() -> None:
+    greedy = GenerationRequest("a", CHAT, temperature=0)
+    assert key(greedy) == key(dataclasses.replace(greedy, seed=3, top_p=0.5))
+    assert deterministic([greedy])
+    assert deterministic([GenerationRequest("a", CHAT, temperature=0.7, seed=1)])
+    assert not deterministic([GenerationRequest("a", CHAT, temperature=0.7)])
+
+
+async def test_memory_cache_lru_byte_budget_and_ttl() -> None:
+    now = [0.0]
+    cache = MemoryCache(max_bytes=10, ttl_s=5, clock=lambda: now[0])
+    await cache.set("a", b"1234")
+    await cache.set("b", b"5678")
+    assert await cache.get("a") == b"1234"  # a is now the most recent
+    await cache.set("c", b"90ab")  # over 10 bytes: b, the least recent, goes
+    assert await cache.get("b") is None
+    assert (await cache.get("a"), await cache.get("c")) == (b"1234", b"90ab")
+    assert cache.size == 8
+    await cache.set("big", b"x" * 11)  # larger than the budget: not stored
+    assert await cache.get("big") is None
+    assert len(cache) == 2
+    now[0] = 5.0
+    assert await cache.get("a") is None  # expired
+    assert cache.size == 4
