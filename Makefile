@@ -20,7 +20,7 @@ serve: model
 test: model system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## system-deps: Debian packages the tests run for real (prometheus)
+## system-deps: Debian packages the tests run for real (prometheus, redis-server)
 system-deps:
 	@scripts/system-deps.sh
 

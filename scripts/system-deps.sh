@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests start for real: Prometheus (and promtool).
+# Debian packages the tests start for real: Prometheus (and promtool), redis-server.
 # Installs what is missing with apt-get (as root, or through sudo).
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v redis-server >/dev/null || missing+=(redis-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo ">>> installing Debian packages: ${missing[*]}"
 if [ "$(id -u)" -eq 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null; then apt=(sudo apt-get)

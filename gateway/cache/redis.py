@@ -1,0 +1,54 @@
+"""The shared cache backend: Redis (`redis.asyncio`), for gateway replicas that
+should share hits. Values are zlib-compressed; keys carry a prefix and the key
+format version (gateway/cache/keys.py). Every call is bounded by `timeout_s`, and any
+failure — Redis down, slow, or answering garbage — raises CacheUnavailable, which the
+caller counts and serves around (the cache fails open)."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import redis.asyncio as redis
+
+
+class CacheUnavailable(Exception):
+    pass
+
+
+class RedisCache:
+    def __init__(
+        self, url: str, ttl_s: float, prefix: str = "switchyard:", timeout_s: float = 0.05
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                stored = await self._client.get(self.prefix + key)
+        except (redis.RedisError, TimeoutError, OSError) as exc:
+            raise CacheUnavailable(f"redis get failed: {type(exc).__name__}: {exc}") from None
+        if stored is None:
+            return None
+        if not isinstance(stored, bytes):
+            raise CacheUnavailable("redis returned a value that is not a cache entry")
+        try:
+            return zlib.decompress(stored)
+        except zlib.error:
+            raise CacheUnavailable("redis returned a value that is not a cache entry") from None
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        ttl_ms = int((ttl_s or self.ttl_s) * 1000)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.set(self.prefix + key, zlib.compress(value), px=ttl_ms)
+        except (redis.RedisError, TimeoutError, OSError) as exc:
+            raise CacheUnavailable(f"redis set failed: {type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
