@@ -65,3 +65,21 @@ async def test_memory_cache_lru_byte_budget_and_ttl() -> None:
     now[0] = 5.0
     assert await cache.get("a") is None  # expired
     assert cache.size == 4
+
+
+def test_entries_round_trip_and_garbage_is_refused() -> None:
+    import pytest
+
+    from engines.types import Chunk, TokenLogprob
+    from gateway.cache.entry import CorruptEntry, Entry
+
+    entry = Entry(
+        (
+            (0, Chunk(0, "Hello", 1, 5, (TokenLogprob("Hello", -0.1, (("Hi", -2.0),)),))),
+            (0, Chunk(1, " there", 2, 5, (), "length")),
+        )
+    )
+    assert Entry.decode(entry.encode()) == entry
+    for garbage in (b"{", b'{"a": 1}', b"[[1, 2]]"):
+        with pytest.raises(CorruptEntry):
+            Entry.decode(garbage)

@@ -1,0 +1,63 @@
+"""What a cache entry holds: the engine chunks of a complete generation, in order,
+with their prompt slots — not rendered OpenAI bytes — so a hit can be rendered as a
+JSON body or replayed as SSE (fresh id and created) whichever way it was recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from engines.types import Chunk, TokenLogprob
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    chunks: tuple[tuple[int, Chunk], ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                [
+                    slot,
+                    c.index,
+                    c.text,
+                    c.token_count,
+                    c.prompt_tokens,
+                    [[t.token, t.logprob, [list(a) for a in t.top]] for t in c.logprobs],
+                    c.finish_reason,
+                ]
+                for slot, c in self.chunks
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Entry:
+        try:
+            rows = orjson.loads(data)
+            chunks = tuple(
+                (
+                    int(slot),
+                    Chunk(
+                        int(index),
+                        str(text),
+                        int(tokens),
+                        int(prompt),
+                        tuple(
+                            TokenLogprob(
+                                str(tok), float(lp), tuple((str(a), float(b)) for a, b in top)
+                            )
+                            for tok, lp, top in logprobs
+                        ),
+                        finish if finish in ("stop", "length") else None,
+                    ),
+                )
+                for slot, index, text, tokens, prompt, logprobs, finish in rows
+            )
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise CorruptEntry(f"not a cache entry: {exc}") from None
+        return cls(chunks)
