@@ -74,7 +74,6 @@ class Backend:
     error: str = ""
     healthy: bool = True
     in_flight: int = 0
-    routed: int = 0
     probe_failures: int = 0
     by_adapter: Counter[str] = field(default_factory=Counter)
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -100,7 +99,6 @@ class Backend:
 
     def begin(self, adapter: str | None) -> None:
         self.in_flight += 1
-        self.routed += 1
         self.breaker.leased(time.monotonic())
         if adapter is not None:
             self.by_adapter[adapter] += 1
