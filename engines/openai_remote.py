@@ -48,6 +48,7 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.types import (
+    LORA_TARGETS,
     Adapter,
     AdapterSupport,
     Chunk,
@@ -58,7 +59,6 @@ from engines.types import (
     TokenLogprob,
 )
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -76,7 +76,7 @@ class OpenAIRemoteConfig:
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
-    lora_target_modules: tuple[str, ...] = LORA_TARGETS
+    lora_target_modules: tuple[str, ...] = tuple(sorted(LORA_TARGETS))
 
     __pydantic_config__ = {"extra": "forbid"}
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Role = Literal["system", "developer", "user", "assistant"]
+
+# The projections vLLM's LoRA layers wrap in Llama-style models.
+LORA_TARGETS = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+)
 FinishReason = Literal["stop", "length"]
 
 

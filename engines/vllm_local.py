@@ -29,6 +29,7 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.types import (
+    LORA_TARGETS,
     Adapter,
     AdapterSupport,
     Chunk,
@@ -37,11 +38,6 @@ from engines.types import (
     GenerationRequest,
     Health,
     TokenLogprob,
-)
-
-# The projections vLLM's LoRA layers wrap in Llama-style models.
-LORA_TARGETS = frozenset(
-    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
 
 # Prompts longer than this are tokenized on a worker thread, not on the event loop.

@@ -41,7 +41,6 @@ class Pool:
         self.settings = settings
         self.policy_name = policy or settings.policies.get(model_id, settings.policy)
         self.policy = make_policy(self.policy_name, settings.load_factor)
-        self.queue_wait_s = 0.0  # total, for metrics
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._retry_tokens = RETRY_BURST
 
@@ -117,7 +116,6 @@ class Pool:
     async def _wait(self, deadline: float) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter
@@ -127,7 +125,6 @@ class Pool:
                 f"{self.settings.queue_timeout_s:g} s; retry shortly."
             ) from None
         finally:
-            self.queue_wait_s += time.perf_counter() - started
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.load import Load, Sample, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -122,14 +122,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"({report['machine']['cpu']}), vLLM {report['machine']['vllm']}, {report['when']}.",
         f"Load: {report['load']}",
         "",
-        "| server | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | failures |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *results_table(report["results"], "server"),
     ]
-    for name, r in report["results"].items():
-        lines.append(
-            f"| {name} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
-            f"{r['ttft_p99_ms']} | {r['e2e_p50_ms']} | {r['failures']} |"
-        )
     lines += ["", *(f"- {k}: **{v}**" for k, v in report["ratios"].items()), ""]
     return "\n".join(lines)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import aiohttp
 import httpx
 
 from gateway.bench.engine import ROOT
-from gateway.bench.process import gateway_command, server_process
+from gateway.bench.process import gateway_command, server_process, write_report
 
 BODY = {
     "model": "scripted",
@@ -164,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {k}: **{v}**" for k, v in report["ratios"].items()),
         "",
     ]
-    print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "http_clients.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "http_clients.md").write_text("\n".join(lines))
+    write_report(args.out, "http_clients", report, "\n".join(lines))
     return 0
 
 

@@ -65,6 +65,20 @@ class Result:
         return asdict(self)
 
 
+def results_table(results: dict[str, dict[str, Any]], first_column: str) -> list[str]:
+    """Markdown rows for `Result.row()`s by name."""
+    lines = [
+        f"| {first_column} | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | failures |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
+            f"{r['ttft_p99_ms']} | {r['e2e_p50_ms']} | {r['failures']} |"
+        )
+    return lines
+
+
 def summarize(samples: list[Sample]) -> Result:
     ttfts = [t for s in samples for t in s.ttfts]
     e2es = [t for s in samples for t in s.e2es]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 
 from gateway.bench.engine import ROOT
 from gateway.bench.load import Load, Sample, run, summarize
-from gateway.bench.process import answers, gateway_command, server_process
+from gateway.bench.process import answers, gateway_command, server_process, write_report
 
 REPLY = " ".join(f"w{i}" for i in range(16))
 SIDES = {"metrics on": True, "metrics off": False}
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- requests/s, on / off: **{ratio}** (goal ≥ 0.95)",
         "",
     ]
-    print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "metrics.md").write_text("\n".join(lines))
+    write_report(args.out, "metrics", report, "\n".join(lines))
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from gateway.bench.engine import MODEL_ID, ROOT, machine
-from gateway.bench.load import Load, Sample, percentile, run, summarize
+from gateway.bench.load import Load, Sample, percentile, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -179,14 +179,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "adapters with Zipf popularity (s=1).",
         f"Load: {report['load']}",
         "",
-        "| policy | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | failures |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *results_table(report["results"], "policy"),
     ]
-    for name, r in report["results"].items():
-        lines.append(
-            f"| {name} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
-            f"{r['ttft_p99_ms']} | {r['e2e_p50_ms']} | {r['failures']} |"
-        )
     lines += ["", *(f"- {k}: **{v}**" for k, v in report["ratios"].items()), ""]
     lat = report["added_latency"]
     lines += [

@@ -170,8 +170,8 @@ def test_round_robin_spreads_over_both_replicas(
         assert seen == {"r0": 3, "r1": 3}
 
 
-async def _one(client: httpx.AsyncClient, i: int) -> tuple[str, bool]:
-    """('ok' | 'failed before output' | 'failed mid-stream', streamed)"""
+async def _one(client: httpx.AsyncClient, i: int) -> str:
+    """'ok' | 'failed before output' | 'failed mid-stream'"""
     stream = i % 2 == 0
     body = {
         "model": "shout" if i % 3 == 0 else MODEL,
@@ -181,20 +181,20 @@ async def _one(client: httpx.AsyncClient, i: int) -> tuple[str, bool]:
     }
     if not stream:
         r = await client.post("/v1/chat/completions", json=body)
-        return ("ok" if r.status_code == 200 else f"failed before output: {r.text}"), False
+        return "ok" if r.status_code == 200 else f"failed before output: {r.text}"
     got_text = False
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
-            return f"failed before output: {(await r.aread())!r}", True
+            return f"failed before output: {(await r.aread())!r}"
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             event = orjson.loads(line[6:])
             if "error" in event:
-                return ("failed mid-stream" if got_text else "failed before output"), True
+                return "failed mid-stream" if got_text else "failed before output"
             if any(c["delta"].get("content") for c in event["choices"]):
                 got_text = True
-    return "ok", True
+    return "ok"
 
 
 async def _load(url: str, count: int, concurrency: int, on_progress: Any) -> Counter[str]:
@@ -204,7 +204,7 @@ async def _load(url: str, count: int, concurrency: int, on_progress: Any) -> Cou
 
         async def worker() -> None:
             while queue:
-                outcome, _ = await _one(client, queue.pop())
+                outcome = await _one(client, queue.pop())
                 outcomes[outcome.split(":")[0]] += 1
                 on_progress(sum(outcomes.values()))
 

@@ -56,6 +56,18 @@ def backends_of(url: str, count: int, **extra: Any) -> Counter[str]:
     return seen
 
 
+def burst(url: str, count: int) -> list[httpx.Response]:
+    """`count` chat requests at once."""
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=BODY) for _ in range(count))
+            )
+
+    return asyncio.run(send())
+
+
 def stop(engine: ScriptedEngine) -> None:
     """Make a scripted engine refuse work (EngineUnavailable) and fail its probes."""
     asyncio.run(engine.aclose())
@@ -118,14 +130,7 @@ def test_no_backend_left_is_503_and_models_list_still_answers() -> None:
 def test_full_backends_queue_then_429_with_retry_after() -> None:
     engines = pool(2, first_token_delay_s=1.0)
     with gateway(engines, max_in_flight=1, queue_size=1) as (url, _):
-
-        async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                return await asyncio.gather(
-                    *(client.post("/v1/chat/completions", json=BODY) for _ in range(4))
-                )
-
-        responses = asyncio.run(burst())
+        responses = burst(url, 4)
         assert sorted(r.status_code for r in responses) == [200, 200, 200, 429]
         (refused,) = [r for r in responses if r.status_code == 429]
         error = assert_error(refused, 429)
@@ -136,14 +141,7 @@ def test_full_backends_queue_then_429_with_retry_after() -> None:
 def test_queue_timeout_is_429() -> None:
     engines = pool(1, first_token_delay_s=1.5)
     with gateway(engines, max_in_flight=1, queue_timeout_s=0.2) as (url, _):
-
-        async def two() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                return await asyncio.gather(
-                    *(client.post("/v1/chat/completions", json=BODY) for _ in range(2))
-                )
-
-        statuses = sorted(r.status_code for r in asyncio.run(two()))
+        statuses = sorted(r.status_code for r in burst(url, 2))
         assert statuses == [200, 429]
 
 
