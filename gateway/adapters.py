@@ -80,11 +80,13 @@ class AdapterRecord:
 @dataclass(frozen=True, slots=True)
 class Base:
     """A base model that takes adapters: its pool, the names an adapter may give
-    as its base, and the directory runtime loads must come from."""
+    as its base, the directory runtime loads must come from, and the id of the
+    artifact it serves (from its manifest, if built here)."""
 
     pool: Pool
     identities: frozenset[str]
     root: Path | None
+    artifact: str | None = None
 
 
 class AdapterRegistry:
@@ -300,10 +302,15 @@ def identities(model_id: str, model_path: str | None) -> frozenset[str]:
     name and, for artifacts built here, the manifest id."""
     names = {model_id}
     if model_path:
-        path = Path(model_path)
-        names.add(path.name)
-        manifest = path / "switchyard-artifact.json"
-        if manifest.is_file():
-            names.add(str(json.loads(manifest.read_text()).get("id", "")))
+        names.add(Path(model_path).name)
+        names.add(artifact_id(model_path) or "")
     names.discard("")
     return frozenset(names)
+
+
+def artifact_id(model_path: str) -> str | None:
+    """The id in the model directory's `switchyard-artifact.json`, if it has one."""
+    manifest = Path(model_path) / "switchyard-artifact.json"
+    if not manifest.is_file():
+        return None
+    return str(json.loads(manifest.read_text()).get("id")) or None

@@ -23,9 +23,10 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
-from gateway.adapters import Base, identities
+from gateway.adapters import Base, artifact_id, identities
 from gateway.balancer.backend import Backend, Breaker
 from gateway.balancer.pool import Pool
+from gateway.cache.responses import ResponseCache
 from gateway.engine_set import EngineSet, Model
 from gateway.errors import (
     GatewayError,
@@ -53,6 +54,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     if engines is None:
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
     engine_set = EngineSet(_models(engines, settings), settings.balancer)
+    cache = ResponseCache.from_settings(settings.cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +64,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 yield
             finally:
                 tg.cancel_scope.cancel()
+                await cache.aclose()
                 if owned:
                     await engine_set.aclose()
 
@@ -74,7 +77,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     )
     app.state.settings = settings
     app.state.engines = engine_set
-    app.state.metrics = Metrics(engine_set) if settings.metrics else None
+    app.state.cache = cache
+    app.state.metrics = Metrics(engine_set, cache) if settings.metrics else None
     app.state.started_at = int(time.time())
 
     for module in (chat, completions, models, adapters, health, metrics):
@@ -105,6 +109,7 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
         backends = []
         names: set[str] = set()
         root: Path | None = None
+        artifact: str | None = None
         startup: dict[str, Path] = {}
         for engine in group:
             config = configs.get(engine.name)
@@ -114,12 +119,13 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
                 continue
             model_path = config.options.get("model")
             names |= identities(model_id, str(model_path) if model_path else None)
+            artifact = artifact or (artifact_id(str(model_path)) if model_path else None)
             names |= set(config.base_names)
             root = root or config.adapter_root
             for adapter in config.adapters:
                 startup.setdefault(adapter.name, adapter.path)
         pool = Pool(model_id, backends, balancer)
-        base = Base(pool, frozenset(names | {model_id}), root)
+        base = Base(pool, frozenset(names | {model_id}), root, artifact)
         models.append(Model(base, list(startup.items())))
     return models
 

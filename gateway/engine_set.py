@@ -16,6 +16,7 @@ from gateway.adapters import AdapterRecord, AdapterRegistry, Base
 from gateway.balancer.backend import Backend
 from gateway.balancer.health import Prober
 from gateway.balancer.pool import Pool
+from gateway.cache.keys import Identity
 from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.settings import BalancerSettings
 
@@ -45,6 +46,17 @@ class Route:
 
     pool: Pool
     adapter: AdapterRecord | None = None
+    artifact: str | None = None
+
+    def identity(self) -> Identity:
+        """Who answers, as far as the response cache is concerned."""
+        adapter = self.adapter.adapter if self.adapter else None
+        return Identity(
+            self.pool.model_id,
+            self.artifact,
+            adapter.name if adapter else None,
+            adapter.digest if adapter else None,
+        )
 
 
 class EngineSet:
@@ -80,7 +92,7 @@ class EngineSet:
         if state == "failed":
             errors = "; ".join(b.error for b in model.pool.backends)
             raise ServiceUnavailable(f"The model '{name}' failed to start: {errors}")
-        return Route(model.pool, adapter)
+        return Route(model.pool, adapter, model.base.artifact)
 
     @property
     def ready(self) -> bool:

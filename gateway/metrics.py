@@ -25,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engines.types import Chunk
+from gateway.cache.memory import MemoryCache
+from gateway.cache.responses import ResponseCache
 from gateway.engine_set import EngineSet
 from gateway.pipeline import Outcome
 
@@ -37,7 +39,7 @@ NONE = ""
 
 
 class Metrics:
-    def __init__(self, engines: EngineSet) -> None:
+    def __init__(self, engines: EngineSet, cache: ResponseCache | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         by = ("model", "adapter")
@@ -100,16 +102,19 @@ class Metrics:
         )
         self.cache = Counter(
             "switchyard_cache_lookups",
-            "Response cache lookups by result (hit, miss, error, bypass).",
+            "Generation requests by what the response cache did: hit (no generation of"
+            " their own), miss (generated) or bypass (not cacheable, or cache off).",
             ("model", "result"),
             registry=r,
         )
         r.register(_StateCollector(engines))
+        if cache is not None:
+            r.register(_CacheCollector(cache))
         # Series that may stay at zero exist from the start, so rates and ratios over
         # them answer 0 rather than nothing.
         for model in engines.models:
             self.retries.labels(model.id)
-            for result in ("hit", "miss", "error", "bypass"):
+            for result in ("hit", "miss", "bypass"):
                 self.cache.labels(model.id, result)
 
     def start(self, stream: bool) -> Observation:
@@ -129,10 +134,10 @@ class Observation:
     gaps: list[float] = field(default_factory=list)
     done: bool = False
 
-    def chunk(self, chunk: Chunk) -> None:
+    def chunk(self, chunk: Chunk, now: float) -> None:
+        """`chunk` left the engine at `now` (perf_counter)."""
         if not chunk.text:
             return
-        now = time.perf_counter()
         if self.first_token is None:
             self.first_token = now
         elif self.last_token is not None:
@@ -145,7 +150,6 @@ class Observation:
         outcome: Outcome,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
-        cache: str = "none",
     ) -> dict[str, object]:
         """Record, and return the facts for the access log."""
         if self.done:
@@ -156,7 +160,10 @@ class Observation:
         labels = (model, outcome.adapter or NONE)
         stream = "true" if self.stream else "false"
         elapsed = time.perf_counter() - self.started
+        cache = outcome.cache
         m.requests.labels(*labels, outcome.backend or NONE, str(status), stream, cache).inc()
+        if outcome.base is not None:
+            m.cache.labels(model, cache).inc()
         if outcome.attempts > 1:
             m.retries.labels(model).inc(outcome.attempts - 1)
         if outcome.attempts:
@@ -185,7 +192,7 @@ class Observation:
 class _StateCollector(Collector):
     """Gauges read at scrape time from the balancer and the engines."""
 
-    def __init__(self, engines: EngineSet) -> None:
+    def __init__(self, engines: EngineSet, cache: ResponseCache | None = None) -> None:
         self.engines = engines
 
     def collect(self) -> Iterator[Metric]:
@@ -256,3 +263,28 @@ class _StateCollector(Collector):
                 kv.add_metric([name], stats.kv_cache_usage)
         yield from (up, healthy, circuit, in_flight, queued, running, waiting, kv, adapters)
         yield from (probe_failures, operations)
+
+
+class _CacheCollector(Collector):
+    """The response cache's own state: store failures, and the memory store's size."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "switchyard_cache_errors",
+            "Response cache store failures, served around (get, set, decode).",
+            labels=["operation"],
+        )
+        for operation in ("get", "set", "decode"):
+            errors.add_metric([operation], self.cache.errors[operation])
+        yield errors
+        store = self.cache.store
+        if isinstance(store, MemoryCache):
+            yield GaugeMetricFamily(
+                "switchyard_cache_entries", "Entries in the in-memory cache.", len(store)
+            )
+            yield GaugeMetricFamily(
+                "switchyard_cache_bytes", "Bytes held by the in-memory cache.", store.size
+            )

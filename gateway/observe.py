@@ -67,7 +67,7 @@ class Recorder:
             "backend": outcome.backend,
             "attempts": outcome.attempts,
             "stream": self.stream,
-            "cache": "none",
+            "cache": outcome.cache,
             "status": status,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,

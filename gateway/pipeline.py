@@ -1,6 +1,10 @@
-"""The one top-down request flow: resolve the model, pick a backend, generate, render.
+"""The one top-down request flow: resolve the model, consult the cache, pick a
+backend, generate, render.
 
-    resolve model → pool.acquire (policy, queue) → engine.generate(...) per prompt
+    resolve model → cache plan (gateway/cache/): hit → replay the stored chunks
+                                                 same request in flight → follow it
+                                                 miss → generate in a flight, store
+    generate: pool.acquire (policy, queue) → engine.generate(...) per prompt
     → merge choices → render (JSON body, or SSE events primed with the first chunk
     so that errors raised before any output still get their own HTTP status)
     finally: release the backend slot and tell its breaker how it went
@@ -20,16 +24,19 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.base import Engine
 from engines.errors import EngineError, EngineUnavailable
 from engines.types import Chunk, GenerationRequest
+from gateway.adapters import AdapterRecord
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey
 from gateway.balancer.pool import Pool
+from gateway.cache.flights import Item, Watch
+from gateway.cache.responses import ResponseCache, Result
 from gateway.engine_set import EngineSet, Route
 from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
 from gateway.openai.convert import Renderer
@@ -41,7 +48,7 @@ log = logging.getLogger("switchyard")
 @dataclass(slots=True)
 class Outcome:
     """What happened to a call, for response headers, metrics and logs; `watch` sees
-    every chunk as it leaves the engine (metrics time tokens there)."""
+    every chunk with the time it left the engine (metrics time tokens there)."""
 
     base: str | None = None
     adapter: str | None = None
@@ -49,35 +56,45 @@ class Outcome:
     attempts: int = 0
     queue_wait_s: float = 0.0
     failed_mid_stream: bool = False
-    watch: Callable[[Chunk], None] | None = None
+    cache: Result = "bypass"
+    watch: Watch | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One OpenAI request, converted: a generation per prompt, and how to render it."""
+    """One OpenAI request, converted: a generation per prompt, and how to render it.
+    `scope` keeps cached answers apart (the caller's key or tenant); `cache_control`
+    is the request's Cache-Control header."""
 
     request_id: str
     model: str
     requests: list[GenerationRequest]
     renderer: Renderer
     include_usage: bool = False
+    scope: str = ""
+    cache_control: str = ""
     outcome: Outcome = field(default_factory=Outcome)
 
+    @property
+    def endpoint(self) -> str:
+        return "chat" if self.requests[0].is_chat else "completions"
 
-async def complete(engines: EngineSet, call: Call) -> dict[str, Any]:
+
+async def complete(engines: EngineSet, cache: ResponseCache | None, call: Call) -> dict[str, Any]:
     renderer = call.renderer
-    route = engines.resolve(call.model)
-    async with contextlib.aclosing(_chunks(route, call, buffered=True)) as chunks:
+    async with contextlib.aclosing(_answer(engines, cache, call, buffered=True)) as chunks:
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
             renderer.add(chunk)
     return renderer.response()
 
 
-async def open_stream(engines: EngineSet, call: Call) -> AsyncGenerator[bytes, None]:
+async def open_stream(
+    engines: EngineSet, cache: ResponseCache | None, call: Call
+) -> AsyncGenerator[bytes, None]:
     """SSE events for `call`. Waits for the first chunk before returning, so an engine
     error at submission (bad request, context too long, engine down) is raised here."""
-    chunks = _chunks(engines.resolve(call.model), call, buffered=False)
+    chunks = _answer(engines, cache, call, buffered=False)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
@@ -122,34 +139,88 @@ async def _prepend(
         yield item
 
 
+async def _answer(
+    engines: EngineSet, cache: ResponseCache | None, call: Call, *, buffered: bool
+) -> AsyncGenerator[Item, None]:
+    """The call's chunks: stored ones, those of an identical generation in flight, or
+    its own generation (recorded for the cache when it may be stored)."""
+    route = engines.resolve(call.model)
+    identity = route.identity()
+    plan = None
+    if cache is not None:
+        plan = cache.plan(identity, call.endpoint, call.requests, call.scope, call.cache_control)
+    if cache is None or plan is None:
+        async with contextlib.aclosing(
+            _chunks(route, call.requests, call.outcome, buffered)
+        ) as chunks:
+            async for item in chunks:
+                yield item
+        return
+    outcome = call.outcome
+    outcome.base, outcome.adapter = identity.base, identity.adapter
+    with _holding(route.adapter):  # not unloaded while we look it up
+        entry = await cache.get(plan) if plan.read else None
+        if entry is not None:
+            outcome.cache = "hit"
+            for slot, chunk in entry.chunks:
+                if outcome.watch is not None:
+                    outcome.watch(chunk, time.perf_counter())
+                yield slot, chunk
+            return
+
+        def generate(watch: Watch) -> AsyncGenerator[Item, None]:
+            generation.watch = watch
+            return _chunks(route, call.requests, generation, buffered)
+
+        generation = Outcome()
+        flight, new = cache.flight(plan, generate, generation)
+        outcome.cache = "miss" if new else "hit"
+        try:
+            async with contextlib.aclosing(flight.follow()) as followed:
+                async for slot, chunk, when in followed:
+                    outcome.backend = flight.context.backend
+                    if outcome.watch is not None:
+                        outcome.watch(chunk, when)
+                    yield slot, chunk
+        finally:
+            outcome.backend = flight.context.backend
+            if new:
+                outcome.attempts = flight.context.attempts
+                outcome.queue_wait_s = flight.context.queue_wait_s
+
+
+@contextlib.contextmanager
+def _holding(adapter: AdapterRecord | None) -> Iterator[None]:
+    """Count a request on its adapter version, so unloading it drains the request."""
+    if adapter is None:
+        yield
+        return
+    adapter.acquire()
+    try:
+        yield
+    finally:
+        adapter.release()
+
+
 async def _chunks(
-    route: Route, call: Call, *, buffered: bool
-) -> AsyncGenerator[tuple[int, Chunk], None]:
+    route: Route, requests: list[GenerationRequest], outcome: Outcome, buffered: bool
+) -> AsyncGenerator[Item, None]:
     """(prompt slot, chunk) for every request, with choice indexes made response-wide:
     choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions.
 
     Counts the request in flight on its adapter from the first step to the close, so
     an adapter being unloaded drains it first. Callers step it right after resolving
-    (no await in between) and always close it."""
+    (no await in between, or while holding the adapter) and always close it."""
     adapter = route.adapter
-    requests = call.requests
-    call.outcome.base = route.pool.model_id
-    call.outcome.adapter = adapter.adapter.name if adapter else None
-    if adapter is None:
-        key = route.pool.route_key(None, requests[0].prompt)
-        async for item in _balanced(route.pool, key, None, requests, call.outcome, buffered):
-            yield item
-        return
-    adapter.acquire()
-    try:
+    outcome.base = route.pool.model_id
+    outcome.adapter = adapter.adapter.name if adapter else None
+    if adapter is not None:
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
-        key = route.pool.route_key(adapter.adapter.name, requests[0].prompt)
-        async for item in _balanced(
-            route.pool, key, adapter.placed, requests, call.outcome, buffered
-        ):
+    key = route.pool.route_key(outcome.adapter, requests[0].prompt)
+    placed = adapter.placed if adapter else None
+    with _holding(adapter):
+        async for item in _balanced(route.pool, key, placed, requests, outcome, buffered):
             yield item
-    finally:
-        adapter.release()
 
 
 async def _balanced(
@@ -206,12 +277,12 @@ async def _balanced(
 
 
 async def _watched(
-    items: AsyncGenerator[tuple[int, Chunk], None], watch: Callable[[Chunk], None] | None
+    items: AsyncGenerator[Item, None], watch: Watch | None
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     async with contextlib.aclosing(items):
         async for item in items:
             if watch is not None:
-                watch(item[1])
+                watch(item[1], time.perf_counter())
             yield item
 
 

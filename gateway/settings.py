@@ -71,6 +71,27 @@ class BalancerSettings(BaseModel):
     max_ejection_s: float = Field(60.0, gt=0)
 
 
+CacheMode = Literal["deterministic", "all", "off"]
+
+
+class CacheSettings(BaseModel):
+    """The response cache (gateway/cache/). `mode` says which requests may be answered
+    from it: `deterministic` (temperature 0, or a seed given), `all` (sampled answers
+    too: replays of an evaluation), or `off`; `modes` overrides it per model id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis", "none"] = "memory"
+    mode: CacheMode = "deterministic"
+    modes: dict[str, CacheMode] = Field(default_factory=dict)
+    ttl_s: float = Field(3600.0, gt=0)
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory backend
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "switchyard:"
+    timeout_s: float = Field(0.05, gt=0)  # per Redis call; past it the cache is skipped
+    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHYARD_", env_nested_delimiter="__", extra="forbid"
@@ -87,6 +108,7 @@ class Settings(BaseSettings):
     log_prompts: bool = False  # put prompt text in access-log lines
     engines: list[EngineSettings] = Field(default_factory=list)
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("engines")
     @classmethod

@@ -41,21 +41,26 @@ async def parse(request: Request, model: type[M]) -> M:
         raise invalid_body(exc.errors()) from None
 
 
+def cache_control(request: Request) -> str:
+    return request.headers.get("cache-control", "")
+
+
 def request_id(request: Request) -> str:
     rid: str = request.state.request_id
     return rid
 
 
 async def respond(request: Request, call: Call, stream: bool) -> Response:
-    engines: EngineSet = request.app.state.engines
-    settings = request.app.state.settings
-    recorder = Recorder.start(call, request.app.state.metrics, stream, settings.log_prompts)
+    state = request.app.state
+    engines: EngineSet = state.engines
+    recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
     try:
         if stream:
-            opened = pipeline.open_stream(engines, call)
+            opened = pipeline.open_stream(engines, state.cache, call)
             events = await cancel_on_disconnect(request.receive, opened)
             return EventStreamResponse(recorder.watch_stream(events), headers=_headers(call))
-        body = await cancel_on_disconnect(request.receive, pipeline.complete(engines, call))
+        answer = pipeline.complete(engines, state.cache, call)
+        body = await cancel_on_disconnect(request.receive, answer)
     except Exception as exc:
         recorder.failed(exc)
         raise
@@ -64,8 +69,11 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
 
 
 def _headers(call: Call) -> dict[str, str]:
-    backend = call.outcome.backend
-    return {"x-switchyard-backend": backend} if backend else {}
+    outcome = call.outcome
+    headers: dict[str, str] = {"x-switchyard-cache": outcome.cache}
+    if outcome.backend:
+        headers["x-switchyard-backend"] = outcome.backend
+    return headers
 
 
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:

@@ -6,7 +6,7 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import ChatCompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import parse, request_id, respond
+from gateway.routes._respond import cache_control, parse, request_id, respond
 
 router = APIRouter()
 
@@ -18,5 +18,7 @@ async def create_chat_completion(request: Request) -> Response:
     generation = convert.chat_request(body, rid, request.app.state.settings.max_n)
     renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call(rid, body.model, [generation], renderer, include_usage)
+    call = Call(
+        rid, body.model, [generation], renderer, include_usage, cache_control=cache_control(request)
+    )
     return await respond(request, call, stream=bool(body.stream))

@@ -6,7 +6,7 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import CompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import parse, request_id, respond
+from gateway.routes._respond import cache_control, parse, request_id, respond
 
 router = APIRouter()
 
@@ -19,5 +19,7 @@ async def create_completion(request: Request) -> Response:
     n = generations[0].n * len(generations)
     renderer = convert.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call(rid, body.model, generations, renderer, include_usage)
+    call = Call(
+        rid, body.model, generations, renderer, include_usage, cache_control=cache_control(request)
+    )
     return await respond(request, call, stream=bool(body.stream))
