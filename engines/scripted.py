@@ -68,6 +68,7 @@ class ScriptedEngine:
         self.config = config
         self.running = 0
         self.aborted = 0
+        self.generations = 0  # started, past validation
         self._started = False
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self.adapter_support = AdapterSupport(
@@ -146,6 +147,7 @@ class ScriptedEngine:
         limit = request.max_tokens or self.config.max_model_len - prompt_tokens
         scripts = [_script(self._reply(request, i), request, limit) for i in range(request.n)]
         self.running += 1
+        self.generations += 1
         finished = False
         try:
             await anyio.sleep(self.config.first_token_delay_s)

@@ -280,6 +280,15 @@ class _CacheCollector(Collector):
         for operation in ("get", "set", "decode"):
             errors.add_metric([operation], self.cache.errors[operation])
         yield errors
+        flights = self.cache.flights()
+        yield GaugeMetricFamily(
+            "switchyard_cache_flights", "Generations identical requests may join.", len(flights)
+        )
+        yield GaugeMetricFamily(
+            "switchyard_cache_followers",
+            "Requests following those generations.",
+            sum(f.followers for f in flights),
+        )
         store = self.cache.store
         if isinstance(store, MemoryCache):
             yield GaugeMetricFamily(

@@ -39,7 +39,17 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGCONT)  # if paused
             self.proc.wait()
+
+    def pause(self) -> None:
+        """Stall it (SIGSTOP): connections open, nothing answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def _answers(self) -> bool:
         import socket

@@ -1,6 +1,8 @@
 """What a cache entry holds: the engine chunks of a complete generation, in order,
 with their prompt slots — not rendered OpenAI bytes — so a hit can be rendered as a
-JSON body or replayed as SSE (fresh id and created) whichever way it was recorded."""
+JSON body or replayed as SSE (fresh id and created) whichever way it was recorded.
+An entry names its key, and is refused under any other: a store that answered for
+the wrong key (a stale reply on a reused connection) never serves a wrong answer."""
 
 from __future__ import annotations
 
@@ -19,26 +21,31 @@ class CorruptEntry(Exception):
 class Entry:
     chunks: tuple[tuple[int, Chunk], ...]
 
-    def encode(self) -> bytes:
+    def encode(self, key: str) -> bytes:
         return orjson.dumps(
             [
+                key,
                 [
-                    slot,
-                    c.index,
-                    c.text,
-                    c.token_count,
-                    c.prompt_tokens,
-                    [[t.token, t.logprob, [list(a) for a in t.top]] for t in c.logprobs],
-                    c.finish_reason,
-                ]
-                for slot, c in self.chunks
+                    [
+                        slot,
+                        c.index,
+                        c.text,
+                        c.token_count,
+                        c.prompt_tokens,
+                        [[t.token, t.logprob, [list(a) for a in t.top]] for t in c.logprobs],
+                        c.finish_reason,
+                    ]
+                    for slot, c in self.chunks
+                ],
             ]
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> Entry:
+    def decode(cls, data: bytes, key: str) -> Entry:
         try:
-            rows = orjson.loads(data)
+            stored_key, rows = orjson.loads(data)
+            if stored_key != key:
+                raise CorruptEntry("the entry belongs to another key")
             chunks = tuple(
                 (
                     int(slot),

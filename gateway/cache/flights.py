@@ -70,6 +70,10 @@ class Flight(Generic[T]):
                 self._task.cancel()
                 self._abandoned(self)
 
+    @property
+    def followers(self) -> int:
+        return self._followers
+
     def cancel(self) -> None:
         self._task.cancel()
 

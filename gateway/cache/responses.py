@@ -92,7 +92,7 @@ class ResponseCache:
             return None
         try:
             stored = await self.store.get(plan.key)
-            return None if stored is None else Entry.decode(stored)
+            return None if stored is None else Entry.decode(stored, plan.key)
         except CacheUnavailable as exc:
             self._failed("get", exc)
         except CorruptEntry as exc:
@@ -117,8 +117,9 @@ class ResponseCache:
         self._flights.setdefault(plan.key, flight)
         return flight, True
 
-    def failures(self) -> int:
-        return sum(self.errors.values())
+    def flights(self) -> list[Flight[Any]]:
+        """Generations in flight that identical requests may join."""
+        return list(self._flights.values())
 
     async def aclose(self) -> None:
         for flight in list(self._flights.values()):
@@ -130,7 +131,7 @@ class ResponseCache:
     async def _landed(self, plan: Plan, flight: Flight[Any]) -> None:
         try:
             if plan.write and flight.error is None and _finished(flight) == plan.choices:
-                await self._set(plan.key, Entry(tuple(flight.items)).encode())
+                await self._set(plan.key, Entry(tuple(flight.items)).encode(plan.key))
         finally:
             self._forget(plan.key, flight)
 

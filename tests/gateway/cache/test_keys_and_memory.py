@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from engines.types import GenerationRequest, Message
+import pytest
+
+from engines.types import Chunk, GenerationRequest, Message, TokenLogprob
+from gateway.cache.entry import CorruptEntry, Entry
 from gateway.cache.keys import FORMAT, Identity, cache_key, deterministic
 from gateway.cache.memory import MemoryCache
 
@@ -68,18 +71,13 @@ async def test_memory_cache_lru_byte_budget_and_ttl() -> None:
 
 
 def test_entries_round_trip_and_garbage_is_refused() -> None:
-    import pytest
-
-    from engines.types import Chunk, TokenLogprob
-    from gateway.cache.entry import CorruptEntry, Entry
-
     entry = Entry(
         (
             (0, Chunk(0, "Hello", 1, 5, (TokenLogprob("Hello", -0.1, (("Hi", -2.0),)),))),
             (0, Chunk(1, " there", 2, 5, (), "length")),
         )
     )
-    assert Entry.decode(entry.encode()) == entry
-    for garbage in (b"{", b'{"a": 1}', b"[[1, 2]]"):
+    assert Entry.decode(entry.encode("k"), "k") == entry
+    for garbage in (b"{", b'{"a": 1}', b'["k", [[1, 2]]]', b"[[1, 2]]", entry.encode("other")):
         with pytest.raises(CorruptEntry):
-            Entry.decode(garbage)
+            Entry.decode(garbage, "k")
