@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics
+.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -62,3 +62,7 @@ bench-routing: model
 ## bench-metrics: requests/s through the gateway with metrics on vs off (scripted engine)
 bench-metrics: venv
 	$(VENV)/bin/switchyard bench metrics
+
+## bench-cache: cache hit vs miss latency on the demo model, memory and Redis stores
+bench-cache: model system-deps
+	$(VENV)/bin/switchyard bench cache

@@ -2,7 +2,7 @@
 
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
-    switchyard bench engine|adapters|routing|http-clients|metrics [--requests N ...]
+    switchyard bench engine|adapters|routing|http-clients|metrics|cache [--requests N ...]
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
 """
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
     bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
     bench.add_argument(
-        "suite", choices=["engine", "adapters", "routing", "http-clients", "metrics"]
+        "suite", choices=["engine", "adapters", "routing", "http-clients", "metrics", "cache"]
     )
     bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from gateway.bench import adapters, engine, http_clients, metrics, routing
+        from gateway.bench import adapters, cache, engine, http_clients, metrics, routing
 
         suites = {
             "engine": engine.main,
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             "routing": routing.main,
             "http-clients": http_clients.main,
             "metrics": metrics.main,
+            "cache": cache.main,
         }
         suite = suites[args.suite]
         return suite(args.options)

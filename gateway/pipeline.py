@@ -158,7 +158,7 @@ async def _answer(
         return
     outcome = call.outcome
     outcome.base, outcome.adapter = identity.base, identity.adapter
-    with _holding(route.adapter):  # not unloaded while we look it up
+    with _holding(route.adapter):  # counted per request, leaders and followers alike
         entry = await cache.get(plan) if plan.read else None
         if entry is not None:
             outcome.cache = "hit"
@@ -170,7 +170,7 @@ async def _answer(
 
         def generate(watch: Watch) -> AsyncGenerator[Item, None]:
             generation.watch = watch
-            return _chunks(route, call.requests, generation, buffered)
+            return _chunks(route, call.requests, generation, buffered, hold=False)
 
         generation = Outcome()
         flight, new = cache.flight(plan, generate, generation)
@@ -203,14 +203,19 @@ def _holding(adapter: AdapterRecord | None) -> Iterator[None]:
 
 
 async def _chunks(
-    route: Route, requests: list[GenerationRequest], outcome: Outcome, buffered: bool
+    route: Route,
+    requests: list[GenerationRequest],
+    outcome: Outcome,
+    buffered: bool,
+    hold: bool = True,
 ) -> AsyncGenerator[Item, None]:
     """(prompt slot, chunk) for every request, with choice indexes made response-wide:
     choice j of prompt i becomes i * n + j, as OpenAI numbers batched completions.
 
-    Counts the request in flight on its adapter from the first step to the close, so
-    an adapter being unloaded drains it first. Callers step it right after resolving
-    (no await in between, or while holding the adapter) and always close it."""
+    With `hold`, counts the request in flight on its adapter from the first step to
+    the close, so an adapter being unloaded drains it first; callers step it right
+    after resolving (no await in between) and always close it. Without, the callers
+    hold the adapter themselves (the requests following a cached generation)."""
     adapter = route.adapter
     outcome.base = route.pool.model_id
     outcome.adapter = adapter.adapter.name if adapter else None
@@ -218,7 +223,7 @@ async def _chunks(
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
     key = route.pool.route_key(outcome.adapter, requests[0].prompt)
     placed = adapter.placed if adapter else None
-    with _holding(adapter):
+    with _holding(adapter if hold else None):
         async for item in _balanced(route.pool, key, placed, requests, outcome, buffered):
             yield item
 

@@ -1,4 +1,5 @@
-"""A real `redis-server` (Debian's package) on a free loopback port, for tests."""
+"""A real `redis-server` (Debian's package) on a free loopback port, for tests: one
+per test (`redis_server`), and one for the session's vLLM gateway (`session_redis`)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One for the session's vLLM gateway (its response cache)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server

@@ -1,5 +1,5 @@
 """One real vLLM engine (the CPU build on the demo model) for the whole session,
-behind a live gateway on loopback."""
+behind a live gateway on loopback, its response cache on a real redis-server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from openai import OpenAI
 
 from engines.vllm_local import VLLMEngine
 from gateway.app import create_app
-from gateway.settings import AdapterSettings, EngineSettings, Settings
+from gateway.settings import AdapterSettings, CacheSettings, EngineSettings, Settings
+from tests.redis_server import RedisServer
 from tests.servers import serve, wait_until
 
 MODEL_ID = "smollm2-135m-instruct"
@@ -25,13 +26,16 @@ class Gateway:
     url: str
     engine: VLLMEngine
     adapter_root: Path
+    redis: RedisServer
 
     def client(self) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="session")
-def gateway(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    demo_model: Path, tmp_path_factory: pytest.TempPathFactory, session_redis: RedisServer
+) -> Iterator[Gateway]:
     """LoRA on, with fewer GPU slots (max_loras=2) than the adapters tests load."""
     root = tmp_path_factory.mktemp("adapters")
     for name in ("shout", "json"):
@@ -54,7 +58,8 @@ def gateway(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         adapter_root=root,
         adapters=[AdapterSettings(name=n, path=root / n) for n in ("shout", "json")],
     )
-    app = create_app(Settings(engines=[engine]))
+    cache = CacheSettings(backend="redis", redis_url=session_redis.url, retry_after_s=0.2)
+    app = create_app(Settings(engines=[engine], cache=cache))
     (model,) = app.state.engines.models
     (backend,) = model.pool.backends
     registry = app.state.engines.adapters
@@ -66,7 +71,7 @@ def gateway(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         )
         assert backend.state == "ready", backend.error
         assert isinstance(backend.engine, VLLMEngine)
-        yield Gateway(url, backend.engine, root)
+        yield Gateway(url, backend.engine, root, session_redis)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,138 @@
+"""The response cache in front of the real vLLM engine, stored in the session's real
+redis-server: a streamed hit replays vLLM's chunk sequence exactly, with usage; 20
+identical concurrent requests make one generation; an adapter reloaded with other
+weights under the same name misses; Redis killed mid-test fails nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from openai import AsyncOpenAI
+
+from tests.e2e.conftest import MODEL_ID, Gateway
+from tests.servers import wait_until
+
+pytestmark = pytest.mark.vllm
+
+BODY = {
+    "model": MODEL_ID,
+    "messages": [{"role": "user", "content": "Name three colors of the rainbow."}],
+    "temperature": 0,
+    "max_tokens": 24,
+}
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(gateway: Gateway) -> None:
+    redis.Redis.from_url(gateway.redis.url).flushall()
+
+
+def stream(gateway: Gateway, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return r.headers["x-switchyard-cache"], [json.loads(d) for d in data[:-1]]
+
+
+def post(gateway: Gateway, body: dict[str, Any]) -> httpx.Response:
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def lookups(gateway: Gateway) -> dict[str, float]:
+    prefix = f'switchyard_cache_lookups_total{{model="{MODEL_ID}",result="'
+    text = httpx.get(gateway.url + "/metrics").text
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def text_of(events: list[dict[str, Any]]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+
+
+def test_streamed_hit_replays_the_chunk_sequence_with_usage(gateway: Gateway) -> None:
+    first, recorded = stream(gateway, BODY)
+    second, replayed = stream(gateway, BODY)
+    assert (first, second) == ("miss", "hit")
+    strip = [{k: v for k, v in e.items() if k not in ("id", "created")} for e in recorded]
+    assert [{k: v for k, v in e.items() if k not in ("id", "created")} for e in replayed] == strip
+    assert recorded[0]["id"] != replayed[0]["id"]
+    assert len(recorded) > 5  # one event per token, as vLLM produced them
+    assert replayed[-1]["usage"] == recorded[-1]["usage"]
+    assert replayed[-1]["usage"]["completion_tokens"] > 0
+    plain = post(gateway, BODY)  # and the same answer as one JSON body
+    assert plain.headers["x-switchyard-cache"] == "hit"
+    assert plain.json()["choices"][0]["message"]["content"] == text_of(recorded)
+    assert plain.json()["usage"] == recorded[-1]["usage"]
+
+
+async def test_twenty_identical_concurrent_requests_generate_once(gateway: Gateway) -> None:
+    before = lookups(gateway)
+    client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    body = {**BODY, "max_tokens": 48}
+
+    async def ask(i: int) -> str:
+        if i % 2:
+            chunks = await client.chat.completions.create(**body, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+        r = await client.chat.completions.create(**body)
+        return r.choices[0].message.content or ""
+
+    answers = await asyncio.gather(*(ask(i) for i in range(20)))
+    await client.close()
+    after = lookups(gateway)
+    assert after["miss"] - before["miss"] == 1  # one generation in the engine
+    assert after["hit"] - before["hit"] == 19
+    assert len(set(answers)) == 1
+    assert answers[0]
+
+
+def test_an_adapter_reloaded_with_other_weights_misses(gateway: Gateway) -> None:
+    def load(path: str) -> None:
+        r = httpx.post(
+            gateway.url + "/v1/adapters", json={"name": "swapped", "path": path}, timeout=120
+        )
+        assert r.status_code == 200, r.text
+
+    body = {**BODY, "model": "swapped", "max_tokens": 48}
+    load("shout")
+    shouted = post(gateway, body)
+    assert shouted.headers["x-switchyard-cache"] == "miss"
+    assert post(gateway, body).headers["x-switchyard-cache"] == "hit"
+    load("json")  # same name, other weights
+    try:
+        answered = post(gateway, body)
+        assert answered.headers["x-switchyard-cache"] == "miss"
+        a = shouted.json()["choices"][0]["message"]["content"]
+        b = answered.json()["choices"][0]["message"]["content"]
+        assert a != b
+        assert b.lstrip().startswith("{")
+    finally:
+        httpx.delete(gateway.url + "/v1/adapters/swapped", timeout=120)
+
+
+def test_redis_killed_mid_test_fails_nothing(gateway: Gateway) -> None:
+    post(gateway, BODY)
+    assert post(gateway, BODY).headers["x-switchyard-cache"] == "hit"
+    gateway.redis.stop()
+    try:
+        for _ in range(3):
+            assert post(gateway, BODY).headers["x-switchyard-cache"] == "miss"
+    finally:
+        gateway.redis.start()
+    assert wait_until(lambda: post(gateway, BODY).headers["x-switchyard-cache"] == "hit", 30)
