@@ -1,6 +1,7 @@
 """`create_app(settings)`: the lifespan, the middleware order, the routes, the errors.
 
-Middleware, outermost first:  request id → body limit → routes.
+Middleware, outermost first:  request id → (CORS, if configured) → auth → body limit
+→ routes.
 Engines start in the background after the server is up: `/health` answers at once,
 `/ready` and generation routes answer 503 until the engines are loaded. Engines that
 share a model id form one pool behind the balancer (gateway/balancer/).
@@ -18,12 +19,15 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
 from gateway.adapters import Base, artifact_id, identities
+from gateway.auth.keys import KeyRing
+from gateway.auth.limits import build_limiter
 from gateway.balancer.backend import Backend, Breaker
 from gateway.balancer.pool import Pool
 from gateway.cache.responses import ResponseCache
@@ -37,6 +41,7 @@ from gateway.errors import (
     invalid_body,
 )
 from gateway.metrics import Metrics
+from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.routes import adapters, chat, completions, health, metrics, models
@@ -55,6 +60,9 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
     engine_set = EngineSet(_models(engines, settings), settings.balancer)
     cache = ResponseCache.from_settings(settings.cache)
+    auth = settings.auth
+    keys = KeyRing(auth) if auth.enabled else None
+    limiter = build_limiter(auth.rate_limit) if auth.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +73,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             finally:
                 tg.cancel_scope.cancel()
                 await cache.aclose()
+                if limiter is not None:
+                    await limiter.aclose()
                 if owned:
                     await engine_set.aclose()
 
@@ -78,6 +88,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.settings = settings
     app.state.engines = engine_set
     app.state.cache = cache
+    app.state.limiter = limiter
     app.state.metrics = Metrics(engine_set, cache) if settings.metrics else None
     app.state.started_at = int(time.time())
 
@@ -92,6 +103,15 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
 
     # Added innermost first: Starlette wraps each new middleware around the previous.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    open_paths = {"/health", "/ready"} | ({"/metrics"} if auth.public_metrics else set())
+    app.add_middleware(AuthMiddleware, keys=keys, open_paths=frozenset(open_paths))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Cache-Control", "X-Request-Id"],
+        )
     app.add_middleware(RequestIdMiddleware)
     return app
 

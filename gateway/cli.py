@@ -3,6 +3,7 @@
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
     switchyard bench engine|adapters|routing|http-clients|metrics|cache [--requests N ...]
+    switchyard hash-key [--new]       # the sha256 for auth.keys (key read from stdin)
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
 """
@@ -10,13 +11,16 @@ Flags override `SWITCHYARD_*` environment variables, which override the YAML fil
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import secrets
 import sys
 from pathlib import Path
 
 import pydantic
 
 from engines.errors import EngineError
+from gateway.auth.keys import KeyConfigError, digest
 from gateway.settings import EngineSettings, SettingsFileError, load_settings
 
 
@@ -32,12 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--model", help="serve this model directory with the vllm engine")
     serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
+    serve.add_argument(
+        "--no-auth", action="store_true", help="serve without API keys (loopback only)"
+    )
+    hash_key = sub.add_parser("hash-key", help="print the sha256 of an API key (for auth.keys)")
+    hash_key.add_argument("--new", action="store_true", help="make a new random key first")
     bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
     bench.add_argument(
         "suite", choices=["engine", "adapters", "routing", "http-clients", "metrics", "cache"]
     )
     bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        return _hash_key(args.new)
     if args.command == "bench":
         from gateway.bench import adapters, cache, engine, http_clients, metrics, routing
 
@@ -61,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         ]
     try:
+        auth = {"enabled": False} if args.no_auth else None
         settings = load_settings(
-            args.config, host=args.host, port=args.port, log_level=args.log_level, engines=engines
+            args.config,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            engines=engines,
+            auth=auth,
         )
     except (SettingsFileError, pydantic.ValidationError) as exc:
         print(f"switchyard: invalid settings: {exc}", file=sys.stderr)
@@ -89,9 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         access.setLevel(logging.INFO)
     else:
         access.disabled = True
+    if not settings.auth.enabled and not _loopback(settings.host):
+        if not settings.auth.allow_public_without_auth:
+            print(
+                f"switchyard: refusing to serve on {settings.host} without API keys: configure"
+                " auth.keys, or bind 127.0.0.1, or set auth.allow_public_without_auth: true",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("switchyard").warning("serving on %s WITHOUT API keys", settings.host)
     try:
         app = create_app(settings)
-    except EngineError as exc:
+    except (EngineError, KeyConfigError) as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
@@ -104,6 +130,28 @@ def main(argv: list[str] | None = None) -> int:
         # for up to this long, then cancels them and runs the lifespan's shutdown.
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hash_key(new: bool) -> int:
+    if new:
+        key = "sy-" + secrets.token_urlsafe(32)
+        print(f"key:        {key}   (give it to the caller; it is not stored)")
+    else:
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("switchyard: give the key on stdin, or --new", file=sys.stderr)
+            return 2
+    print(f"key_sha256: {digest(key)}")
     return 0
 
 

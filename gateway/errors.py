@@ -2,11 +2,14 @@
 
     GatewayError                    500 server_error
     ├── InvalidRequest              400 invalid_request_error (names `param`)
+    ├── Unauthorized                401 invalid_request_error, code invalid_api_key
+    ├── PermissionDenied            403 permission_error
     ├── ModelNotFound               404 invalid_request_error, code model_not_found
     ├── NotFound                    404 invalid_request_error (unknown route)
     ├── MethodNotAllowed            405 invalid_request_error
     ├── PayloadTooLarge             413 invalid_request_error
     ├── Overloaded                  429 rate_limit_error, code server_overloaded, Retry-After
+    ├── RateLimited                 429 rate_limit_error, code rate_limit_exceeded, x-ratelimit-*
     ├── ClientClosedRequest         499 (nobody reads it: the client is gone)
     └── ServiceUnavailable          503 service_unavailable (engine loading or down)
 
@@ -57,6 +60,23 @@ class InvalidRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Missing or incorrect API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+        )
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -93,6 +113,16 @@ class Overloaded(GatewayError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 class ClientClosedRequest(GatewayError):

@@ -107,6 +107,18 @@ class Metrics:
             ("model", "result"),
             registry=r,
         )
+        self.key_requests = Counter(
+            "switchyard_key_requests",
+            "Generation requests by API key label and status.",
+            ("key", "status"),
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "switchyard_rate_limited",
+            "Requests refused by a key's rate limit, by key label and limit.",
+            ("key", "limit"),
+            registry=r,
+        )
         r.register(_StateCollector(engines))
         if cache is not None:
             r.register(_CacheCollector(cache))
@@ -150,6 +162,7 @@ class Observation:
         outcome: Outcome,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        key: str | None = None,
     ) -> dict[str, object]:
         """Record, and return the facts for the access log."""
         if self.done:
@@ -164,6 +177,8 @@ class Observation:
         m.requests.labels(*labels, outcome.backend or NONE, str(status), stream, cache).inc()
         if outcome.base is not None:
             m.cache.labels(model, cache).inc()
+        if key is not None:
+            m.key_requests.labels(key, str(status)).inc()
         if outcome.attempts > 1:
             m.retries.labels(model).inc(outcome.attempts - 1)
         if outcome.attempts:

@@ -8,7 +8,7 @@ Prompt text is never logged unless `log_prompts` is on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -31,6 +31,8 @@ class Recorder:
     observation: Observation | None
     stream: bool
     log_prompts: bool = False
+    key: str | None = None  # the API key's label
+    charge: Callable[[int], Awaitable[None]] | None = None  # tokens to the key's limit
 
     @classmethod
     def start(
@@ -56,12 +58,13 @@ class Recorder:
         facts: dict[str, object] = {}
         if self.observation is not None:
             facts = self.observation.finish(
-                status, outcome, usage.prompt_tokens, usage.completion_tokens
+                status, outcome, usage.prompt_tokens, usage.completion_tokens, self.key
             )
         if not access.isEnabledFor(logging.INFO):
             return
         line: dict[str, object] = {
             "request_id": self.call.request_id,
+            "key": self.key,
             "model": outcome.base,
             "adapter": outcome.adapter,
             "backend": outcome.backend,
@@ -77,6 +80,13 @@ class Recorder:
             line["prompt"] = [str(r.prompt) for r in self.call.requests]
         access.info(orjson.dumps(line).decode())
 
+    async def settle(self) -> None:
+        """Charge the tokens used to the key's limit, once."""
+        charge, self.charge = self.charge, None
+        if charge is not None:
+            usage = self.call.renderer.usage
+            await charge(usage.prompt_tokens + usage.completion_tokens)
+
     async def watch_stream(
         self, events: AsyncGenerator[bytes, None]
     ) -> AsyncGenerator[bytes, None]:
@@ -89,3 +99,4 @@ class Recorder:
         finally:
             await events.aclose()
             self.finish(status)
+            await self.settle()

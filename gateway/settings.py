@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,6 +92,57 @@ class CacheSettings(BaseModel):
     retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
 
 
+class KeySettings(BaseModel):
+    """One API key, by the sha256 of its text (`switchyard hash-key`) or the name of the
+    environment variable holding it. `models` lists the model ids and adapter names it
+    may use (shell patterns; "*" = all); an adapter is not implied by its base."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1)  # in metrics and logs, never the key
+    key_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+    key_env: str | None = None
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    admin: bool = False  # may manage adapters and see backend details
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # prompt + completion tokens per minute
+    max_tokens: int | None = Field(None, ge=1)  # cap, and the default when unset
+    revoked: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeySettings:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"key {self.label!r}: give exactly one of key_sha256, key_env")
+        return self
+
+
+class RateLimitSettings(BaseModel):
+    """Where the per-key token buckets live: in this process, or in Redis (shared by
+    gateway replicas, updated atomically by a Lua script)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "switchyard:rl:"
+    timeout_s: float = Field(0.05, gt=0)
+    on_redis_error: Literal["allow", "deny"] = "allow"  # fail open, or closed (503)
+
+
+class AuthSettings(BaseModel):
+    """API keys (`Authorization: Bearer KEY`). On unless turned off; off, the gateway
+    refuses to listen beyond loopback unless `allow_public_without_auth`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    keys: list[KeySettings] = Field(default_factory=list)
+    keys_file: Path | None = None  # YAML list of keys; re-read when it changes
+    allow_public_without_auth: bool = False
+    public_metrics: bool = True  # /metrics without a key (Prometheus scrapes it)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHYARD_", env_nested_delimiter="__", extra="forbid"
@@ -109,6 +160,9 @@ class Settings(BaseSettings):
     engines: list[EngineSettings] = Field(default_factory=list)
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    max_messages: int = Field(1024, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)  # none: CORS off
 
     @field_validator("engines")
     @classmethod

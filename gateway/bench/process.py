@@ -53,10 +53,11 @@ def gateway_command(
     engines: list[dict[str, Any]], port: int, work: Path, **settings: Any
 ) -> list[str]:
     """`switchyard serve` on loopback with these engine (and other) settings written
-    to a file. The response cache is off unless `settings` turn it on: benchmarks
-    repeat their prompts, and measure the engine path, not the cache."""
+    to a file. The response cache is off unless `settings` turn it on (benchmarks
+    repeat their prompts, and measure the engine path, not the cache), and so are API
+    keys (loopback)."""
     config = work / f"gateway-{port}.yaml"
-    settings = {"cache": {"backend": "none"}, **settings}
+    settings = {"cache": {"backend": "none"}, "auth": {"enabled": False}, **settings}
     config.write_text(yaml.safe_dump({"engines": engines, **settings}))
     return [
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -12,9 +14,21 @@ from fastapi import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from engines.types import GenerationRequest
 from gateway import pipeline
+from gateway.auth import limits
+from gateway.auth.keys import Principal
+from gateway.auth.limits import Limiter
 from gateway.engine_set import EngineSet
-from gateway.errors import ClientClosedRequest, invalid_body
+from gateway.errors import (
+    ClientClosedRequest,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    ServiceUnavailable,
+    invalid_body,
+)
+from gateway.metrics import Metrics
 from gateway.observe import Recorder
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
@@ -53,19 +67,66 @@ def request_id(request: Request) -> str:
 async def respond(request: Request, call: Call, stream: bool) -> Response:
     state = request.app.state
     engines: EngineSet = state.engines
+    principal: Principal = request.state.principal
+    if not principal.may_use(call.model):
+        raise ModelNotFound(call.model)  # the same answer as for a model that is not here
+    call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
+    limits = await admit(state.limiter, principal, state.metrics)
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
+    recorder.key = principal.label
+    if principal.tpm is not None and state.limiter is not None:
+        recorder.charge = functools.partial(state.limiter.charge, principal)
     try:
         if stream:
             opened = pipeline.open_stream(engines, state.cache, call)
             events = await cancel_on_disconnect(request.receive, opened)
-            return EventStreamResponse(recorder.watch_stream(events), headers=_headers(call))
+            headers = {**_headers(call), **limits}
+            return EventStreamResponse(recorder.watch_stream(events), headers=headers)
         answer = pipeline.complete(engines, state.cache, call)
         body = await cancel_on_disconnect(request.receive, answer)
     except Exception as exc:
         recorder.failed(exc)
+        await recorder.settle()
         raise
     recorder.finish(200)
-    return JSONResponse(body, headers=_headers(call))
+    await recorder.settle()
+    return JSONResponse(body, headers={**_headers(call), **limits})
+
+
+async def admit(
+    limiter: Limiter | None, principal: Principal, metrics: Metrics | None
+) -> dict[str, str]:
+    """Take the request from its key's limits; its `x-ratelimit-*` headers, or 429."""
+    if limiter is None or not principal.limited:
+        return {}
+    verdict = await limiter.admit(principal)
+    if verdict.unavailable and not verdict.allowed:
+        raise ServiceUnavailable("The rate limiter's store is unreachable; retry shortly.")
+    headers = limits.headers(principal, verdict)
+    if verdict.allowed:
+        return headers
+    if metrics is not None:
+        metrics.rate_limited.labels(principal.label, verdict.limit).inc()
+    per = f"{principal.rpm} requests" if verdict.limit == "requests" else f"{principal.tpm} tokens"
+    raise RateLimited(
+        f"Rate limit reached for this API key: {per} per minute. "
+        f"Retry after {headers.get('retry-after', '1')} s.",
+        headers,
+    )
+
+
+def _capped(call: Call, principal: Principal) -> list[GenerationRequest]:
+    """The key's max_tokens: the default when a request sets none, and a bound."""
+    cap = principal.max_tokens
+    if cap is None:
+        return call.requests
+    for r in call.requests:
+        if r.max_tokens is not None and r.max_tokens > cap:
+            raise InvalidRequest(
+                f"max_tokens is {r.max_tokens}, above this API key's cap of {cap}.",
+                param="max_tokens",
+            )
+    return [dataclasses.replace(r, max_tokens=r.max_tokens or cap) for r in call.requests]
 
 
 def _headers(call: Call) -> dict[str, str]:

@@ -5,6 +5,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.auth.keys import Principal
 from gateway.engine_set import EngineSet
 from gateway.errors import ServiceUnavailable
 from gateway.routes._respond import JSONResponse
@@ -22,12 +23,17 @@ async def health() -> Response:
 async def ready(request: Request) -> Response:
     """Readiness: every model has at least one routable backend (from the balancer's
     own view: start-up state, health probes and circuit breakers). The body says per
-    model, and per backend, what is up."""
+    model what is up, and per backend to admin keys (or with auth off): backend names,
+    addresses and errors are configuration."""
     engines: EngineSet = request.app.state.engines
+    principal: Principal | None = request.state.principal
     now = time.monotonic()
     states = {m.id: m.pool.state() for m in engines.models}
-    backends = {m.id: [b.describe(now) for b in m.pool.backends] for m in engines.models}
-    body = {"models": states, "backends": backends}
+    body: dict[str, object] = {"models": states}
+    if principal is not None and principal.admin:
+        body["backends"] = {
+            m.id: [b.describe(now) for b in m.pool.backends] for m in engines.models
+        }
     if all(state == "ready" for state in states.values()):
         return JSONResponse({"status": "ready", **body})
     waiting = ", ".join(f"{model} ({state})" for model, state in states.items() if state != "ready")

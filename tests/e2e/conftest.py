@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.settings import AdapterSettings, CacheSettings, EngineSettings, Settings
 from tests.redis_server import RedisServer
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 MODEL_ID = "smollm2-135m-instruct"
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
@@ -59,7 +60,7 @@ def gateway(
         adapters=[AdapterSettings(name=n, path=root / n) for n in ("shout", "json")],
     )
     cache = CacheSettings(backend="redis", redis_url=session_redis.url, retry_after_s=0.2)
-    app = create_app(Settings(engines=[engine], cache=cache))
+    app = create_app(Settings(engines=[engine], cache=cache, auth=NO_AUTH))
     (model,) = app.state.engines.models
     (backend,) = model.pool.backends
     registry = app.state.engines.adapters

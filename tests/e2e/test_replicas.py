@@ -26,6 +26,7 @@ from gateway.bench.process import lora_replica
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
 from tests.servers import free_port, serve, wait_until
+from tests.settings import NO_AUTH
 
 MODEL = "smollm2"
 PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
@@ -125,7 +126,7 @@ def gateway(replicas: list[Replica], adapter_root: Path, policy: str) -> Iterato
         }
         for r in replicas
     ]
-    app = create_app(Settings(engines=engines, balancer={"policy": policy, **PROBE}))
+    app = create_app(Settings(engines=engines, balancer={"policy": policy, **PROBE}, auth=NO_AUTH))
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=30)
         with httpx.Client(base_url=url, timeout=60) as client:

@@ -23,6 +23,7 @@ from engines.types import Chunk, GenerationRequest, Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.servers import free_port, serve, wait_until
+from tests.settings import NO_AUTH
 
 CHAT = (Message("user", "the quick brown fox"),)
 
@@ -30,7 +31,7 @@ CHAT = (Message("user", "the quick brown fox"),)
 @contextlib.contextmanager
 def upstream(**options: Any) -> Iterator[str]:
     engine = ScriptedEngine("up", "up-model", ScriptedConfig(**options))
-    app = create_app(Settings(), engines=[engine])
+    app = create_app(Settings(auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)
         yield url
@@ -154,7 +155,7 @@ async def test_failure_mid_stream_is_generation_failed() -> None:
 
 async def test_closing_the_stream_aborts_the_upstream_request() -> None:
     engine = ScriptedEngine("up", "up-model", ScriptedConfig(token_delay_s=0.05, reply="a " * 200))
-    app = create_app(Settings(), engines=[engine])
+    app = create_app(Settings(auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)
         async with remote(url) as client:

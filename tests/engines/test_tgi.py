@@ -25,6 +25,7 @@ from gateway.settings import Settings
 from tests.doubles.tgi import create_tgi_double
 from tests.gateway.test_errors import assert_error
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,8 @@ def test_through_the_gateway_tgi_streams_and_refuses_n(
     settings = Settings(
         engines=[
             {"name": "tgi", "kind": "tgi", "model_id": "tgi-model", "options": {"url": double[0]}}
-        ]
+        ],
+        auth=NO_AUTH,
     )
     app = create_app(settings)
     with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:

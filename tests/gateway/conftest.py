@@ -9,6 +9,7 @@ from engines.scripted import ScriptedConfig, ScriptedEngine
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 
 def scripted(model_id: str = "scripted", **options: Any) -> ScriptedEngine:
@@ -16,7 +17,7 @@ def scripted(model_id: str = "scripted", **options: Any) -> ScriptedEngine:
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    return Settings(**{"auth": NO_AUTH, **overrides})
 
 
 @pytest.fixture

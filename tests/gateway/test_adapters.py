@@ -15,6 +15,7 @@ from gateway.app import create_app
 from gateway.settings import EngineSettings, Settings
 from tests.gateway.conftest import scripted
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 SUPPORT = scripted().adapter_support
 assert SUPPORT is not None
@@ -96,7 +97,8 @@ def url(root: Path, engine: ScriptedEngine) -> object:
     settings = Settings(
         engines=[
             EngineSettings(name="scripted", kind="scripted", model_id="scripted", adapter_root=root)
-        ]
+        ],
+        auth=NO_AUTH,
     )
     app = create_app(settings, engines=[engine])
     with serve(app) as base_url:

@@ -25,6 +25,7 @@ def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
             {
                 "port": port,
                 "shutdown_grace_s": 20,
+                "auth": {"enabled": False},
                 "engines": [{"name": "s", "kind": "scripted", "model_id": "s", "options": engine}],
             }
         )

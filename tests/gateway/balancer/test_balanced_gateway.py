@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from tests.gateway.test_adapters import make_adapter
 from tests.gateway.test_errors import assert_error
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 MODEL = "pooled"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -39,6 +40,7 @@ def gateway(engines: list[ScriptedEngine], **balancer: Any) -> Iterator[tuple[st
             {"name": e.name, "kind": "scripted", "model_id": MODEL, **per_engine} for e in engines
         ],
         balancer={"probe_interval_s": 0.1, "probe_timeout_s": 0.5, **balancer},
+        auth=NO_AUTH,
     )
     app = create_app(settings, engines=engines)
     with serve(app) as url:

@@ -21,6 +21,7 @@ from gateway.settings import CacheSettings, EngineSettings, Settings
 from tests.gateway.conftest import scripted
 from tests.gateway.test_adapters import make_adapter
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
@@ -32,7 +33,7 @@ def engine() -> ScriptedEngine:
 
 @contextlib.contextmanager
 def gateway(engine: ScriptedEngine, **cache: Any) -> Iterator[str]:
-    settings = Settings(cache=CacheSettings(**cache))
+    settings = Settings(cache=CacheSettings(**cache), auth=NO_AUTH)
     app = create_app(settings, engines=[engine])
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)
@@ -227,7 +228,9 @@ def test_an_adapter_reloaded_with_other_weights_misses(tmp_path: Path) -> None:
     make_adapter(tmp_path / "v1")
     make_adapter(tmp_path / "v2")
     config = EngineSettings(name="scripted", kind="scripted", model_id="scripted")
-    settings = Settings(engines=[config.model_copy(update={"adapter_root": tmp_path})])
+    settings = Settings(
+        engines=[config.model_copy(update={"adapter_root": tmp_path})], auth=NO_AUTH
+    )
     engine = scripted()
     app = create_app(settings, engines=[engine])
     body = {**CHAT, "model": "a"}

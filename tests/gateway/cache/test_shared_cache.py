@@ -20,12 +20,13 @@ from tests.gateway.cache.test_response_cache import CHAT, metrics, post
 from tests.gateway.conftest import scripted
 from tests.redis_server import RedisServer
 from tests.servers import serve, wait_until
+from tests.settings import NO_AUTH
 
 
 @contextlib.contextmanager
 def gateway(engine: ScriptedEngine, server: RedisServer, **cache: Any) -> Iterator[str]:
     options = {"backend": "redis", "redis_url": server.url, "retry_after_s": 0.2, **cache}
-    app = create_app(Settings(cache=CacheSettings(**options)), engines=[engine])
+    app = create_app(Settings(cache=CacheSettings(**options), auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)
         yield url

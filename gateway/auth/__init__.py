@@ -1,0 +1,1 @@
+"""API keys and per-key rate limits."""

@@ -1,0 +1,225 @@
+"""Per-key rate limits: a token bucket for requests (`rpm`) and one for tokens (`tpm`),
+each refilled continuously over a minute.
+
+A request is admitted when its key has a request left and is not in token debt; its
+tokens (prompt + completion) are charged when it ends, so one long answer may push
+the key into debt, and the next requests wait until the bucket has refilled. In
+memory by default; in Redis when gateway replicas share limits, where one Lua
+script checks and takes both buckets atomically on Redis's own clock. Redis failing
+is counted and, by `on_redis_error`, lets requests through (allow) or refuses them
+with 503 (deny).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as redis
+
+from gateway.auth.keys import Principal
+from gateway.settings import RateLimitSettings
+
+log = logging.getLogger("switchyard")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the limiter said, for the `x-ratelimit-*` headers and Retry-After."""
+
+    allowed: bool
+    requests_left: float | None = None
+    tokens_left: float | None = None
+    retry_after_s: float = 0.0
+    limit: str = ""  # which one refused: "requests" or "tokens"
+    unavailable: bool = False  # the shared store failed
+
+
+class Limiter(Protocol):
+    errors: int
+
+    async def admit(self, principal: Principal) -> Verdict: ...
+
+    async def charge(self, principal: Principal, tokens: int) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Bucket:
+    capacity: float
+    level: float
+    at: float
+
+    def refill(self, now: float) -> float:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.capacity / 60)
+        self.at = now
+        return self.level
+
+
+def _wait(level: float, need: float, capacity: float) -> float:
+    """Seconds until `level` reaches `need`, refilling `capacity` a minute."""
+    return max(0.0, (need - level) * 60 / capacity)
+
+
+@dataclass
+class MemoryLimiter:
+    clock: Callable[[], float] = time.monotonic
+    errors: int = 0
+    _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
+
+    async def admit(self, principal: Principal) -> Verdict:
+        now = self.clock()
+        requests = self._bucket(principal.label, "requests", principal.rpm, now)
+        tokens = self._bucket(principal.label, "tokens", principal.tpm, now)
+        if requests is not None and requests.level < 1:
+            wait = _wait(requests.level, 1, requests.capacity)
+            return _refused("requests", requests, tokens, wait)
+        if tokens is not None and tokens.level <= 0:
+            wait = _wait(tokens.level, 1, tokens.capacity)
+            return _refused("tokens", requests, tokens, wait)
+        if requests is not None:
+            requests.level -= 1
+        return Verdict(True, _level(requests), _level(tokens))
+
+    async def charge(self, principal: Principal, tokens: int) -> None:
+        bucket = self._bucket(principal.label, "tokens", principal.tpm, self.clock())
+        if bucket is not None:
+            bucket.level -= tokens
+
+    async def aclose(self) -> None:
+        return None
+
+    def _bucket(self, label: str, kind: str, per_minute: int | None, now: float) -> _Bucket | None:
+        if per_minute is None:
+            return None
+        bucket = self._buckets.get((label, kind))
+        if bucket is None or bucket.capacity != per_minute:
+            bucket = self._buckets[(label, kind)] = _Bucket(per_minute, per_minute, now)
+        bucket.refill(now)
+        return bucket
+
+
+def _level(bucket: _Bucket | None) -> float | None:
+    return None if bucket is None else bucket.level
+
+
+def _refused(limit: str, requests: _Bucket | None, tokens: _Bucket | None, wait: float) -> Verdict:
+    return Verdict(False, _level(requests), _level(tokens), wait, limit)
+
+
+# KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit),
+# tokens to charge (charge mode) or -1 (admit mode). Buckets are hashes {level, at}
+# (at in ms of Redis's clock), expiring after two idle minutes.
+# Returns {allowed, requests left * 1000, tokens left * 1000, wait ms, refused by}.
+_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function load(key, capacity)
+  if capacity <= 0 then return nil end
+  local v = redis.call('HMGET', key, 'level', 'at')
+  local level = tonumber(v[1]) or capacity
+  local at = tonumber(v[2]) or now
+  return math.min(capacity, level + (now - at) * capacity / 60000)
+end
+local function store(key, level)
+  redis.call('HSET', key, 'level', tostring(level), 'at', now)
+  redis.call('PEXPIRE', key, 120000)
+end
+local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local requests, tokens = load(KEYS[1], rpm), load(KEYS[2], tpm)
+if cost >= 0 then
+  if tokens then store(KEYS[2], tokens - cost) end
+  return {1, 0, 0, 0, ''}
+end
+local r = requests and math.floor(requests * 1000) or -1
+local k = tokens and math.floor(tokens * 1000) or -1
+if requests and requests < 1 then
+  return {0, r, k, math.ceil((1 - requests) * 60000 / rpm), 'requests'}
+end
+if tokens and tokens <= 0 then
+  return {0, r, k, math.ceil((1 - tokens) * 60000 / tpm), 'tokens'}
+end
+if requests then store(KEYS[1], requests - 1); r = r - 1000 end
+if tokens then store(KEYS[2], tokens) end
+return {1, r, k, 0, ''}
+"""
+
+
+class RedisLimiter:
+    def __init__(self, settings: RateLimitSettings) -> None:
+        self.settings = settings
+        self.errors = 0
+        timeout = settings.timeout_s
+        self._client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        self._script = self._client.register_script(_SCRIPT)
+
+    async def admit(self, principal: Principal) -> Verdict:
+        reply = await self._run(principal, -1)
+        if reply is None:
+            return Verdict(self.settings.on_redis_error == "allow", unavailable=True)
+        allowed, requests, tokens, wait_ms, limit = reply
+        return Verdict(
+            bool(allowed),
+            None if principal.rpm is None else int(requests) / 1000,
+            None if principal.tpm is None else int(tokens) / 1000,
+            int(wait_ms) / 1000,
+            limit.decode() if isinstance(limit, bytes) else str(limit),
+        )
+
+    async def charge(self, principal: Principal, tokens: int) -> None:
+        if principal.tpm is not None:
+            await self._run(principal, tokens)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _run(self, principal: Principal, cost: int) -> list[Any] | None:
+        base = f"{self.settings.prefix}{principal.label}:"
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                reply = await self._script(
+                    keys=[base + "requests", base + "tokens"],
+                    args=[principal.rpm or 0, principal.tpm or 0, cost],
+                )
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
+            log.warning("rate limiter: redis failed (%s: %s)", type(exc).__name__, exc)
+            return None
+        return list(reply)
+
+
+def build_limiter(settings: RateLimitSettings) -> Limiter:
+    return RedisLimiter(settings) if settings.backend == "redis" else MemoryLimiter()
+
+
+def headers(principal: Principal, verdict: Verdict) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers (and Retry-After when refused)."""
+    out: dict[str, str] = {}
+    for kind, limit, left in (
+        ("requests", principal.rpm, verdict.requests_left),
+        ("tokens", principal.tpm, verdict.tokens_left),
+    ):
+        if limit is None or left is None:
+            continue
+        out[f"x-ratelimit-limit-{kind}"] = str(limit)
+        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(left)))
+        out[f"x-ratelimit-reset-{kind}"] = duration(_wait(left, limit, limit))
+    if not verdict.allowed and verdict.retry_after_s:
+        out["retry-after"] = str(max(1, math.ceil(verdict.retry_after_s)))
+    return out
+
+
+def duration(seconds: float) -> str:
+    """As OpenAI writes them: 20ms, 1s, 6m0s."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
