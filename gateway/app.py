@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -45,7 +46,7 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.routes import adapters, chat, completions, health, metrics, models
-from gateway.routes._respond import JSONResponse
+from gateway.routes._respond import JSONResponse, openapi_schemas
 from gateway.settings import Settings
 
 log = logging.getLogger("switchyard")
@@ -94,6 +95,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
 
     for module in (chat, completions, models, adapters, health, metrics):
         app.include_router(module.router)
+    _document_bodies(app)
 
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(EngineError, _engine_error)
@@ -103,7 +105,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
 
     # Added innermost first: Starlette wraps each new middleware around the previous.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    open_paths = {"/health", "/ready"} | ({"/metrics"} if auth.public_metrics else set())
+    open_paths = {"/health", "/ready", "/openapi.json"}
+    open_paths |= {"/metrics"} if auth.public_metrics else set()
     app.add_middleware(AuthMiddleware, keys=keys, open_paths=frozenset(open_paths))
     if settings.cors_origins:
         app.add_middleware(
@@ -114,6 +117,20 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """Add the request body schemas routes declare with `documented` to /openapi.json."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:

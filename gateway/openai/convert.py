@@ -79,6 +79,8 @@ def completion_requests(
 ) -> list[GenerationRequest]:
     """One engine request per prompt; a list of prompts is a batch."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise InvalidRequest("The prompt list is empty; send at least one prompt.", param="prompt")
     if not all(isinstance(p, str) for p in prompts):
         raise InvalidRequest(
             "Token-id prompts are not supported; send the prompt as text.", param="prompt"

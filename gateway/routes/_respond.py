@@ -46,6 +46,27 @@ class JSONResponse(Response):
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
+BODY_MODELS: dict[str, type[pydantic.BaseModel]] = {}  # for the OpenAPI document
+
+
+def documented(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring `model` as the JSON body of a route that parses its
+    body itself (with `parse`), so /openapi.json describes it (clients, fuzzers)."""
+    BODY_MODELS[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """The JSON schemas of every documented body model and the models they use."""
+    schemas: dict[str, Any] = {}
+    for name, model in BODY_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    return schemas
+
+
 async def parse(request: Request, model: type[M]) -> M:
     """The body as `model`, parsed as JSON whatever the Content-Type says (curl -d
     sends form encoding by default)."""

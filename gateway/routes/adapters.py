@@ -1,4 +1,4 @@
-"""Runtime adapter management. Admin-only once auth lands (issue 7)."""
+"""Runtime adapter management: admin keys only (gateway/middleware/auth.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.engine_set import EngineSet
 from gateway.errors import InvalidRequest
-from gateway.routes._respond import parse
+from gateway.routes._respond import documented, parse
 
 router = APIRouter()
 
@@ -28,7 +28,7 @@ async def list_adapters(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [r.describe() for r in engines.adapters.records()]}
 
 
-@router.post("/v1/adapters")
+@router.post("/v1/adapters", openapi_extra=documented(LoadAdapter))
 async def load_adapter(request: Request) -> dict[str, Any]:
     """Load (or reload) an adapter from a path under the base's adapter root; a
     relative path is taken relative to that root. Runtime loads need a root."""

@@ -6,12 +6,12 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import ChatCompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import cache_control, parse, request_id, respond
+from gateway.routes._respond import cache_control, documented, parse, request_id, respond
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionRequest))
 async def create_chat_completion(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     rid = request_id(request)

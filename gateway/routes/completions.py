@@ -6,12 +6,12 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import CompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import cache_control, parse, request_id, respond
+from gateway.routes._respond import cache_control, documented, parse, request_id, respond
 
 router = APIRouter()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=documented(CompletionRequest))
 async def create_completion(request: Request) -> Response:
     body = await parse(request, CompletionRequest)
     rid = request_id(request)

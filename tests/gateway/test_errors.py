@@ -68,6 +68,7 @@ def test_bad_chat_bodies_get_400_naming_the_field(
 def test_completions_bad_bodies(base_url: str) -> None:
     url = base_url + "/v1/completions"
     assert_error(httpx.post(url, json={"model": "scripted", "prompt": [1, 2]}), 400, "prompt")
+    assert_error(httpx.post(url, json={"model": "scripted", "prompt": []}), 400, "prompt")  # fuzz
     assert_error(
         httpx.post(url, json={"model": "scripted", "prompt": "x", "echo": True}), 400, "echo"
     )
