@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache
+.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -66,3 +66,7 @@ bench-metrics: venv
 ## bench-cache: cache hit vs miss latency on the demo model, memory and Redis stores
 bench-cache: model system-deps
 	$(VENV)/bin/switchyard bench cache
+
+## bench-auth: requests/s with API keys and rate limits (memory, Redis) vs auth off
+bench-auth: venv system-deps
+	$(VENV)/bin/switchyard bench auth

@@ -2,7 +2,7 @@
 
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
-    switchyard bench engine|adapters|routing|http-clients|metrics|cache [--requests N ...]
+    switchyard bench engine|adapters|routing|http-clients|metrics|cache|auth [--requests N ...]
     switchyard hash-key [--new]       # the sha256 for auth.keys (key read from stdin)
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
@@ -43,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     hash_key.add_argument("--new", action="store_true", help="make a new random key first")
     bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
     bench.add_argument(
-        "suite", choices=["engine", "adapters", "routing", "http-clients", "metrics", "cache"]
+        "suite",
+        choices=["engine", "adapters", "routing", "http-clients", "metrics", "cache", "auth"],
     )
     bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "hash-key":
         return _hash_key(args.new)
     if args.command == "bench":
-        from gateway.bench import adapters, cache, engine, http_clients, metrics, routing
+        from gateway.bench import adapters, auth, cache, engine, http_clients, metrics, routing
 
         suites = {
             "engine": engine.main,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             "http-clients": http_clients.main,
             "metrics": metrics.main,
             "cache": cache.main,
+            "auth": auth.main,
         }
         suite = suites[args.suite]
         return suite(args.options)
@@ -72,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         ]
     try:
-        auth = {"enabled": False} if args.no_auth else None
+        no_auth = {"enabled": False} if args.no_auth else None
         settings = load_settings(
             args.config,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
             engines=engines,
-            auth=auth,
+            auth=no_auth,
         )
     except (SettingsFileError, pydantic.ValidationError) as exc:
         print(f"switchyard: invalid settings: {exc}", file=sys.stderr)

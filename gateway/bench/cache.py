@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     rows: dict[str, dict[str, float]] = {}
-    with _redis(work) as redis_url:
+    with redis_server(work) as redis_url:
         stores = {
             "memory": {"backend": "memory"},
             "redis": {"backend": "redis", "redis_url": redis_url},
@@ -143,7 +143,8 @@ def _row(seconds: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _redis(work: Path) -> Iterator[str]:
+def redis_server(work: Path) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, for the length of the block."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed: run `make system-deps`")

@@ -137,7 +137,9 @@ async def _one(
     return (ttft if ttft is not None else end), end, tokens
 
 
-async def run(url: str, model: str | list[str], load: Load) -> Sample:
+async def run(
+    url: str, model: str | list[str], load: Load, headers: dict[str, str] | None = None
+) -> Sample:
     """Closed-loop load; with several models, request i goes to model i mod len.
     Warm-up: `load.warmup` requests, and at least one per distinct model."""
     models = [model] if isinstance(model, str) else model
@@ -146,7 +148,8 @@ async def run(url: str, model: str | list[str], load: Load) -> Sample:
     limits = httpx.Limits(
         max_connections=load.concurrency, max_keepalive_connections=load.concurrency
     )
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    timeout = httpx.Timeout(600.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         for i in range(max(load.warmup, len(distinct))):
             name = distinct[i % len(distinct)]
             await _one(client, url, name, texts[i % len(texts)], load.max_tokens)

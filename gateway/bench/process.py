@@ -101,14 +101,15 @@ def write_report(out: Path, stem: str, report: dict[str, Any], markdown: str) ->
     (out / f"{stem}.md").write_text(markdown)
 
 
-def answers(url: str, model: str) -> Callable[[], bool]:
+def answers(url: str, model: str, headers: dict[str, str] | None = None) -> Callable[[], bool]:
     """A readiness probe: a one-token completion succeeds."""
     import httpx
 
     def probe() -> bool:
         with contextlib.suppress(httpx.HTTPError):
             body = {"model": model, "prompt": "hi", "max_tokens": 1}
-            return httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 200
+            r = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=30)
+            return r.status_code == 200
         return False
 
     return probe

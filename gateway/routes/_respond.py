@@ -91,6 +91,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     principal: Principal = request.state.principal
     if not principal.may_use(call.model):
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
+    _bounded(call, state.settings.max_messages)
     call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
     limits = await admit(state.limiter, principal, state.metrics)
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
@@ -134,6 +135,21 @@ async def admit(
         f"Retry after {headers.get('retry-after', '1')} s.",
         headers,
     )
+
+
+def _bounded(call: Call, limit: int) -> None:
+    """At most `limit` messages in a conversation, or prompts in a batch."""
+    prompt = call.requests[0].prompt
+    if not isinstance(prompt, str) and len(prompt) > limit:
+        raise InvalidRequest(
+            f"{len(prompt)} messages is more than this gateway takes ({limit}).",
+            param="messages",
+        )
+    if len(call.requests) > limit:
+        raise InvalidRequest(
+            f"{len(call.requests)} prompts is more than this gateway takes ({limit}).",
+            param="prompt",
+        )
 
 
 def _capped(call: Call, principal: Principal) -> list[GenerationRequest]:

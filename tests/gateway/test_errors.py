@@ -41,6 +41,8 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         ({"model": "scripted", "messages": MSG, "stop": 5}, "stop"),
         ({"model": "scripted", "messages": MSG, "top_logprobs": 2}, "top_logprobs"),
         ({"model": "scripted", "messages": []}, "messages"),
+        ({"model": "scripted", "messages": MSG * 1025}, "messages"),  # max_messages
+        ({"model": "scripted", "messages": MSG, "stop": ["x"] * 17}, "stop"),
         ({"model": "scripted"}, "messages"),
         ({"messages": MSG}, "model"),
         ({"model": "scripted", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
@@ -69,6 +71,8 @@ def test_completions_bad_bodies(base_url: str) -> None:
     url = base_url + "/v1/completions"
     assert_error(httpx.post(url, json={"model": "scripted", "prompt": [1, 2]}), 400, "prompt")
     assert_error(httpx.post(url, json={"model": "scripted", "prompt": []}), 400, "prompt")  # fuzz
+    many = {"model": "scripted", "prompt": ["x"] * 1025}
+    assert_error(httpx.post(url, json=many), 400, "prompt")
     assert_error(
         httpx.post(url, json={"model": "scripted", "prompt": "x", "echo": True}), 400, "echo"
     )

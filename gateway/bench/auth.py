@@ -1,0 +1,108 @@
+"""`make bench-auth`: what API keys and rate limits cost. Requests/s through `switchyard
+serve` with the scripted engine (16-token streamed chat completions, no delays, so the
+gateway is the bottleneck): auth off, vs a key with RPM and TPM limits (never reached)
+kept in memory, vs the same limits in Redis (a real redis-server on loopback); same
+load, rounds alternating. Goal: <= 10 % cost with Redis.
+
+    switchyard bench auth [--requests 1500] [--concurrency 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.keys import digest
+from gateway.bench.cache import redis_server
+from gateway.bench.engine import ROOT
+from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.process import answers, gateway_command, server_process, write_report
+
+REPLY = " ".join(f"w{i}" for i in range(16))
+KEY = "sy-bench-key"
+SIDES = ("auth off", "auth + memory limits", "auth + redis limits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    Load.add_arguments(parser)
+    parser.set_defaults(requests=1500, concurrency=16, max_tokens=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8781)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args(argv)
+    load = Load.from_arguments(args)
+    work = Path(tempfile.mkdtemp(prefix="switchyard-bench-auth-"))
+    url = f"http://127.0.0.1:{args.port}"
+    engine = {"name": "s", "kind": "scripted", "model_id": "scripted", "options": {"reply": REPLY}}
+    limited = {"label": "bench", "key_sha256": digest(KEY), "rpm": 10**9, "tpm": 10**12}
+    samples: dict[str, list[Sample]] = {side: [] for side in SIDES}
+    with redis_server(work) as redis_url:
+        settings: dict[str, dict[str, Any]] = {
+            "auth off": {"auth": {"enabled": False}},
+            "auth + memory limits": {"auth": {"keys": [limited]}},
+            "auth + redis limits": {
+                "auth": {
+                    "keys": [limited],
+                    "rate_limit": {"backend": "redis", "redis_url": redis_url},
+                }
+            },
+        }
+        for round_ in range(args.rounds):
+            order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
+            for side in order:
+                print(f">>> round {round_ + 1}/{args.rounds}: {side}", file=sys.stderr)
+                command = gateway_command(
+                    [engine], args.port, work, access_log=False, **settings[side]
+                )
+                log = work / f"{round_}-{side.replace(' ', '-')}.log"
+                headers = {"Authorization": f"Bearer {KEY}"}
+                with server_process(
+                    command, answers(url, "scripted", headers), log, dict(os.environ)
+                ):
+                    samples[side].append(asyncio.run(run(url, "scripted", load, headers)))
+    results = {side: summarize(s) for side, s in samples.items()}
+    rps = {side: r.requests / r.wall_s for side, r in results.items()}
+    ratios = {side: round(rps[side] / rps["auth off"], 3) for side in SIDES[1:]}
+    report: dict[str, Any] = {
+        "benchmark": "auth and rate limit cost",
+        "command": "make bench-auth",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load": {**dataclasses.asdict(load), "rounds": args.rounds},
+        "requests_per_s": {side: round(v, 1) for side, v in rps.items()},
+        "results": {side: r.row() for side, r in results.items()},
+        "ratio to auth off (goal >= 0.90 with redis)": ratios,
+    }
+    lines = [
+        "# What API keys and rate limits cost",
+        "",
+        f"`{report['command']}`, {report['when']}, {report['cpus']} CPUs, load "
+        f"{report['load']}; `switchyard serve` with the scripted engine (16-token streams).",
+        "",
+        "| gateway | requests/s | ratio to auth off | TTFT p50 ms | TTFT p99 ms | failures |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {side} | {rps[side]:.1f} | {ratios.get(side, 1.0)} | {r.ttft_p50_ms} "
+            f"| {r.ttft_p99_ms} | {r.failures} |"
+            for side, r in results.items()
+        ),
+        "",
+        f"- with Redis limits: **{ratios['auth + redis limits']}** of auth off (goal ≥ 0.90)",
+        "",
+    ]
+    write_report(args.out, "auth", report, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
