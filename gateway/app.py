@@ -90,7 +90,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.engines = engine_set
     app.state.cache = cache
     app.state.limiter = limiter
-    app.state.metrics = Metrics(engine_set, cache) if settings.metrics else None
+    app.state.metrics = Metrics(engine_set, cache, limiter) if settings.metrics else None
     app.state.started_at = int(time.time())
 
     for module in (chat, completions, models, adapters, health, metrics):

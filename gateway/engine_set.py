@@ -89,9 +89,10 @@ class EngineSet:
         state = model.pool.state()
         if state == "loading":
             raise ServiceUnavailable(f"The model '{name}' is still loading; retry shortly.")
-        if state == "failed":
-            errors = "; ".join(b.error for b in model.pool.backends)
-            raise ServiceUnavailable(f"The model '{name}' failed to start: {errors}")
+        if state == "failed":  # why is configuration: in the log and, for admins, /ready
+            raise ServiceUnavailable(
+                f"The model '{name}' failed to start; the gateway's log says why."
+            )
         return Route(model.pool, adapter, model.base.artifact)
 
     @property

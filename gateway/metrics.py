@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engines.types import Chunk
+from gateway.auth.limits import Limiter
 from gateway.cache.memory import MemoryCache
 from gateway.cache.responses import ResponseCache
 from gateway.engine_set import EngineSet
@@ -39,7 +40,12 @@ NONE = ""
 
 
 class Metrics:
-    def __init__(self, engines: EngineSet, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self,
+        engines: EngineSet,
+        cache: ResponseCache | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         by = ("model", "adapter")
@@ -122,6 +128,8 @@ class Metrics:
         r.register(_StateCollector(engines))
         if cache is not None:
             r.register(_CacheCollector(cache))
+        if limiter is not None:
+            r.register(_LimiterCollector(limiter))
         # Series that may stay at zero exist from the start, so rates and ratios over
         # them answer 0 rather than nothing.
         for model in engines.models:
@@ -207,7 +215,12 @@ class Observation:
 class _StateCollector(Collector):
     """Gauges read at scrape time from the balancer and the engines."""
 
-    def __init__(self, engines: EngineSet, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self,
+        engines: EngineSet,
+        cache: ResponseCache | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.engines = engines
 
     def collect(self) -> Iterator[Metric]:
@@ -312,3 +325,15 @@ class _CacheCollector(Collector):
             yield GaugeMetricFamily(
                 "switchyard_cache_bytes", "Bytes held by the in-memory cache.", store.size
             )
+
+
+class _LimiterCollector(Collector):
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "switchyard_rate_limit_errors",
+            "Rate limiter store (Redis) failures, handled by on_redis_error.",
+            self.limiter.errors,
+        )

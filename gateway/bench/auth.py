@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from gateway.auth.keys import digest
 from gateway.bench.cache import redis_server
 from gateway.bench.engine import ROOT
@@ -102,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     write_report(args.out, "auth", report, "\n".join(lines))
     return 0
+
+
+def _check_limiter(url: str, headers: dict[str, str], limited: bool) -> None:
+    """The limits really were applied, and the limiter's store never failed."""
+    body = {"model": "scripted", "prompt": "hi", "max_tokens": 1}
+    r = httpx.post(url + "/v1/completions", json=body, headers=headers)
+    assert ("x-ratelimit-remaining-requests" in r.headers) == limited, r.headers
+    errors = "switchyard_rate_limit_errors_total 0.0"
+    assert not limited or errors in httpx.get(url + "/metrics").text
 
 
 if __name__ == "__main__":
