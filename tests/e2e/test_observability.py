@@ -110,7 +110,9 @@ async def load(url: str) -> int:
             assert r.status_code == 200, r.text
             tokens += r.json()["usage"]["completion_tokens"]
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    # Every request a generation (no cached answers): the load spans several scrapes.
+    fresh = {"Cache-Control": "no-cache, no-store"}
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=fresh) as client:
         sem = asyncio.Semaphore(4)
 
         async def bounded(i: int) -> None:
