@@ -24,10 +24,10 @@ import httpx
 from gateway.auth.keys import digest
 from gateway.bench.cache import redis_server
 from gateway.bench.engine import ROOT
-from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.load import SIXTEEN_TOKENS, Load, Sample, alternating, run, summarize
 from gateway.bench.process import answers, gateway_command, server_process, write_report
 
-REPLY = " ".join(f"w{i}" for i in range(16))
+REPLY = SIXTEEN_TOKENS
 KEY = "sy-bench-key"
 SIDES = ("auth off", "auth + memory limits", "auth + redis limits")
 
@@ -59,19 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                 }
             },
         }
-        for round_ in range(args.rounds):
-            order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
-            for side in order:
-                print(f">>> round {round_ + 1}/{args.rounds}: {side}", file=sys.stderr)
-                command = gateway_command(
-                    [engine], args.port, work, access_log=False, **settings[side]
-                )
-                log = work / f"{round_}-{side.replace(' ', '-')}.log"
-                headers = {"Authorization": f"Bearer {KEY}"}
-                with server_process(
-                    command, answers(url, "scripted", headers), log, dict(os.environ)
-                ):
-                    samples[side].append(asyncio.run(run(url, "scripted", load, headers)))
+        for round_, side in alternating(list(SIDES), args.rounds):
+            command = gateway_command([engine], args.port, work, access_log=False, **settings[side])
+            log = work / f"{round_}-{side.replace(' ', '-')}.log"
+            headers = {"Authorization": f"Bearer {KEY}"}
+            with server_process(command, answers(url, "scripted", headers), log, dict(os.environ)):
+                samples[side].append(asyncio.run(run(url, "scripted", load, headers)))
     results = {side: summarize(s) for side, s in samples.items()}
     rps = {side: r.requests / r.wall_s for side, r in results.items()}
     ratios = {side: round(rps[side] / rps["auth off"], 3) for side in SIDES[1:]}

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.load import Load, Sample, results_table, run, summarize
+from gateway.bench.load import Load, Sample, alternating, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -87,13 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
-    for round_ in range(args.rounds):
-        order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
-        for name in order:
-            print(f">>> round {round_ + 1}/{args.rounds}: {name}", file=sys.stderr)
-            log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
-            with server_process(contenders[name], answers(url, MODEL_ID), log, env):
-                samples[name].append(asyncio.run(run(url, MODEL_ID, load)))
+    for round_, name in alternating(list(contenders), args.rounds):
+        log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
+        with server_process(contenders[name], answers(url, MODEL_ID), log, env):
+            samples[name].append(asyncio.run(run(url, MODEL_ID, load)))
     results = {name: summarize(runs) for name, runs in samples.items()}
     ours, ref = results.values()
     ratios = {

@@ -27,6 +27,7 @@ import aiohttp
 import httpx
 
 from gateway.bench.engine import ROOT
+from gateway.bench.load import SIXTEEN_TOKENS, alternating
 from gateway.bench.process import gateway_command, server_process, write_report
 
 BODY = {
@@ -35,7 +36,7 @@ BODY = {
     "stream": True,
     "stream_options": {"include_usage": True},
 }
-REPLY = " ".join(f"w{i}" for i in range(16))
+REPLY = SIXTEEN_TOKENS
 
 Client = Callable[[str, int, int], Coroutine[Any, Any, int]]
 
@@ -112,16 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         url = base + "/v1/chat/completions"
         for client in clients.values():  # warm-up
             asyncio.run(client(url, 50, 8))
-        for round_ in range(args.rounds):
-            order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
-            for name in order:
-                print(f">>> round {round_ + 1}/{args.rounds}: {name}", file=sys.stderr)
-                wall, cpu = time.perf_counter(), time.process_time()
-                events = asyncio.run(clients[name](url, args.requests, args.concurrency))
-                totals[name]["wall_s"] += time.perf_counter() - wall
-                totals[name]["cpu_s"] += time.process_time() - cpu
-                totals[name]["requests"] += args.requests
-                totals[name]["events"] += events
+        for _, name in alternating(list(clients), args.rounds):
+            wall, cpu = time.perf_counter(), time.process_time()
+            events = asyncio.run(clients[name](url, args.requests, args.concurrency))
+            totals[name]["wall_s"] += time.perf_counter() - wall
+            totals[name]["cpu_s"] += time.process_time() - cpu
+            totals[name]["requests"] += args.requests
+            totals[name]["events"] += events
     results = {
         name: {
             "requests_per_s": round(t["requests"] / t["wall_s"], 1),

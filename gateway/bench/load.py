@@ -10,14 +10,19 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 PROMPTS = Path(__file__).resolve().parents[2] / "loadtest" / "prompts.txt"
+# The scripted engine's reply where the gateway itself is measured: 16 tokens.
+SIXTEEN_TOKENS = " ".join(f"w{i}" for i in range(16))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,15 @@ def summarize(samples: list[Sample]) -> Result:
 
 def prompts() -> list[str]:
     return [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+
+
+def alternating(sides: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
+    """(round, side) in the order A B, B A, A B...: a drift over the run (heat, caches,
+    other load) weighs on every side alike. Says on stderr which one runs."""
+    for round_ in range(rounds):
+        for side in sides if round_ % 2 == 0 else list(reversed(sides)):
+            print(f">>> round {round_ + 1}/{rounds}: {side}", file=sys.stderr)
+            yield round_, side
 
 
 def percentile(values: list[float], q: float) -> float:

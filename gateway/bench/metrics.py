@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.engine import ROOT
-from gateway.bench.load import Load, Sample, run, summarize
+from gateway.bench.load import SIXTEEN_TOKENS, Load, Sample, alternating, run, summarize
 from gateway.bench.process import answers, gateway_command, server_process, write_report
 
-REPLY = " ".join(f"w{i}" for i in range(16))
+REPLY = SIXTEEN_TOKENS
 SIDES = {"metrics on": True, "metrics off": False}
 
 
@@ -41,15 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{args.port}"
     engine = {"name": "s", "kind": "scripted", "model_id": "scripted", "options": {"reply": REPLY}}
     samples: dict[str, list[Sample]] = {side: [] for side in SIDES}
-    for round_ in range(args.rounds):
-        order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
-        for side in order:
-            print(f">>> round {round_ + 1}/{args.rounds}: {side}", file=sys.stderr)
-            on = SIDES[side]
-            command = gateway_command([engine], args.port, work, metrics=on, access_log=on)
-            log = work / f"{round_}-{side.replace(' ', '-')}.log"
-            with server_process(command, answers(url, "scripted"), log, dict(os.environ)):
-                samples[side].append(asyncio.run(run(url, "scripted", load)))
+    for round_, side in alternating(list(SIDES), args.rounds):
+        on = SIDES[side]
+        command = gateway_command([engine], args.port, work, metrics=on, access_log=on)
+        log = work / f"{round_}-{side.replace(' ', '-')}.log"
+        with server_process(command, answers(url, "scripted"), log, dict(os.environ)):
+            samples[side].append(asyncio.run(run(url, "scripted", load)))
     results = {side: summarize(s) for side, s in samples.items()}
     rps = {side: r.requests / r.wall_s for side, r in results.items()}
     ratio = round(rps["metrics on"] / rps["metrics off"], 3)

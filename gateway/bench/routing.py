@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from gateway.bench.engine import MODEL_ID, ROOT, machine
-from gateway.bench.load import Load, Sample, percentile, results_table, run, summarize
+from gateway.bench.load import Load, Sample, alternating, percentile, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(
                 server_process(command, answers(url, MODEL_ID), work / f"r{i}.log", replica_env)
             )
-        for round_ in range(args.rounds):
-            order = POLICIES if round_ % 2 == 0 else tuple(reversed(POLICIES))
-            for policy in order:
-                print(f">>> round {round_ + 1}/{args.rounds}: {policy}", file=sys.stderr)
-                with _gateway(args.port, replica_urls, root, policy, work, env):
-                    samples[policy].append(asyncio.run(run(_url(args.port), models, load)))
+        for _, policy in alternating(POLICIES, args.rounds):
+            with _gateway(args.port, replica_urls, root, policy, work, env):
+                samples[policy].append(asyncio.run(run(_url(args.port), models, load)))
         print(">>> gateway-added latency (concurrency 1)", file=sys.stderr)
         with _gateway(args.port, replica_urls, root, "least_outstanding", work, env):
             latency = asyncio.run(

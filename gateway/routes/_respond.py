@@ -93,7 +93,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
     _bounded(call, state.settings.max_messages)
     call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
-    limits = await admit(state.limiter, principal, state.metrics)
+    rate_headers = await admit(state.limiter, principal, state.metrics)
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
     recorder.key = principal.label
     if principal.tpm is not None and state.limiter is not None:
@@ -102,7 +102,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         if stream:
             opened = pipeline.open_stream(engines, state.cache, call)
             events = await cancel_on_disconnect(request.receive, opened)
-            headers = {**_headers(call), **limits}
+            headers = {**_headers(call), **rate_headers}
             return EventStreamResponse(recorder.watch_stream(events), headers=headers)
         answer = pipeline.complete(engines, state.cache, call)
         body = await cancel_on_disconnect(request.receive, answer)
@@ -112,7 +112,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         raise
     recorder.finish(200)
     await recorder.settle()
-    return JSONResponse(body, headers={**_headers(call), **limits})
+    return JSONResponse(body, headers={**_headers(call), **rate_headers})
 
 
 async def admit(
