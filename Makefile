@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth
+.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -17,7 +17,7 @@ serve: model
 	$(VENV)/bin/switchyard serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 ## test: set everything up and run the whole test suite (CI runs this)
-test: model system-deps
+test: model system-deps build-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## system-deps: Debian packages the tests run for real (prometheus, redis-server)
@@ -46,6 +46,25 @@ adapters: model
 	rm -rf adapters/shout adapters/json
 	$(VENV)/bin/switchyard-build train-lora shout
 	$(VENV)/bin/switchyard-build train-lora json
+
+build-venv:
+	@scripts/setup-build-venv.sh
+
+## artifacts: GPTQ, AWQ, W8A8 and merged-`shout` builds of the demo model (~10 min on CPU);
+## serve them side by side with `switchyard serve --config configs/artifacts.yaml`
+ARTIFACTS := artifacts/smollm2-135m-instruct
+BUILD     := .build-venv/bin/switchyard-build
+artifacts: $(foreach a,gptq awq w8a8 shout,$(ARTIFACTS)-$(a)/switchyard-artifact.json)
+
+$(ARTIFACTS)-%/switchyard-artifact.json: | model build-venv
+	$(BUILD) quantize --method $* --model $(MODEL) --out $(ARTIFACTS)-$*
+
+$(ARTIFACTS)-shout/switchyard-artifact.json: | model build-venv
+	$(BUILD) merge adapters/shout --base $(MODEL) --out $(ARTIFACTS)-shout
+
+## bench-artifacts: each artifact vs bf16 through the gateway: tokens/s, memory, load time, quality
+bench-artifacts: artifacts
+	$(VENV)/bin/switchyard bench artifacts
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
 bench-engine: model

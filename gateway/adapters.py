@@ -86,7 +86,7 @@ class Base:
     pool: Pool
     identities: frozenset[str]
     root: Path | None
-    artifact: str | None = None
+    artifact: Artifact | None = None
 
 
 class AdapterRegistry:
@@ -297,20 +297,46 @@ def inspect(
     return path.resolve(), digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """What a model directory built by `switchyard-build` says it is (its manifest,
+    `switchyard-artifact.json`): the id the cache keys on, the kind of build
+    (import-gguf, merge, quantize) and its method (gptq, awq, w8a8, merge, or the
+    dtype of an imported model), and the artifact it was derived from."""
+
+    id: str
+    kind: str | None = None
+    method: str | None = None
+    source: str | None = None
+
+    @classmethod
+    def read(cls, model_path: str) -> Artifact | None:
+        manifest = Path(model_path) / "switchyard-artifact.json"
+        if not manifest.is_file():
+            return None
+        data: dict[str, Any] = json.loads(manifest.read_text())
+        if not data.get("id"):
+            return None
+        return cls(
+            str(data["id"]),
+            data.get("kind"),
+            data.get("method") or data.get("dtype"),
+            (data.get("source") or {}).get("id"),
+        )
+
+    def describe(self) -> dict[str, str | None]:
+        return {"id": self.id, "kind": self.kind, "method": self.method, "source": self.source}
+
+
 def identities(model_id: str, model_path: str | None) -> frozenset[str]:
     """The names an adapter may give for this base: its model id, its directory's
-    name and, for artifacts built here, the manifest id."""
+    name and, for artifacts built here, the manifest id and the id of the artifact it
+    was derived from (an adapter trained on a model also fits its quantized builds)."""
     names = {model_id}
     if model_path:
         names.add(Path(model_path).name)
-        names.add(artifact_id(model_path) or "")
+        artifact = Artifact.read(model_path)
+        if artifact:
+            names |= {artifact.id, artifact.source or ""}
     names.discard("")
     return frozenset(names)
-
-
-def artifact_id(model_path: str) -> str | None:
-    """The id in the model directory's `switchyard-artifact.json`, if it has one."""
-    manifest = Path(model_path) / "switchyard-artifact.json"
-    if not manifest.is_file():
-        return None
-    return str(json.loads(manifest.read_text()).get("id")) or None

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
-from gateway.adapters import Base, artifact_id, identities
+from gateway.adapters import Artifact, Base, identities
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import build_limiter
 from gateway.balancer.backend import Backend, Breaker
@@ -146,7 +146,7 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
         backends = []
         names: set[str] = set()
         root: Path | None = None
-        artifact: str | None = None
+        artifact: Artifact | None = None
         startup: dict[str, Path] = {}
         for engine in group:
             config = configs.get(engine.name)
@@ -156,7 +156,7 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
                 continue
             model_path = config.options.get("model")
             names |= identities(model_id, str(model_path) if model_path else None)
-            artifact = artifact or (artifact_id(str(model_path)) if model_path else None)
+            artifact = artifact or (Artifact.read(str(model_path)) if model_path else None)
             names |= set(config.base_names)
             root = root or config.adapter_root
             for adapter in config.adapters:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from gateway.adapters import AdapterRecord, AdapterRegistry, Base
+from gateway.adapters import AdapterRecord, AdapterRegistry, Artifact, Base
 from gateway.balancer.backend import Backend
 from gateway.balancer.health import Prober
 from gateway.balancer.pool import Pool
@@ -46,14 +46,14 @@ class Route:
 
     pool: Pool
     adapter: AdapterRecord | None = None
-    artifact: str | None = None
+    artifact: Artifact | None = None
 
     def identity(self) -> Identity:
         """Who answers, as far as the response cache is concerned."""
         adapter = self.adapter.adapter if self.adapter else None
         return Identity(
             self.pool.model_id,
-            self.artifact,
+            self.artifact.id if self.artifact else None,
             adapter.name if adapter else None,
             adapter.digest if adapter else None,
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "switchyard-artifact.json"
-_HASHED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
+_HASHED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".yaml")
 
 
 class ArtifactError(Exception):
@@ -47,6 +47,40 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def require_model(path: Path, what: str = "model") -> Path:
+    """A directory with a `config.json` (an HF model), or a clear error."""
+    if not (path / "config.json").is_file():
+        raise ArtifactError(
+            f"{path} is not a {what} directory (no config.json). "
+            "Pass a Hugging Face model directory, e.g. models/smollm2-135m-instruct "
+            "(`make model` prepares it)."
+        )
+    return path
+
+
+def source_record(path: Path) -> dict[str, Any]:
+    """How a manifest names its source: artifact id, path, and sha256 of its weights."""
+    weights = {p.name: sha256_file(p) for p in sorted(path.glob("*.safetensors"))}
+    if not weights:
+        raise ArtifactError(f"{path} has no .safetensors weights.")
+    return {"id": (read_manifest(path) or {}).get("id"), "path": str(path), "weights": weights}
+
+
+def check_writable(target: Path) -> None:
+    """Fail before minutes of work, not after, when `target` cannot be written."""
+    if read_manifest(target) is not None:
+        raise ArtifactError(f"{target} already exists; remove it to rebuild.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.probe-", dir=target.parent):
+            pass
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot write the artifact to {target}: {exc.strerror or exc}. "
+            "Choose an --out in a writable directory."
+        ) from exc
 
 
 def verify(directory: Path) -> dict[str, Any]:

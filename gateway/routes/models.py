@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gateway.adapters import Artifact
 from gateway.auth.keys import Principal
 from gateway.engine_set import EngineSet
 
@@ -23,7 +24,9 @@ async def list_models(request: Request) -> dict[str, Any]:
     created: int = request.app.state.started_at
     now = time.monotonic()
     servable = {m.id for m in engines.models if m.pool.state() == "ready"}
-    models = [_model(m.id, None, created) for m in engines.models if m.id in servable]
+    models = [
+        _model(m.id, None, created, m.base.artifact) for m in engines.models if m.id in servable
+    ]
     for record in engines.adapters.records():
         routable = {b.name for b in record.pool.backends if b.routable(now)}
         if record.state == "ready" and record.base in servable and record.placed & routable:
@@ -32,8 +35,10 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": visible}
 
 
-def _model(model_id: str, parent: str | None, created: int) -> dict[str, Any]:
-    return {
+def _model(
+    model_id: str, parent: str | None, created: int, artifact: Artifact | None = None
+) -> dict[str, Any]:
+    model = {
         "id": model_id,
         "object": "model",
         "created": created,
@@ -41,3 +46,6 @@ def _model(model_id: str, parent: str | None, created: int) -> dict[str, Any]:
         "root": model_id,
         "parent": parent,
     }
+    if artifact:
+        model["artifact"] = artifact.describe()
+    return model
