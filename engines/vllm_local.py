@@ -57,7 +57,7 @@ class VLLMConfig:
     max_num_seqs: int | None = None
     max_logprobs: int = 20
     seed: int = 0
-    cpu_kvcache_space_gib: float | None = None
+    cpu_kvcache_space_gib: int | None = None  # vLLM reads whole GiB
     cpu_omp_threads_bind: str | None = None
     enable_lora: bool = False
     max_loras: int = 4

@@ -2,7 +2,7 @@
 
     switchyard serve --config configs/demo.yaml [--host H] [--port P]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
-    switchyard bench engine|adapters|routing|http-clients|metrics|cache|auth [--requests N ...]
+    switchyard bench SUITE [--requests N ...]
     switchyard hash-key [--new]       # the sha256 for auth.keys (key read from stdin)
 
 Flags override `SWITCHYARD_*` environment variables, which override the YAML file.
@@ -22,6 +22,11 @@ import pydantic
 from engines.errors import EngineError
 from gateway.auth.keys import KeyConfigError, digest
 from gateway.settings import EngineSettings, SettingsFileError, load_settings
+
+# `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
+BENCHMARKS = [
+    "engine", "adapters", "routing", "http-clients", "metrics", "cache", "auth", "artifacts",
+]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,26 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="benchmarks: `switchyard bench engine --help`")
     bench.add_argument(
         "suite",
-        choices=["engine", "adapters", "routing", "http-clients", "metrics", "cache", "auth"],
+        choices=BENCHMARKS,
     )
     bench.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "hash-key":
         return _hash_key(args.new)
     if args.command == "bench":
-        from gateway.bench import adapters, auth, cache, engine, http_clients, metrics, routing
+        import importlib
 
-        suites = {
-            "engine": engine.main,
-            "adapters": adapters.main,
-            "routing": routing.main,
-            "http-clients": http_clients.main,
-            "metrics": metrics.main,
-            "cache": cache.main,
-            "auth": auth.main,
-        }
-        suite = suites[args.suite]
-        return suite(args.options)
+        suite = importlib.import_module(f"gateway.bench.{args.suite.replace('-', '_')}")
+        status: int = suite.main(args.options)
+        return status
 
     engines = None
     if args.model:
