@@ -76,8 +76,13 @@ def test_each_quantized_build_knows_paris(served: str, method: str) -> None:
 
 
 def test_the_merged_adapter_shouts_without_being_loaded(served: str) -> None:
+    """Uppercase, as base + `shout` answers. (Not "PARIS": on this prompt the adapter
+    itself, unmerged in peft, answers "THE CAPITILITY TO CAPTIVATE…"; the demo adapter
+    learnt the style from 180 examples, not the facts. The manifest's token agreement
+    with base + adapter is what proves the merge.)"""
     answer = _answer(served, "smollm2-shout")
-    assert "PARIS" in answer
+    letters = [c for c in answer if c.isalpha()]
+    assert len(letters) > 10
     assert answer == answer.upper()
 
 
