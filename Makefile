@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts
+.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -65,6 +65,17 @@ $(ARTIFACTS)-shout/switchyard-artifact.json: | model build-venv
 ## bench-artifacts: each artifact vs bf16 through the gateway: tokens/s, memory, load time, quality
 bench-artifacts: artifacts
 	$(VENV)/bin/switchyard bench artifacts
+
+bench-venv:
+	@scripts/setup-bench-venv.sh
+
+## bench: the side-by-side suite (overhead vs LiteLLM, engine path, routing, cache) -> docs/benchmarks/
+bench: model system-deps bench-venv
+	$(VENV)/bin/switchyard bench suite
+
+## bench-overhead: Switchyard and LiteLLM's proxy in front of one fast upstream
+bench-overhead: venv bench-venv
+	$(VENV)/bin/switchyard bench overhead
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
 bench-engine: model

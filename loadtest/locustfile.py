@@ -127,8 +127,7 @@ class ChatUser(HttpUser):
     def _complete(self, body: dict[str, Any], headers: dict[str, str]) -> None:
         name = "/v1/chat/completions"
         with self.client.post(name, json=body, headers=headers, catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.error or response.text[:200]}")
+            if _refused(response):
                 return
             usage = response.json().get("usage") or {}
             seconds = response.elapsed.total_seconds()
@@ -145,8 +144,7 @@ class ChatUser(HttpUser):
             "/v1/chat/completions", json=body, headers=headers, stream=True, catch_response=True,
             name=name,
         ) as response:  # fmt: skip
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.error or response.text[:200]}")
+            if _refused(response):
                 return
             for line in response.iter_lines():
                 if not line.startswith(b"data: "):
@@ -173,6 +171,14 @@ class ChatUser(HttpUser):
             _report(env, "ITL", name, (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) * 1000)
         if tokens and arrivals[-1] > started:
             _report(env, "TOKENS/S", name, tokens / (arrivals[-1] - started))
+
+
+def _refused(response: Any) -> bool:
+    """Count a non-200 as a failure, with the body's start (or the connection error)."""
+    if response.status_code == 200:
+        return False
+    response.failure(f"HTTP {response.status_code}: {response.error or response.text[:200]}")
+    return True
 
 
 def _report(environment: Environment, kind: str, name: str, value: float) -> None:
