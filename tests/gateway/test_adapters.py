@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from engines.scripted import ScriptedEngine
-from gateway.adapters import AdapterRejected, identities, inspect
+from gateway.adapters import AdapterRejected, Artifact, identities, inspect
 from gateway.app import create_app
 from gateway.settings import EngineSettings, Settings
 from tests.gateway.conftest import scripted
@@ -78,6 +78,22 @@ def test_inspect_keeps_loads_inside_the_root(tmp_path: Path) -> None:
 def test_base_identities_include_the_manifest_id(tmp_path: Path) -> None:
     (tmp_path / "switchyard-artifact.json").write_text(json.dumps({"id": "demo-123"}))
     assert identities("served-name", str(tmp_path)) == {"served-name", tmp_path.name, "demo-123"}
+
+
+def test_a_quantized_build_takes_adapters_made_for_its_source(tmp_path: Path) -> None:
+    manifest = {"id": "demo-gptq-1", "kind": "quantize", "method": "gptq",
+                "source": {"id": "demo-123", "path": "models/demo"}}  # fmt: skip
+    (tmp_path / "switchyard-artifact.json").write_text(json.dumps(manifest))
+    assert {"demo-gptq-1", "demo-123"} <= identities("served", str(tmp_path))
+    artifact = Artifact.read(str(tmp_path))
+    assert artifact is not None
+    assert artifact.describe() == {
+        "id": "demo-gptq-1", "kind": "quantize", "method": "gptq", "source": "demo-123"
+    }  # fmt: skip
+    imported = {"id": "demo-123", "kind": "import-gguf", "dtype": "bfloat16"}
+    (tmp_path / "switchyard-artifact.json").write_text(json.dumps(imported))
+    assert Artifact.read(str(tmp_path)) == Artifact("demo-123", "import-gguf", "bfloat16")
+    assert Artifact.read(str(tmp_path / "missing")) is None
 
 
 @pytest.fixture
