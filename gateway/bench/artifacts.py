@@ -2,8 +2,8 @@
 
 One run, one model at a time (same engine settings, same load: prompts, concurrency,
 max_tokens, temperature 0): the time from `switchyard serve` to the first answer
-(load), output tokens/s and TTFT, the peak resident memory of the gateway and its
-engine processes together, the weights on disk, and the quality delta `verify`
+(load), output tokens/s and TTFT, the memory (PSS) of the gateway and its engine
+processes together, the weights on disk, and the quality delta `verify`
 recorded in each manifest (token agreement, perplexity on the source's answers).
 Writes docs/benchmarks/artifacts.{json,md}.
 
@@ -56,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     rows = {}
     for name, path in BUILDS.items():
-        options = {"model": str(path), "max_model_len": 2048, "enforce_eager": True}
+        options = {
+            "model": str(path),
+            "max_model_len": 2048,
+            "enforce_eager": True,
+            "cpu_kvcache_space_gib": 1,
+        }
         engine = [{"name": "local", "kind": "vllm", "model_id": name, "options": options}]
         command = gateway_command(engine, args.port, work)
         started = time.monotonic()
         with server_process(command, answers(url, name), work / f"{path.name}.log", env) as proc:
             load_s = time.monotonic() - started
             result = summarize([asyncio.run(run(url, name, load))])
-            peak = _peak_rss_mib(proc.pid)
+            memory = _memory_mib(proc.pid)
         manifest = json.loads((path / "switchyard-artifact.json").read_text())
         quality = manifest.get("eval") or {}
         rows[name] = {
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_s": round(load_s, 1),
             "tokens_per_s": result.tokens_per_s,
             "ttft_p50_ms": result.ttft_p50_ms,
-            "peak_rss_mib": peak,
+            "memory_pss_mib": memory,
             "weights_mib": round(
                 sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20, 1
             ),
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows["bf16"]
     for row in rows.values():
         row["tokens_per_s_vs_bf16"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
-        row["rss_vs_bf16"] = round(row["peak_rss_mib"] / base["peak_rss_mib"], 3)
+        row["memory_vs_bf16"] = round(row["memory_pss_mib"] / base["memory_pss_mib"], 3)
         row["load_vs_bf16"] = round(row["load_s"] / base["load_s"], 3)
     report = {
         "benchmark": "artifacts vs bf16",
@@ -96,16 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of the process and its descendants, summed."""
+def _memory_mib(pid: int) -> float:
+    """Proportional set size (PSS) of the process and its descendants, summed, right
+    after the load: shared pages (libraries, the shared-memory KV cache) counted once
+    in all, not once per process as summed RSS would."""
     import psutil
 
-    total = 0
-    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        total += int(line.split()[1])
-    return round(total / 1024, 1)
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    pss: int = sum(p.memory_full_info().pss for p in procs)
+    return round(pss / 2**20, 1)
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -116,14 +120,15 @@ def _markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` on {m['cpus']} CPUs ({m['cpu']}), vLLM {m['vllm']}, "
         f"{report['when']}. Load: {report['load']}, temperature 0, one model served at a time.",
         "",
-        "| model | tokens/s | x bf16 | TTFT p50 ms | peak RSS MiB | x bf16 | load s | x bf16 "
+        "| model | tokens/s | x bf16 | TTFT p50 ms | memory (PSS) MiB | x bf16 | load s | x bf16 "
         "| weights MiB | token agreement | perplexity Δ % |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in report["results"].items():
         lines.append(
             f"| {name} | {r['tokens_per_s']} | {r['tokens_per_s_vs_bf16']} | {r['ttft_p50_ms']} "
-            f"| {r['peak_rss_mib']} | {r['rss_vs_bf16']} | {r['load_s']} | {r['load_vs_bf16']} "
+            f"| {r['memory_pss_mib']} | {r['memory_vs_bf16']} "
+            f"| {r['load_s']} | {r['load_vs_bf16']} "
             f"| {r['weights_mib']} | {r['token_agreement']} | {r['perplexity_delta_pct']} |"
         )
     lines += [
