@@ -21,18 +21,24 @@ from tests.e2e.conftest import ADAPTERS
 from tests.servers import free_port
 
 METHODS = ("gptq", "awq", "w8a8")
+# Calibration samples per method. 16 is too few for this model: a 16-sample W8A8 build
+# scored 0.93 token agreement in `verify` (transformers, fp32) yet answered "L'Étoile,
+# le Grand Étoile, …" through vLLM's int8 kernels, while the 64-sample build answers
+# "The capital of France is Paris." AWQ (the slow one) holds up at 32.
+SAMPLES = {"gptq": 64, "awq": 32, "w8a8": 64}
 RECIPES = ROOT / "engines" / "artifacts" / "recipes"
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def built(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """About 4 minutes on 2 cores: AWQ's grid search is most of it."""
+    """About 5 minutes on 2 cores: AWQ's grid search is most of it."""
     root = tmp_path_factory.mktemp("artifacts")
     out = {m: root / f"smollm2-{m}" for m in (*METHODS, "shout")}
     for method in METHODS:
         switchyard_build(
-            "quantize", "--method", method, "--model", demo_model, "--samples", "16",
+            "quantize", "--method", method, "--model", demo_model,
+            "--samples", str(SAMPLES[method]),
             "--out", out[method],
         )  # fmt: skip
     switchyard_build("merge", ADAPTERS / "shout", "--base", demo_model, "--out", out["shout"])
@@ -115,7 +121,7 @@ def test_manifests_are_complete_and_their_hashes_verify(
         recipe = (RECIPES / f"{name}.yaml").read_bytes()
         assert manifest["recipe"]["sha256"] == hashlib.sha256(recipe).hexdigest()
         assert (path / "recipe.yaml").read_bytes() == recipe
-        assert manifest["calibration"]["samples"] == 16
+        assert manifest["calibration"]["samples"] == SAMPLES[name]
         assert len(manifest["calibration"]["sha256"]) == 64
         assert manifest["tools"]["llmcompressor"]
 
