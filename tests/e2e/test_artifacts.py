@@ -21,10 +21,10 @@ from tests.e2e.conftest import ADAPTERS
 from tests.servers import free_port
 
 METHODS = ("gptq", "awq", "w8a8")
-# Calibration samples per method. 16 is too few for this model: a 16-sample W8A8 build
-# scored 0.93 token agreement in `verify` (transformers, fp32) yet answered "L'Étoile,
-# le Grand Étoile, …" through vLLM's int8 kernels, while the 64-sample build answers
-# "The capital of France is Paris." AWQ (the slow one) holds up at 32.
+# Calibration samples per method (builds are reproducible: same inputs, same weights).
+# A W8A8 build of this small model can score 0.93 token agreement in `verify`
+# (transformers, fp32) yet answer "L'Étoile, le Grand Étoile, …" through vLLM's int8
+# kernels; these sizes answer "Paris" on all three. AWQ (the slow one) at 32.
 SAMPLES = {"gptq": 64, "awq": 32, "w8a8": 64}
 RECIPES = ROOT / "engines" / "artifacts" / "recipes"
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
