@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
@@ -56,7 +57,9 @@ from engines.types import (
     FinishReason,
     GenerationRequest,
     Health,
+    Message,
     TokenLogprob,
+    ToolCallDelta,
 )
 
 _JSON = {"Content-Type": "application/json"}
@@ -188,6 +191,10 @@ class OpenAIRemoteEngine:
         path, body, reader = self.prepare(request)
         self._running += 1
         try:
+            if not body.get("stream"):
+                for chunk in response_chunks(await self.post(path, body), reader.chat):
+                    yield chunk
+                return
             async with contextlib.aclosing(self.stream_events(path, body)) as events:
                 async for payload in events:
                     for chunk in reader.read(payload):
@@ -198,13 +205,36 @@ class OpenAIRemoteEngine:
             self._running -= 1
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
-        """The upstream path, the JSON body (always streamed) and the event reader."""
+        """The upstream path, the JSON body and the event reader."""
         model = (
             upstream_name(request.adapter)
             if request.adapter is not None
             else self.config.upstream_model or self.model_id
         )
         return *openai_body(request, model), EventReader(chat=request.is_chat)
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` for a whole (non-streamed) answer, within total_timeout_s."""
+        try:
+            async with asyncio.timeout(self.config.total_timeout_s):
+                async with self._http().post(
+                    self.root + path, data=orjson.dumps(body), headers=_JSON
+                ) as response:
+                    reply = Reply(response.status, await response.read())
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):
+                raise transport_error(exc, self.root) from None
+            raise EngineUnavailable(
+                f"{self.root} did not answer within total_timeout_s={self.config.total_timeout_s}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(exc, self.root) from None
+        if reply.status >= 400:
+            raise status_error(reply, self.root)
+        payload = reply.json
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            raise EngineUnavailable(f"{self.root} sent a malformed answer: {reply.text[:200]!r}")
+        return payload
 
     async def stream_events(
         self, path: str, body: dict[str, Any]
@@ -275,15 +305,15 @@ class OpenAIRemoteEngine:
 
 
 def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
-    body: dict[str, Any] = {
-        "model": model,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+    """The OpenAI body for `request`: its options verbatim, then the core fields.
+    Incremental requests stream (with usage); whole ones do not."""
+    body: dict[str, Any] = {**request.options, "model": model, "n": request.n}
+    if request.incremental:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    optional = {
         "temperature": request.temperature,
         "top_p": request.top_p,
-        "n": request.n,
-    }
-    optional = {
         "max_tokens": request.max_tokens,
         "stop": list(request.stop) or None,
         "seed": request.seed,
@@ -291,12 +321,13 @@ def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, 
         "frequency_penalty": request.frequency_penalty or None,
     }
     body.update((key, value) for key, value in optional.items() if value is not None)
-    if isinstance(request.prompt, str):
-        body["prompt"] = request.prompt
+    prompt = request.prompt
+    if not request.is_chat:
+        body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
         if request.logprobs is not None:
             body["logprobs"] = request.logprobs
         return "/v1/completions", body
-    body["messages"] = [{"role": m.role, "content": m.content} for m in request.prompt]
+    body["messages"] = [m.wire() for m in prompt if isinstance(m, Message)]
     if request.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = request.logprobs
@@ -309,6 +340,8 @@ def upstream_name(adapter: Adapter) -> str:
 
 class Reader(Protocol):
     """Turns an upstream's stream events into engine chunks."""
+
+    chat: bool
 
     def read(self, payload: dict[str, Any]) -> list[Chunk]: ...
 
@@ -336,18 +369,28 @@ class EventReader:
             self.usage = payload["usage"]
         chunks = []
         for choice in payload.get("choices") or ():
-            if self.chat:
-                text = (choice.get("delta") or {}).get("content") or ""
-                logprobs = chat_logprobs(choice.get("logprobs"))
-            else:
-                text = choice.get("text") or ""
-                logprobs = completion_logprobs(choice.get("logprobs"))
+            index = choice.get("index", 0)
             finish = finish_reason(choice.get("finish_reason"))
-            if not text and finish is None:
+            if self.chat:
+                delta = choice.get("delta") or {}
+                chunk = Chunk(
+                    index,
+                    delta.get("content") or "",
+                    0,
+                    0,
+                    chat_logprobs(choice.get("logprobs")),
+                    finish,
+                    tool_call_deltas(delta.get("tool_calls")),
+                    _reasoning(delta),
+                )
+            else:
+                logprobs = completion_logprobs(choice.get("logprobs"))
+                chunk = Chunk(index, choice.get("text") or "", 0, 0, logprobs, finish)
+            if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish):
                 continue
-            tokens = len(logprobs) or (1 if text else 0)
+            tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
             self.counted += tokens
-            chunks.append(Chunk(choice.get("index", 0), text, tokens, 0, logprobs, finish))
+            chunks.append(dataclasses.replace(chunk, token_count=tokens))
         return chunks
 
     def finish(self) -> list[Chunk]:
@@ -356,6 +399,61 @@ class EventReader:
         completion = int(self.usage.get("completion_tokens") or 0)
         prompt = int(self.usage.get("prompt_tokens") or 0)
         return [Chunk(0, "", completion - self.counted, prompt)]
+
+
+def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
+    """A whole OpenAI answer as one chunk per choice; the usage rides on the first."""
+    usage = payload.get("usage") or {}
+    chunks = []
+    for i, choice in enumerate(payload.get("choices") or ()):
+        finish = finish_reason(choice.get("finish_reason"))
+        if chat:
+            message = choice.get("message") or {}
+            calls = [
+                {**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())
+            ]
+            chunk = Chunk(
+                choice.get("index", i),
+                message.get("content") or "",
+                0,
+                0,
+                chat_logprobs(choice.get("logprobs")),
+                finish,
+                tool_call_deltas(calls),
+                _reasoning(message),
+            )
+        else:
+            logprobs = completion_logprobs(choice.get("logprobs"))
+            chunk = Chunk(choice.get("index", i), choice.get("text") or "", 0, 0, logprobs, finish)
+        chunks.append(chunk)
+    if chunks:
+        chunks[0] = dataclasses.replace(
+            chunks[0],
+            token_count=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        )
+    return chunks
+
+
+def tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+    if not value:
+        return ()
+    deltas = []
+    for n, call in enumerate(value):
+        function = call.get("function") or {}
+        deltas.append(
+            ToolCallDelta(
+                int(call.get("index", n)),
+                call.get("id"),
+                function.get("name"),
+                function.get("arguments") or "",
+            )
+        )
+    return tuple(deltas)
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    return str(delta.get("reasoning") or delta.get("reasoning_content") or "")
 
 
 async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
@@ -379,7 +477,9 @@ async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any]
 def finish_reason(value: Any) -> FinishReason | None:
     if value is None:
         return None
-    return "length" if value == "length" else "stop"
+    if value in ("length", "tool_calls"):
+        return value  # type: ignore[no-any-return]
+    return "stop"
 
 
 def chat_logprobs(value: Any) -> tuple[TokenLogprob, ...]:

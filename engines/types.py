@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 # The projections vLLM's LoRA layers wrap in Llama-style models.
 LORA_TARGETS = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+Options = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One chat message as the client sent it. `content` is text, a tuple of content
+    parts (`{"type": "text", "text": ...}`, images, ...) or None (an assistant turn
+    made only of `tool_calls`); `tool_calls` keep their OpenAI shape."""
+
     role: Role
-    content: str
+    content: str | tuple[Mapping[str, Any], ...] | None
+    name: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The text parts, joined with newlines as vLLM joins them."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "\n".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+    def wire(self) -> dict[str, Any]:
+        """The OpenAI JSON of this message."""
+        body: dict[str, Any] = {"role": self.role, "content": _content(self.content)}
+        if self.name is not None:
+            body["name"] = self.name
+        if self.tool_calls:
+            body["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            body["tool_call_id"] = self.tool_call_id
+        return body
+
+
+def _content(content: str | tuple[Mapping[str, Any], ...] | None) -> Any:
+    return content if content is None or isinstance(content, str) else [dict(p) for p in content]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +74,26 @@ class AdapterSupport:
 class GenerationRequest:
     """One generation, already validated by the caller.
 
-    `prompt` is raw text (completions) or a conversation that the engine renders with
-    the model's own chat template (chat). `logprobs` is None for none, or the number of
-    alternatives to report per sampled token (0 = the sampled token alone).
-    `max_tokens` None means "up to the model's context length".
+    `prompt` is raw text or token ids (completions), or a conversation that the engine
+    renders with the model's own chat template (chat). `logprobs` is None for none, or
+    the number of alternatives to report per sampled token (0 = the sampled token
+    alone). `max_tokens` None means "up to the model's context length"; `temperature`
+    and `top_p` None mean the model's defaults (its generation_config), else 1.0.
+
+    `options` holds every other field of the OpenAI body that the client set, under
+    its wire name (`tools`, `tool_choice`, `response_format`, `logit_bias`, `echo`,
+    vLLM's `top_k`, `structured_outputs`, ...: `engines.options` lists them). An
+    engine honours each one or raises UnsupportedParameter naming it; it never drops
+    one. `incremental` False says the caller wants the answer whole (not streamed): an
+    engine may then produce it in one piece, as vLLM's server parses tool calls
+    differently for whole answers. It never changes what is generated.
     """
 
     request_id: str
-    prompt: str | tuple[Message, ...]
+    prompt: str | tuple[int, ...] | tuple[Message, ...]
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -62,10 +101,17 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     adapter: Adapter | None = None
+    options: Options = field(default_factory=dict)
+    incremental: bool = True
 
     @property
     def is_chat(self) -> bool:
-        return not isinstance(self.prompt, str)
+        return bool(self.prompt) and isinstance(self.prompt[0], Message)
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The conversation (chat requests); empty for completions."""
+        return tuple(m for m in self.prompt if isinstance(m, Message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +122,25 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of one tool call of a choice, as OpenAI streams it: the first piece of
+    call `index` carries its `id` and function `name`, later ones more `arguments`."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """New output for one choice (`index`) of a request.
 
     `token_count` is the number of completion tokens this chunk adds; `prompt_tokens`
-    is the request's prompt length, the same on every chunk. The last chunk of a
-    choice carries `finish_reason`.
+    is the request's prompt length (0 where the engine has not said it yet; the
+    largest value seen counts). The last chunk of a choice carries `finish_reason`.
+    `reasoning` is text a reasoning parser separated from the answer; `tool_calls`
+    are parsed tool-call pieces.
     """
 
     index: int
@@ -90,6 +149,8 @@ class Chunk:
     prompt_tokens: int
     logprobs: tuple[TokenLogprob, ...] = field(default=())
     finish_reason: FinishReason | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,111 @@
+"""The request fields beyond the sampling core, and which of them an engine honours.
+
+`GenerationRequest.options` carries them under their wire names, as the client sent
+them (after validation at the gateway's edge). Engines never drop one silently: an
+engine honours a field or raises UnsupportedParameter naming it (`refuse_unhonoured`).
+A field set to its neutral value (the value that changes nothing, e.g. `echo: false`,
+`tool_choice: "none"` with no tools) is not "set" for this purpose.
+
+    CHAT        OpenAI's chat-only fields, and vLLM's chat extras
+    COMPLETION  OpenAI's completion-only fields
+    SHARED      OpenAI fields of both endpoints, and vLLM's sampling extras
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from engines.errors import UnsupportedParameter
+from engines.types import GenerationRequest
+
+SHARED = frozenset(
+    {
+        # OpenAI
+        "logit_bias",
+        "response_format",
+        "user",
+        # vLLM's sampling and structured-output extras
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "length_penalty",
+        "min_tokens",
+        "ignore_eos",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "truncate_prompt_tokens",
+        "prompt_logprobs",
+        "bad_words",
+        "allowed_token_ids",
+        "structured_outputs",
+        "priority",
+        "add_special_tokens",
+        "return_token_ids",
+        "use_beam_search",
+        "cache_salt",
+        "vllm_xargs",
+    }
+)
+CHAT = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "chat_template_kwargs",
+        "add_generation_prompt",
+        "continue_final_message",
+        "include_reasoning",
+        "documents",
+    }
+)
+COMPLETION = frozenset({"echo", "suffix"})
+ALL = SHARED | CHAT | COMPLETION
+
+# Values that change nothing: sending them is the same as not sending the field.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "user": (),  # any value: only a label, forwarded where it can be
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "parallel_tool_calls": (True,),
+    "echo": (False,),
+    "suffix": ("",),
+    "min_tokens": (0,),
+    "ignore_eos": (False,),
+    "stop_token_ids": ([],),
+    "include_stop_str_in_output": (False,),
+    "skip_special_tokens": (True,),
+    "spaces_between_special_tokens": (True,),
+    "bad_words": ([],),
+    "priority": (0,),
+    "add_generation_prompt": (True,),
+    "continue_final_message": (False,),
+    "top_k": (-1, 0),
+    "min_p": (0.0, 0),
+    "repetition_penalty": (1.0, 1),
+    "use_beam_search": (False,),
+    "include_reasoning": (True,),
+}
+
+
+def is_set(name: str, value: Any) -> bool:
+    """Whether `value` for field `name` asks the engine for anything."""
+    if value is None:
+        return False
+    if name == "user":
+        return False
+    return value not in _NEUTRAL.get(name, ())
+
+
+def refuse_unhonoured(
+    request: GenerationRequest, engine: str, honoured: Collection[str], hint: str = ""
+) -> None:
+    """Raise UnsupportedParameter for the first set option not in `honoured`."""
+    for name, value in request.options.items():
+        if name not in honoured and is_set(name, value):
+            raise UnsupportedParameter(name, engine, hint)
