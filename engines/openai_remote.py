@@ -409,9 +409,7 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
         finish = finish_reason(choice.get("finish_reason"))
         if chat:
             message = choice.get("message") or {}
-            calls = [
-                {**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())
-            ]
+            calls = [{**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())]
             chunk = Chunk(
                 choice.get("index", i),
                 message.get("content") or "",

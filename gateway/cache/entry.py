@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from engines.types import Chunk, TokenLogprob
+from engines.types import Chunk, TokenLogprob, ToolCallDelta
 
 
 class CorruptEntry(Exception):
@@ -34,6 +34,8 @@ class Entry:
                         c.prompt_tokens,
                         [[t.token, t.logprob, [list(a) for a in t.top]] for t in c.logprobs],
                         c.finish_reason,
+                        [[t.index, t.id, t.name, t.arguments] for t in c.tool_calls],
+                        c.reasoning,
                     ]
                     for slot, c in self.chunks
                 ],
@@ -60,10 +62,15 @@ class Entry:
                             )
                             for tok, lp, top in logprobs
                         ),
-                        finish if finish in ("stop", "length") else None,
+                        finish if finish in ("stop", "length", "tool_calls") else None,
+                        tuple(
+                            ToolCallDelta(int(i), call_id, name, str(arguments))
+                            for i, call_id, name, arguments in calls
+                        ),
+                        str(reasoning),
                     ),
                 )
-                for slot, index, text, tokens, prompt, logprobs, finish in rows
+                for slot, index, text, tokens, prompt, logprobs, finish, calls, reasoning in rows
             )
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise CorruptEntry(f"not a cache entry: {exc}") from None

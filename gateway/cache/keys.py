@@ -3,7 +3,8 @@
 A key covers everything that changes the output: the resolved base model and its
 artifact id, the adapter's name and content digest (a reloaded adapter with new
 weights under the same name gets new keys), the endpoint, the normalized requests
-(prompt or messages, every sampling parameter, stop, n, logprobs) and the caller's
+(prompt or messages, every sampling parameter, stop, n, logprobs, and every
+option: tools, tool_choice, response_format, structured outputs, vLLM's extras) and the caller's
 scope (API key or tenant, once auth exists). Request ids never enter a key.
 `FORMAT` prefixes every key, so a change of the stored format never reads old entries.
 """
@@ -19,7 +20,7 @@ import orjson
 
 from engines.types import GenerationRequest
 
-FORMAT = "sy1"
+FORMAT = "sy2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ def _normalized(request: GenerationRequest) -> dict[str, object]:
     fields = dataclasses.asdict(request)
     del fields["request_id"]
     del fields["adapter"]  # in the identity, by digest
+    del fields["incremental"]  # streamed or not, the same answer
     if request.temperature == 0:
         fields["top_p"] = 1.0  # ignored when greedy
         fields["seed"] = None

@@ -2,57 +2,194 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.types import Chunk, FinishReason, GenerationRequest, Message, TokenLogprob
-from gateway.errors import InvalidRequest
-from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+import orjson
 
-# Field → the values that mean "not used"; anything else gets a 400 naming the field.
-_UNHONOURED: dict[str, tuple[Any, ...]] = {
-    "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "functions": (None, []),
-    "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
-    "audio": (None,),
-    "modalities": (None, ["text"]),
-    "prediction": (None,),
-    "echo": (None, False),
-    "suffix": (None, ""),
+from engines.types import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    TokenLogprob,
+    ToolCallDelta,
+)
+from gateway.errors import InvalidRequest
+from gateway.openai.schemas import (
+    GATEWAY_REFUSED,
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+)
+
+# vLLM's older spellings → the `structured_outputs` key they became.
+_GUIDED = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
 }
 
 
-def _reject_unhonoured(body: _Sampling) -> None:
-    for name, unused in _UNHONOURED.items():
-        if name in type(body).model_fields and getattr(body, name) not in unused:
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What one request may ask for (settings: max_n, max_tools, max_schema_bytes)."""
+
+    max_n: int = 16
+    max_tools: int = 128
+    max_schema_bytes: int = 64 * 1024
+
+
+def _refuse_gateway_fields(body: _Sampling) -> None:
+    for name, why in GATEWAY_REFUSED.items():
+        value = getattr(body, name, None)
+        if value not in (None, False, []):
             raise InvalidRequest(
-                f"'{name}' is not supported by this gateway yet; remove it from the request.",
+                f"'{name}' is not supported: {why}; remove it from the request.",
                 param=name,
                 code="unsupported_parameter",
             )
 
 
-def _common(body: _Sampling, max_n: int) -> dict[str, Any]:
-    _reject_unhonoured(body)
+def _options(body: _Sampling, bounds: Bounds) -> dict[str, Any]:
+    options = body.options()
+    guided = {key: getattr(body, old) for old, key in _GUIDED.items() if getattr(body, old)}
+    if guided:
+        if "structured_outputs" in options or len(guided) > 1:
+            raise InvalidRequest(
+                "Send one constraint: structured_outputs, or one guided_* field.",
+                param=next(iter(o for o in _GUIDED if getattr(body, o))),
+            )
+        options["structured_outputs"] = guided
+    for name in ("response_format", "structured_outputs"):
+        _bounded_size(options.get(name), name, bounds)
+    response_format = options.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if schema is not None:
+        _check_schema(schema, "response_format.json_schema.schema")
+    structured = options.get("structured_outputs") or {}
+    if isinstance(structured.get("json"), dict):
+        _check_schema(structured["json"], "structured_outputs.json")
+    if isinstance(structured.get("regex"), str):
+        _check_regex(structured["regex"], "structured_outputs.regex")
+    return options
+
+
+def _tools(body: ChatCompletionRequest, options: dict[str, Any], bounds: Bounds) -> None:
+    """Legacy `functions` as `tools`; checks the tools against `tool_choice`; forced
+    tool calls pinned to their tools' schemas (as with `strict: true`)."""
+    if body.functions is not None:
+        if body.tools is not None:
+            raise InvalidRequest("Send tools or functions, not both.", param="functions")
+        options["tools"] = [{"type": "function", "function": f} for f in _functions(body)]
+        if body.function_call is not None:
+            call = body.function_call
+            options["tool_choice"] = (
+                call
+                if isinstance(call, str)
+                else {"type": "function", "function": {"name": call.name}}
+            )
+    elif body.function_call is not None:
+        raise InvalidRequest("function_call needs functions.", param="function_call")
+    tools = options.get("tools") or []
+    if len(tools) > bounds.max_tools:
+        raise InvalidRequest(
+            f"{len(tools)} tools is more than this gateway takes ({bounds.max_tools}).",
+            param="tools",
+        )
+    for i, tool in enumerate(tools):
+        parameters = tool["function"].get("parameters")
+        where = f"tools[{i}].function.parameters"
+        _bounded_size(parameters, where, bounds)
+        if parameters is not None:
+            _check_schema(parameters, where)
+    choice = options.get("tool_choice")
+    if choice not in (None, "none") and not tools:
+        raise InvalidRequest(
+            "tool_choice needs tools; send the tools it may call.", param="tool_choice"
+        )
+    names = [t["function"]["name"] for t in tools]
+    if isinstance(choice, dict) and choice["function"]["name"] not in names:
+        raise InvalidRequest(
+            f"tool_choice names the function '{choice['function']['name']}', which is not "
+            f"among the tools ({', '.join(names)}).",
+            param="tool_choice",
+        )
+    if choice == "required" or isinstance(choice, dict):
+        options["tools"] = [_strict(t) for t in tools]
+
+
+def _functions(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    return [f.model_dump(exclude_none=True) for f in body.functions or ()]
+
+
+def _strict(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool whose arguments are generated against its parameters' schema. vLLM's
+    server leaves a forced call's arguments free unless the tool says `strict`: the
+    demo model then answers a JSON string where an object was asked for."""
+    function = tool["function"]
+    if function.get("strict") is not None or function.get("parameters") is None:
+        return tool
+    return {**tool, "function": {**function, "strict": True}}
+
+
+def _bounded_size(value: Any, where: str, bounds: Bounds) -> None:
+    if value is not None and len(orjson.dumps(value)) > bounds.max_schema_bytes:
+        raise InvalidRequest(
+            f"{where} is larger than this gateway takes ({bounds.max_schema_bytes} bytes).",
+            param=where,
+        )
+
+
+def _check_schema(schema: Any, where: str) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(
+            f"{where} is not a valid JSON Schema: {exc.message}", param=where
+        ) from None
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InvalidRequest(
+            f"{where} is not a valid regular expression: {exc}", param=where
+        ) from None
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | tuple[int, ...]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(p, int) for p in prompt):
+        return [tuple(p for p in prompt if isinstance(p, int))]
+    return [p if isinstance(p, str) else tuple(p) for p in prompt if not isinstance(p, int)]
+
+
+def _common(body: _Sampling, bounds: Bounds) -> dict[str, Any]:
+    _refuse_gateway_fields(body)
     n = body.n or 1
-    if n > max_n:
-        raise InvalidRequest(f"n must be at most {max_n}; got {n}.", param="n")
+    if n > bounds.max_n:
+        raise InvalidRequest(f"n must be at most {bounds.max_n}; got {n}.", param="n")
     return {
-        "temperature": 1.0 if body.temperature is None else body.temperature,
-        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
         "n": n,
         "stop": body.stops(),
         "seed": body.seed,
         "presence_penalty": body.presence_penalty or 0.0,
         "frequency_penalty": body.frequency_penalty or 0.0,
+        "incremental": bool(body.stream),
     }
 
 
-def chat_request(body: ChatCompletionRequest, request_id: str, max_n: int) -> GenerationRequest:
+def chat_request(body: ChatCompletionRequest, request_id: str, bounds: Bounds) -> GenerationRequest:
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     if (
@@ -64,43 +201,59 @@ def chat_request(body: ChatCompletionRequest, request_id: str, max_n: int) -> Ge
             "max_tokens and max_completion_tokens disagree; send only max_completion_tokens.",
             param="max_tokens",
         )
-    messages = tuple(Message(m.role, m.text()) for m in body.messages)
+    common = _common(body, bounds)
+    options = _options(body, bounds)
+    _tools(body, options, bounds)
+    messages = tuple(
+        Message(
+            m.role,
+            m.content if not isinstance(m.content, list) else tuple(m.content),
+            m.name,
+            tuple(m.wire_tool_calls()),
+            m.tool_call_id,
+        )
+        for m in body.messages
+    )
     return GenerationRequest(
         request_id=request_id,
         prompt=messages,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        **_common(body, max_n),
+        options=options,
+        **common,
     )
 
 
 def completion_requests(
-    body: CompletionRequest, request_id: str, max_n: int
+    body: CompletionRequest, request_id: str, bounds: Bounds
 ) -> list[GenerationRequest]:
-    """One engine request per prompt; a list of prompts is a batch."""
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts:
-        raise InvalidRequest("The prompt list is empty; send at least one prompt.", param="prompt")
-    if not all(isinstance(p, str) for p in prompts):
-        raise InvalidRequest(
-            "Token-id prompts are not supported; send the prompt as text.", param="prompt"
-        )
+    """One engine request per prompt; a list of prompts (text or token ids) is a batch."""
+    prompts = _prompts(body.prompt)
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise InvalidRequest("best_of other than n is not supported.", param="best_of")
-    common = _common(body, max_n)
+    common = _common(body, bounds)
+    options = _options(body, bounds)
     return [
         GenerationRequest(
             request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id,
-            prompt=str(prompt),
+            prompt=one,
             max_tokens=body.max_tokens,
             logprobs=body.logprobs,
+            options=options,
             **common,
         )
-        for i, prompt in enumerate(prompts)
+        for i, one in enumerate(prompts)
     ]
 
 
 # -- responses -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ToolCall:
+    id: str | None = None
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -109,6 +262,15 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     offset: int = 0  # characters emitted so far (completions' text_offset)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
+
+    def add_tool_calls(self, deltas: tuple[ToolCallDelta, ...]) -> None:
+        for delta in deltas:
+            call = self.tool_calls.setdefault(delta.index, _ToolCall())
+            call.id = call.id or delta.id
+            call.name = call.name or delta.name
+            call.arguments.append(delta.arguments)
 
 
 @dataclass(slots=True)
@@ -146,8 +308,10 @@ class Renderer:
         self._prompt_seen: set[int] = set()
 
     def count(self, chunk: Chunk, prompt_slot: int) -> None:
+        """Usage: completion tokens summed; each prompt counted once, from the first
+        chunk that knows its length (remote engines say it only at the end)."""
         self.usage.completion_tokens += chunk.token_count
-        if prompt_slot not in self._prompt_seen:
+        if chunk.prompt_tokens and prompt_slot not in self._prompt_seen:
             self._prompt_seen.add(prompt_slot)
             self.usage.prompt_tokens += chunk.prompt_tokens
 
@@ -155,7 +319,11 @@ class Renderer:
         choice = self.choices[chunk.index]
         if chunk.text:
             choice.text.append(chunk.text)
-            choice.logprobs.extend(chunk.logprobs)
+        choice.logprobs.extend(chunk.logprobs)
+        if chunk.reasoning:
+            choice.reasoning.append(chunk.reasoning)
+        if chunk.tool_calls:
+            choice.add_tool_calls(chunk.tool_calls)
         if chunk.finish_reason:
             choice.finish_reason = chunk.finish_reason
 
@@ -205,9 +373,26 @@ class ChatRenderer(Renderer):
     id_prefix = "chatcmpl-"
 
     def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        text = "".join(choice.text)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not choice.tool_calls else None,
+            "refusal": None,
+        }
+        if choice.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "".join(call.arguments)},
+                }
+                for _, call in sorted(choice.tool_calls.items())
+            ]
+        if choice.reasoning:
+            message.update(_reasoning("".join(choice.reasoning)))
         return {
             "index": index,
-            "message": {"role": "assistant", "content": "".join(choice.text), "refusal": None},
+            "message": message,
             "logprobs": _chat_logprobs(choice.logprobs) if self.with_logprobs else None,
             "finish_reason": choice.finish_reason,
         }
@@ -225,15 +410,19 @@ class ChatRenderer(Renderer):
 
     def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
         out = []
+        delta: dict[str, Any] = {}
+        if chunk.reasoning:
+            delta.update(_reasoning(chunk.reasoning))
         if chunk.text:
-            logprobs = _chat_logprobs(chunk.logprobs) if self.with_logprobs else None
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            delta["tool_calls"] = [_tool_call_delta(t) for t in chunk.tool_calls]
+        if delta:
+            logprobs = None
+            if self.with_logprobs and chunk.logprobs:
+                logprobs = _chat_logprobs(chunk.logprobs)
             out.append(
-                {
-                    "index": chunk.index,
-                    "delta": {"content": chunk.text},
-                    "logprobs": logprobs,
-                    "finish_reason": None,
-                }
+                {"index": chunk.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
             )
         if chunk.finish_reason:
             out.append(
@@ -277,6 +466,23 @@ class CompletionRenderer(Renderer):
                 "finish_reason": chunk.finish_reason,
             }
         ]
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's shape: the first piece of a call names it, later ones add arguments."""
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    body: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None or delta.name is not None:
+        body["id"] = delta.id
+        body["type"] = "function"
+        function["name"] = delta.name
+    body["function"] = function
+    return body
+
+
+def _reasoning(text: str) -> dict[str, str]:
+    """Reasoning under vLLM's current name and the one most clients read."""
+    return {"reasoning": text, "reasoning_content": text}
 
 
 def _token(token: str, logprob: float) -> dict[str, Any]:

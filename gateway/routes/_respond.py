@@ -30,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.observe import Recorder
+from gateway.openai.convert import Bounds
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
 
@@ -74,6 +75,11 @@ async def parse(request: Request, model: type[M]) -> M:
         return model.model_validate_json(await request.body())
     except pydantic.ValidationError as exc:
         raise invalid_body(exc.errors()) from None
+
+
+def bounds(request: Request) -> Bounds:
+    settings = request.app.state.settings
+    return Bounds(settings.max_n, settings.max_tools, settings.max_schema_bytes)
 
 
 def cache_control(request: Request) -> str:

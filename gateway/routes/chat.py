@@ -6,7 +6,7 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import ChatCompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import cache_control, documented, parse, request_id, respond
+from gateway.routes._respond import bounds, cache_control, documented, parse, request_id, respond
 
 router = APIRouter()
 
@@ -15,7 +15,7 @@ router = APIRouter()
 async def create_chat_completion(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     rid = request_id(request)
-    generation = convert.chat_request(body, rid, request.app.state.settings.max_n)
+    generation = convert.chat_request(body, rid, bounds(request))
     renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     call = Call(

@@ -6,7 +6,7 @@ from starlette.responses import Response
 from gateway.openai import convert
 from gateway.openai.schemas import CompletionRequest
 from gateway.pipeline import Call
-from gateway.routes._respond import cache_control, documented, parse, request_id, respond
+from gateway.routes._respond import bounds, cache_control, documented, parse, request_id, respond
 
 router = APIRouter()
 
@@ -15,7 +15,7 @@ router = APIRouter()
 async def create_completion(request: Request) -> Response:
     body = await parse(request, CompletionRequest)
     rid = request_id(request)
-    generations = convert.completion_requests(body, rid, request.app.state.settings.max_n)
+    generations = convert.completion_requests(body, rid, bounds(request))
     n = generations[0].n * len(generations)
     renderer = convert.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
