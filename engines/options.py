@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from engines.errors import UnsupportedParameter
+from engines.errors import InvalidGenerationRequest, UnsupportedParameter
 from engines.types import GenerationRequest
 
 SHARED = frozenset(
@@ -109,3 +109,16 @@ def refuse_unhonoured(
     for name, value in request.options.items():
         if name not in honoured and is_set(name, value):
             raise UnsupportedParameter(name, engine, hint)
+
+
+def refuse_non_text(request: GenerationRequest, engine: str) -> None:
+    """A 400 naming the first content part that is not text (images, audio, ...)."""
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, tuple):
+            for j, part in enumerate(message.content):
+                if part.get("type") != "text":
+                    raise InvalidGenerationRequest(
+                        f"Content parts of type '{part.get('type')}' need a multimodal model; "
+                        f"the {engine} engine serving this model takes text only.",
+                        param=f"messages[{i}].content[{j}]",
+                    )

@@ -26,7 +26,7 @@ from engines.errors import (
     InvalidGenerationRequest,
     UnsupportedParameter,
 )
-from engines.options import refuse_unhonoured
+from engines.options import refuse_non_text, refuse_unhonoured
 from engines.types import (
     Adapter,
     AdapterSupport,
@@ -108,6 +108,7 @@ class ScriptedEngine:
             if _is_set(request, param):
                 raise UnsupportedParameter(param, "scripted")
         refuse_unhonoured(request, "scripted", (), "It is a test double that only echoes text.")
+        refuse_non_text(request, "scripted")
         prompt_text = _text(request)
         prompt_tokens = tokenize(prompt_text)
         budget = self.config.max_model_len - len(prompt_tokens)

@@ -33,6 +33,7 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.openai_remote import openai_body, upstream_name
+from engines.options import refuse_non_text
 from engines.types import Adapter, GenerationRequest
 
 
@@ -60,6 +61,7 @@ class Serving:
         from vllm.renderers.online_renderer import OnlineRenderer
 
         self.model_id = model_id
+        self.multimodal = bool(llm.model_config.is_multimodal_model)
         self.models = OpenAIServingModels(
             engine_client=llm, base_model_paths=[BaseModelPath(model_id, model_path)]
         )
@@ -104,6 +106,8 @@ class Serving:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+        if not self.multimodal:
+            refuse_non_text(request, "vLLM")
         model = upstream_name(request.adapter) if request.adapter else self.model_id
         _, body = openai_body(request, model)
         try:

@@ -16,6 +16,21 @@ CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hi"}]
 
 
+def _tool(parameters: dict[str, object], name: str = "get_weather") -> dict[str, object]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def _named(name: str) -> dict[str, object]:
+    return {"type": "function", "function": {"name": name}}
+
+
+def _schema_format(schema: dict[str, object]) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+TOOL = _tool({"type": "object", "properties": {"city": {"type": "string"}}})
+
+
 def assert_error(r: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
@@ -45,20 +60,86 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         ({"model": "scripted", "messages": MSG, "stop": ["x"] * 17}, "stop"),
         ({"model": "scripted"}, "messages"),
         ({"messages": MSG}, "model"),
-        ({"model": "scripted", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"model": "scripted", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+        ({"model": "scripted", "messages": [{"role": "user", "content": None}]}, "messages[0]"),
+        (
+            {"model": "scripted", "messages": [{"role": "user", "content": [{}]}]},
+            "messages[0].content",
+        ),
         (
             {
                 "model": "scripted",
                 "messages": [{"role": "user", "content": [{"type": "image_url"}]}],
             },
-            "messages[0].content[0].type",
+            "messages[0].content[0]",  # the scripted engine is not multimodal
         ),
-        ({"model": "scripted", "messages": MSG, "tools": [{"type": "function"}]}, "tools"),
+        (
+            {"model": "scripted", "messages": MSG, "tools": [{"type": "function"}]},
+            "tools[0].function",
+        ),
+        ({"model": "scripted", "messages": MSG, "tools": [TOOL] * 129}, "tools"),  # max_tools
+        (
+            {"model": "scripted", "messages": MSG, "tools": [_tool({"type": "objekt"})]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"model": "scripted", "messages": MSG, "tools": [_tool({"enum": ["x" * 9000]})]},
+            "tools[0].function.parameters",  # max_schema_bytes
+        ),
+        ({"model": "scripted", "messages": MSG, "tool_choice": "required"}, "tool_choice"),
+        (
+            {"model": "scripted", "messages": MSG, "tools": [TOOL], "tool_choice": _named("nope")},
+            "tool_choice",
+        ),
+        (
+            {
+                "model": "scripted",
+                "messages": MSG,
+                "tools": [TOOL],
+                "functions": [TOOL["function"]],
+            },
+            "functions",
+        ),
+        (
+            {"model": "scripted", "messages": MSG, "response_format": _schema_format({"type": 5})},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"model": "scripted", "messages": MSG, "response_format": {"type": "json_schema"}},
+            "response_format",
+        ),
+        (
+            {"model": "scripted", "messages": MSG, "structured_outputs": {"regex": "[a-"}},
+            "structured_outputs.regex",
+        ),
+        (
+            {
+                "model": "scripted",
+                "messages": MSG,
+                "structured_outputs": {"regex": "a", "choice": ["b"]},
+            },
+            "structured_outputs",
+        ),
+        (
+            {
+                "model": "scripted",
+                "messages": MSG,
+                "guided_regex": "a",
+                "structured_outputs": {"regex": "b"},
+            },
+            "guided_regex",
+        ),
+        ({"model": "scripted", "messages": MSG, "top_k": "5"}, "top_k"),
+        ({"model": "scripted", "messages": MSG, "return_token_ids": True}, "return_token_ids"),
+        # Valid, but the scripted engine honours none of these: refused by name.
+        ({"model": "scripted", "messages": MSG, "top_k": 5}, "top_k"),
         ({"model": "scripted", "messages": MSG, "logit_bias": {"1": 5}}, "logit_bias"),
+        ({"model": "scripted", "messages": MSG, "guided_choice": ["a"]}, "structured_outputs"),
         (
             {"model": "scripted", "messages": MSG, "response_format": {"type": "json_object"}},
             "response_format",
         ),
+        ({"model": "scripted", "messages": MSG, "tools": [TOOL]}, "tools"),
     ],
 )
 def test_bad_chat_bodies_get_400_naming_the_field(
@@ -69,7 +150,8 @@ def test_bad_chat_bodies_get_400_naming_the_field(
 
 def test_completions_bad_bodies(base_url: str) -> None:
     url = base_url + "/v1/completions"
-    assert_error(httpx.post(url, json={"model": "scripted", "prompt": [1, 2]}), 400, "prompt")
+    tokens = httpx.post(url, json={"model": "scripted", "prompt": [[1, 2], []]})
+    assert_error(tokens, 400, "prompt[0]")
     assert_error(httpx.post(url, json={"model": "scripted", "prompt": []}), 400, "prompt")  # fuzz
     many = {"model": "scripted", "prompt": ["x"] * 1025}
     assert_error(httpx.post(url, json=many), 400, "prompt")

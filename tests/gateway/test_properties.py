@@ -47,12 +47,13 @@ def test_chat_normalization(body: dict[str, Any]) -> None:
     limits = {body.get("max_tokens"), body.get("max_completion_tokens")} - {None}
     if len(limits) > 1:  # the one disagreement the converter refuses
         with pytest.raises(InvalidRequest, match="disagree"):
-            convert.chat_request(parsed, "rid", max_n=16)
+            convert.chat_request(parsed, "rid", convert.Bounds())
         return
-    request = convert.chat_request(parsed, "rid", max_n=16)
+    request = convert.chat_request(parsed, "rid", convert.Bounds())
     assert request.prompt == tuple(Message(m["role"], m["content"]) for m in body["messages"])
-    assert request.temperature == body.get("temperature", 1.0)
-    assert request.top_p == body.get("top_p", 1.0)
+    assert request.temperature == body.get("temperature")  # None: the model's default
+    assert request.top_p == body.get("top_p")
+    assert request.options == {}
     assert request.n == body.get("n", 1)
     stop = body.get("stop")
     assert request.stop == (
@@ -93,7 +94,7 @@ def test_cache_keys_ignore_request_ids_and_greedy_sampling_knobs(
     identity: Identity, request: GenerationRequest, rid: str
 ) -> None:
     key = cache_key(identity, "chat", [request])
-    assert re.fullmatch(r"sy1:[0-9a-f]{64}", key)
+    assert re.fullmatch(r"sy2:[0-9a-f]{64}", key)
     assert cache_key(identity, "chat", [dataclasses.replace(request, request_id=rid)]) == key
     if request.temperature == 0:
         other = dataclasses.replace(request, seed=7, top_p=0.3)
