@@ -113,6 +113,17 @@ def test_tools_are_listed_after_the_default_system_prompt(tokenizer: Any, templa
     )
 
 
+def test_tool_fields_vllm_leaves_as_none_are_left_out(tokenizer: Any, template: str) -> None:
+    # vLLM passes `tool.model_dump()`, which keeps unset fields as None.
+    bare = {
+        "type": "function",
+        "function": {"name": "now", "description": None, "parameters": None},
+    }
+    text = render(tokenizer, template, [USER], tools=[bare])
+
+    assert '<tools>\n{"type": "function", "function": {"name": "now"}}\n</tools>' in text
+
+
 @pytest.mark.parametrize("role", ["system", "developer"])
 def test_tools_are_merged_into_the_conversations_own_system_message(
     tokenizer: Any, template: str, role: str
