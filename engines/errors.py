@@ -21,15 +21,18 @@ class EngineError(Exception):
 
 
 class InvalidGenerationRequest(EngineError):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    """`code` is OpenAI's error code where one applies (e.g. context_length_exceeded)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class UnsupportedParameter(InvalidGenerationRequest):
     def __init__(self, param: str, engine: str, hint: str = "") -> None:
         message = f"'{param}' is not supported by the {engine} engine serving this model."
-        super().__init__(f"{message} {hint}".strip(), param)
+        super().__init__(f"{message} {hint}".strip(), param, "unsupported_parameter")
 
 
 class ContextLengthExceeded(InvalidGenerationRequest):
@@ -41,6 +44,7 @@ class ContextLengthExceeded(InvalidGenerationRequest):
             f"This model's maximum context length is {max_model_len} tokens; the prompt has "
             f"{prompt_tokens} tokens{asked}. Shorten the messages or lower max_tokens.",
             param=param,
+            code="context_length_exceeded",
         )
         self.prompt_tokens = prompt_tokens
         self.max_model_len = max_model_len
@@ -60,3 +64,9 @@ class EngineOverloaded(EngineUnavailable):
 
 class GenerationFailed(EngineError):
     pass
+
+
+def upstream_refusal(message: str, param: str | None = None) -> InvalidGenerationRequest:
+    """A client error as a vLLM server words it, with OpenAI's code where it has one."""
+    code = "context_length_exceeded" if "maximum context length" in message else None
+    return InvalidGenerationRequest(message, param, code)

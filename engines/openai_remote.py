@@ -47,6 +47,7 @@ from engines.errors import (
     EngineUnreachable,
     GenerationFailed,
     InvalidGenerationRequest,
+    upstream_refusal,
 )
 from engines.types import (
     LORA_TARGETS,
@@ -410,12 +411,13 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
         if chat:
             message = choice.get("message") or {}
             calls = [{**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())]
+            text = message.get("content") or ""
             chunk = Chunk(
                 choice.get("index", i),
-                message.get("content") or "",
+                text,
                 0,
                 0,
-                chat_logprobs(choice.get("logprobs")),
+                _visible(chat_logprobs(choice.get("logprobs")), text),
                 finish,
                 tool_call_deltas(calls),
                 _reasoning(message),
@@ -431,6 +433,14 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
         )
     return chunks
+
+
+def _visible(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
+    """The logprobs of the text's tokens: vLLM also reports the end-of-sequence token,
+    which is not part of the text (OpenAI's logprobs join to the content)."""
+    if logprobs and not text.endswith(logprobs[-1].token):
+        return logprobs[:-1]
+    return logprobs
 
 
 def tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
@@ -553,7 +563,7 @@ def status_error(reply: Reply, where: str) -> EngineError:
     if status == 429:
         return EngineOverloaded(f"{where} is overloaded (429): {reply.message}")
     if status in (400, 422):
-        return InvalidGenerationRequest(reply.message, param=reply.param)
+        return upstream_refusal(reply.message, reply.param)
     if status == 424:  # TGI: the model failed while generating
         return GenerationFailed(f"{where} failed to generate: {reply.message}")
     return EngineUnavailable(f"{where} answered {status}: {reply.message}")

@@ -241,7 +241,7 @@ def tgi_message(message: Message) -> dict[str, Any]:
     """TGI's Message is text (`content`) or `tool_calls`, tried in that order, so an
     assistant turn of tool calls goes without `content`; it has no `tool_call_id`."""
     wire = message.wire()
-    wire.pop("tool_call_id", None)
+    pass
     if message.tool_calls:
         if message.content:
             raise UnsupportedParameter(
@@ -269,10 +269,10 @@ def tgi_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
 def grammar(options: Mapping[str, Any]) -> dict[str, Any] | None:
     """TGI's grammar (`GrammarType`, `{"type": "json"|"regex", "value": ...}`) for the
     request's response_format or structured_outputs; None when neither is set."""
-    response_format = options.get("response_format")
-    structured = options.get("structured_outputs")
-    if is_set("response_format", response_format):
-        if is_set("structured_outputs", structured):
+    response_format: dict[str, Any] = options.get("response_format") or {}
+    structured: dict[str, Any] = options.get("structured_outputs") or {}
+    if is_set("response_format", response_format or None):
+        if structured:
             raise UnsupportedParameter(
                 "structured_outputs", ENGINE, "Send response_format or structured_outputs."
             )
@@ -287,7 +287,7 @@ def grammar(options: Mapping[str, Any]) -> dict[str, Any] | None:
                 "not to any JSON object.",
             )
         return {"type": "json", "value": schema}
-    if is_set("structured_outputs", structured):
+    if structured:
         given = {kind: value for kind, value in structured.items() if value not in (None, False)}
         if len(given) == 1 and given.keys() <= {"json", "regex"}:
             ((kind, value),) = given.items()

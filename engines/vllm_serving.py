@@ -31,6 +31,7 @@ from engines.errors import (
     EngineUnavailable,
     GenerationFailed,
     InvalidGenerationRequest,
+    upstream_refusal,
 )
 from engines.openai_remote import openai_body, upstream_name
 from engines.options import refuse_non_text
@@ -161,7 +162,7 @@ def vllm_error(exc: BaseException) -> EngineError:
 def _from_error_response(response: Any) -> EngineError:
     error = response.error
     if error.code in (400, 404, 422, 501):
-        return InvalidGenerationRequest(error.message, param=error.param)
+        return upstream_refusal(error.message, error.param)
     if error.code == 503:
         return EngineUnavailable(error.message)
     return GenerationFailed(error.message)

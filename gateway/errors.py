@@ -139,12 +139,8 @@ class ServiceUnavailable(GatewayError):
 
 
 def from_engine_error(exc: engine_errors.EngineError) -> GatewayError:
-    if isinstance(exc, engine_errors.ContextLengthExceeded):
-        return InvalidRequest(exc.message, param=exc.param, code="context_length_exceeded")
-    if isinstance(exc, engine_errors.UnsupportedParameter):
-        return InvalidRequest(exc.message, param=exc.param, code="unsupported_parameter")
     if isinstance(exc, engine_errors.InvalidGenerationRequest):
-        return InvalidRequest(exc.message, param=exc.param)
+        return InvalidRequest(exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, engine_errors.EngineOverloaded):
         return Overloaded(exc.message)
     if isinstance(exc, engine_errors.EngineUnavailable):

@@ -317,9 +317,9 @@ class Renderer:
 
     def add(self, chunk: Chunk) -> None:
         choice = self.choices[chunk.index]
-        if chunk.text:
+        if chunk.text:  # a chunk of no text reports the end-of-sequence token's logprob
             choice.text.append(chunk.text)
-        choice.logprobs.extend(chunk.logprobs)
+            choice.logprobs.extend(chunk.logprobs)
         if chunk.reasoning:
             choice.reasoning.append(chunk.reasoning)
         if chunk.tool_calls:
@@ -419,7 +419,7 @@ class ChatRenderer(Renderer):
             delta["tool_calls"] = [_tool_call_delta(t) for t in chunk.tool_calls]
         if delta:
             logprobs = None
-            if self.with_logprobs and chunk.logprobs:
+            if self.with_logprobs and chunk.text:
                 logprobs = _chat_logprobs(chunk.logprobs)
             out.append(
                 {"index": chunk.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}

@@ -20,6 +20,7 @@ from tests.settings import NO_AUTH
 
 MODEL_ID = "smollm2-135m-instruct"
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
+TOOL_TEMPLATE = ADAPTERS.parent / "configs" / "chat-templates" / "smollm2-tools.jinja"
 
 
 @dataclass
@@ -50,6 +51,8 @@ def gateway(
         "max_loras": 2,
         "max_cpu_loras": 6,
         "max_lora_rank": 16,
+        "chat_template": str(TOOL_TEMPLATE),
+        "tool_parser": "hermes",
     }
     engine = EngineSettings(
         name="local",
