@@ -160,10 +160,8 @@ class TGIEngine(OpenAIRemoteEngine):
         """A whole Messages API answer, a tool call's finish reason said as OpenAI says it."""
         payload = await super().post(path, body)
         for choice in payload["choices"]:
-            if (choice.get("message") or {}).get("tool_calls") and choice.get("finish_reason") in (
-                None,
-                "stop",
-            ):
+            message = choice.get("message") or {}
+            if message.get("tool_calls") and choice.get("finish_reason") in (None, "stop"):
                 choice["finish_reason"] = "tool_calls"
         return payload
 
@@ -241,7 +239,7 @@ def tgi_message(message: Message) -> dict[str, Any]:
     """TGI's Message is text (`content`) or `tool_calls`, tried in that order, so an
     assistant turn of tool calls goes without `content`; it has no `tool_call_id`."""
     wire = message.wire()
-    pass
+    wire.pop("tool_call_id", None)
     if message.tool_calls:
         if message.content:
             raise UnsupportedParameter(
@@ -313,12 +311,13 @@ def stream_failure(message: str, kind: str | None = None) -> EngineError:
 
 class ChatReader(EventReader):
     """The Messages API's stream: OpenAI chunks, with TGI's error events and its tool
-    calls (the first piece names the function, the rest are argument text, and no
-    finish_reason follows)."""
+    calls, whose every piece repeats the call's id (the first also names the function,
+    the rest carry argument text) and after which no finish_reason comes. The engine's
+    pieces carry the id once, as OpenAI's do."""
 
     def __init__(self) -> None:
         super().__init__(chat=True)
-        self.called = False
+        self.calls: set[int] = set()
         self.finished = False
 
     def read(self, payload: dict[str, Any]) -> list[Chunk]:
@@ -327,14 +326,20 @@ class ChatReader(EventReader):
             raise stream_failure(str(error.get("message") or error))
         chunks = super().read(payload)
         for i, chunk in enumerate(chunks):
-            self.called = self.called or bool(chunk.tool_calls)
-            self.finished = self.finished or chunk.finish_reason is not None
-            if self.called and chunk.finish_reason == "stop":
-                chunks[i] = dataclasses.replace(chunk, finish_reason="tool_calls")
+            pieces = tuple(
+                dataclasses.replace(d, id=None) if d.index in self.calls else d
+                for d in chunk.tool_calls
+            )
+            self.calls.update(d.index for d in pieces)
+            finish = chunk.finish_reason
+            self.finished = self.finished or finish is not None
+            if self.calls and finish == "stop":
+                finish = "tool_calls"
+            chunks[i] = dataclasses.replace(chunk, tool_calls=pieces, finish_reason=finish)
         return chunks
 
     def finish(self) -> list[Chunk]:
-        if self.called and not self.finished:
+        if self.calls and not self.finished:
             return [Chunk(0, "", 0, 0, finish_reason="tool_calls"), *super().finish()]
         return super().finish()
 

@@ -65,6 +65,7 @@ MAX_TOTAL_TOKENS = 64
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N_TOKENS = 5
 
+# TGI's GenerateParameters and ChatRequest fields (router/src/lib.rs).
 PARAMETERS = frozenset(
     {
         "best_of",

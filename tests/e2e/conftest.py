@@ -3,6 +3,7 @@ behind a live gateway on loopback, its response cache on a real redis-server."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from openai import OpenAI
 
 from engines.vllm_local import VLLMEngine
 from gateway.app import create_app
+from gateway.bench.process import answers, server_process, vllm_server_command
 from gateway.settings import AdapterSettings, CacheSettings, EngineSettings, Settings
 from tests.redis_server import RedisServer
-from tests.servers import serve, wait_until
+from tests.servers import free_port, serve, wait_until
 from tests.settings import NO_AUTH
 
 MODEL_ID = "smollm2-135m-instruct"
@@ -81,3 +83,45 @@ def gateway(
 @pytest.fixture(scope="session")
 def client(gateway: Gateway) -> OpenAI:
     return gateway.client()
+
+
+@dataclass
+class VLLMServer:
+    """`vllm serve` of the demo model, flags matching the in-process `gateway` engine."""
+
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """One `vllm serve` for the session: the same model, LoRA slots, context length,
+    chat template and tool parser as the in-process engine."""
+    port = free_port()
+    flags = ["--max-model-len", "2048", "--enable-lora", "--max-loras", "2"]
+    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "6", "--disable-log-stats"]
+    flags += ["--chat-template", str(TOOL_TEMPLATE)]
+    flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path_factory.mktemp("vllm-serve") / "vllm.log"
+    url = f"http://127.0.0.1:{port}"
+    command = vllm_server_command(demo_model, MODEL_ID, port, *flags)
+    with server_process(command, answers(url, MODEL_ID), log, env):
+        yield VLLMServer(url, log)
+
+
+@pytest.fixture(scope="session")
+def remote_gateway(vllm_server: VLLMServer) -> Iterator[str]:
+    """A gateway whose one engine is `openai_remote` in front of `vllm_server`."""
+    engine = EngineSettings(
+        name="remote",
+        kind="openai_remote",
+        model_id=MODEL_ID,
+        options={"url": vllm_server.url},
+    )
+    app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
+    (model,) = app.state.engines.models
+    (backend,) = model.pool.backends
+    with serve(app) as url:
+        assert wait_until(lambda: backend.state == "ready", timeout=60), backend.error
+        yield url

@@ -252,9 +252,8 @@ async def test_structured_outputs_json_and_regex_become_tgi_grammars(
     chunks = await collect(
         tgi, GenerationRequest("r", prompt, options={"structured_outputs": structured})
     )
-    assert (sent(double)["response_format"] if chat else sent(double)["parameters"]["grammar"]) == (
-        grammar
-    )
+    body = sent(double)
+    assert (body["response_format"] if chat else body["parameters"]["grammar"]) == grammar
     answer = text(chunks)
     if grammar["type"] == "regex":
         assert answer == "sunny and warm"
@@ -329,7 +328,9 @@ async def test_tool_calls_on_chat_reassemble(
     [call] = calls(chunks)
     assert (call["id"], call["name"]) == ("0", "get_weather")
     assert json.loads(call["arguments"]) == {"city": "text", "unit": "celsius"}
-    assert (len([c for c in chunks if c.tool_calls]) > 1) is incremental  # streamed in pieces
+    pieces = [d for c in chunks for d in c.tool_calls]
+    assert (len(pieces) > 1) is incremental  # streamed in pieces
+    assert [d.id for d in pieces[1:]] == [None] * (len(pieces) - 1)  # the id comes once
     assert text(chunks) == ""
     assert finishes(chunks) == ["tool_calls"]
     assert sum(c.token_count for c in chunks) > 0
