@@ -136,3 +136,92 @@ def test_redis_killed_mid_test_fails_nothing(gateway: Gateway) -> None:
     finally:
         gateway.redis.start()
     assert wait_until(lambda: post(gateway, BODY).headers["x-switchyard-cache"] == "hit", 30)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TOOL_CALL = {
+    **BODY,
+    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+    "tools": [WEATHER],
+    "tool_choice": "required",
+    "max_tokens": 48,
+}
+PERSON = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "person",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        },
+    },
+}
+JSON_ANSWER = {**BODY, "response_format": PERSON, "max_tokens": 40}
+
+
+def _without_ids(events: list[dict[str, Any]]) -> list[Any]:
+    return [(e["choices"], e.get("usage")) for e in events]
+
+
+@pytest.mark.parametrize("body", [TOOL_CALL, JSON_ANSWER], ids=["tool-call", "json-schema"])
+def test_tool_calls_and_json_answers_replay_exactly_either_way_round(
+    gateway: Gateway, body: dict[str, Any]
+) -> None:
+    first = post(gateway, body)
+    assert first.headers["x-switchyard-cache"] == "miss"
+    again = post(gateway, body)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.json()["choices"] == first.json()["choices"]
+    assert again.json()["usage"] == first.json()["usage"]
+    if body is TOOL_CALL:
+        (call,) = first.json()["choices"][0]["message"]["tool_calls"]
+        assert json.loads(call["function"]["arguments"])["city"]
+    else:
+        assert set(json.loads(first.json()["choices"][0]["message"]["content"])) >= {"name"}
+    # A hit recorded whole, replayed as a stream, says the same; and a streamed
+    # recording replays as the same stream.
+    result, events = stream(gateway, body)
+    assert result == "hit"
+    message = first.json()["choices"][0]["message"]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == (message["content"] or "")
+    streamed_calls = [
+        c for e in events if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or ()
+    ]
+    if message.get("tool_calls"):
+        assert streamed_calls[0]["id"] == message["tool_calls"][0]["id"]
+        arguments = "".join(c["function"]["arguments"] for c in streamed_calls)
+        assert arguments == message["tool_calls"][0]["function"]["arguments"]
+    redis.Redis.from_url(gateway.redis.url).flushall()
+    recorded = stream(gateway, body)
+    replayed = stream(gateway, body)
+    assert (recorded[0], replayed[0]) == ("miss", "hit")
+    assert _without_ids(replayed[1]) == _without_ids(recorded[1])
+
+
+def test_requests_differing_only_in_tools_or_response_format_never_share_an_entry(
+    gateway: Gateway,
+) -> None:
+    variants = [
+        TOOL_CALL,
+        {**TOOL_CALL, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        {**TOOL_CALL, "tools": [WEATHER, {**WEATHER, "function": {"name": "get_time"}}]},
+        {k: v for k, v in TOOL_CALL.items() if k not in ("tools", "tool_choice")},
+        JSON_ANSWER,
+        {**JSON_ANSWER, "response_format": {"type": "json_object"}},
+        {**JSON_ANSWER, "top_k": 5},
+    ]
+    for body in variants:
+        assert post(gateway, body).headers["x-switchyard-cache"] == "miss", body
