@@ -49,6 +49,7 @@ from engines.errors import (
     InvalidGenerationRequest,
     upstream_refusal,
 )
+from engines.options import blame_constraint
 from engines.types import (
     LORA_TARGETS,
     Adapter,
@@ -192,18 +193,28 @@ class OpenAIRemoteEngine:
         path, body, reader = self.prepare(request)
         self._running += 1
         try:
-            if not body.get("stream"):
-                for chunk in response_chunks(await self.post(path, body), reader.chat):
+            async with contextlib.aclosing(self._answer(path, body, reader)) as chunks:
+                async for chunk in chunks:
                     yield chunk
-                return
-            async with contextlib.aclosing(self.stream_events(path, body)) as events:
-                async for payload in events:
-                    for chunk in reader.read(payload):
-                        yield chunk
-            for chunk in reader.finish():
-                yield chunk
+        except InvalidGenerationRequest as exc:
+            blame_constraint(exc, request)
+            raise
         finally:
             self._running -= 1
+
+    async def _answer(
+        self, path: str, body: dict[str, Any], reader: Reader
+    ) -> AsyncGenerator[Chunk, None]:
+        if not body.get("stream"):
+            for chunk in response_chunks(await self.post(path, body), reader.chat):
+                yield chunk
+            return
+        async with contextlib.aclosing(self.stream_events(path, body)) as events:
+            async for payload in events:
+                for chunk in reader.read(payload):
+                    yield chunk
+        for chunk in reader.finish():
+            yield chunk
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""

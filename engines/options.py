@@ -122,3 +122,20 @@ def refuse_non_text(request: GenerationRequest, engine: str) -> None:
                         f"the {engine} engine serving this model takes text only.",
                         param=f"messages[{i}].content[{j}]",
                     )
+
+
+_CONSTRAINT_WORDS = ("grammar", "regex", "schema", "json", "structural", "choice")
+
+
+def blame_constraint(error: InvalidGenerationRequest, request: GenerationRequest) -> None:
+    """Name the request's output constraint as the faulty field of an engine refusal
+    that names none but speaks of one (vLLM reports grammar compile errors so)."""
+    if error.param is not None or not any(w in error.message for w in _CONSTRAINT_WORDS):
+        return
+    structured = request.options.get("structured_outputs")
+    if isinstance(structured, dict) and structured:
+        error.param = f"structured_outputs.{next(iter(structured))}"
+    elif "response_format" in request.options:
+        error.param = "response_format"
+    elif "tools" in request.options:
+        error.param = "tools"

@@ -34,7 +34,7 @@ from engines.errors import (
     upstream_refusal,
 )
 from engines.openai_remote import openai_body, upstream_name
-from engines.options import refuse_non_text
+from engines.options import blame_constraint, refuse_non_text
 from engines.types import Adapter, GenerationRequest
 
 
@@ -118,12 +118,21 @@ class Serving:
             else:
                 completion = CompletionRequest.model_validate(body)
                 result = await self.completion.create_completion(completion, None)
+        except InvalidGenerationRequest as exc:
+            blame_constraint(exc, request)
+            raise
         except EngineError:
             raise
         except Exception as exc:
-            raise vllm_error(exc) from None
+            error = vllm_error(exc)
+            if isinstance(error, InvalidGenerationRequest):
+                blame_constraint(error, request)
+            raise error from None
         if isinstance(result, ErrorResponse):
-            raise _from_error_response(result)
+            error = _from_error_response(result)
+            if isinstance(error, InvalidGenerationRequest):
+                blame_constraint(error, request)
+            raise error
         if isinstance(result, AsyncGenerator):
             return _events(result)
         answer: dict[str, Any] = result.model_dump(mode="json")

@@ -212,24 +212,30 @@ def _usage(usage: dict[str, Any]) -> tuple[int, int, int]:
     return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
 
 
-def _ask(url: str, row: Row) -> dict[str, Any]:
+def _ask(url: str, row: Row) -> tuple[dict[str, Any], str | None]:
+    """The answer's summary, and the `param` its error names (None without error)."""
     body = {"model": MODEL_ID, "temperature": 0, **row.body}
     response = httpx.post(url + row.path, json=body, timeout=180)
     summary = _summary(response, bool(body.get("stream")))
-    if response.status_code != 200:
-        error = response.json()["error"]  # OpenAI-shaped on all three
-        assert error["message"], response.text
-    return summary
+    if response.status_code == 200:
+        return summary, None
+    error = response.json()["error"]  # OpenAI-shaped on all three
+    assert error["message"], response.text
+    return summary, error["param"]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_parity_with_vllm_serve(
     row: Row, gateway: Gateway, remote_gateway: str, vllm_server: VLLMServer
 ) -> None:
-    in_process = _ask(gateway.url, row)
-    remote = _ask(remote_gateway, row)
-    direct = _ask(vllm_server.url, row)
+    in_process, param = _ask(gateway.url, row)
+    remote, remote_param = _ask(remote_gateway, row)
+    direct, _ = _ask(vllm_server.url, row)
     assert in_process == remote, "the gateway's two engine paths disagree"
+    if row.id.startswith("bad-"):
+        assert in_process["status"] == 400
+        assert param is not None, "the gateway's 400 names no field"
+        assert remote_param == param
     if row.divergence is None:
         assert in_process == direct, "the gateway differs from vllm serve"
         return
