@@ -94,14 +94,8 @@ class VLLMEngine:
         self._llm = await anyio.to_thread.run_sync(self._build)
         self.max_model_len = int(self._llm.model_config.max_model_len)
         cfg = self.config
-        options = ServingOptions(
-            chat_template=cfg.chat_template,
-            chat_template_content_format=cfg.chat_template_content_format,
-            tool_parser=cfg.tool_parser,
-            tool_strict_level=cfg.tool_strict_level,
-            reasoning_parser=cfg.reasoning_parser,
-            default_chat_template_kwargs=cfg.default_chat_template_kwargs,
-        )
+        fields = ServingOptions.__dataclass_fields__
+        options = ServingOptions(**{name: getattr(cfg, name) for name in fields})
         self._serving = Serving(self._llm, self.model_id, cfg.model, options)
 
     def _build(self) -> Any:

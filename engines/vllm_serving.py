@@ -118,21 +118,13 @@ class Serving:
             else:
                 completion = CompletionRequest.model_validate(body)
                 result = await self.completion.create_completion(completion, None)
-        except InvalidGenerationRequest as exc:
-            blame_constraint(exc, request)
-            raise
-        except EngineError:
-            raise
+            if isinstance(result, ErrorResponse):
+                raise _from_error_response(result)
         except Exception as exc:
-            error = vllm_error(exc)
+            error = exc if isinstance(exc, EngineError) else vllm_error(exc)
             if isinstance(error, InvalidGenerationRequest):
                 blame_constraint(error, request)
             raise error from None
-        if isinstance(result, ErrorResponse):
-            error = _from_error_response(result)
-            if isinstance(error, InvalidGenerationRequest):
-                blame_constraint(error, request)
-            raise error
         if isinstance(result, AsyncGenerator):
             return _events(result)
         answer: dict[str, Any] = result.model_dump(mode="json")
