@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
+.PHONY: serve test system-deps check venv model adapters format lint types clients-venv bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -17,7 +17,7 @@ serve: model
 	$(VENV)/bin/switchyard serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 ## test: set everything up and run the whole test suite (CI runs this)
-test: model system-deps build-venv
+test: model system-deps build-venv clients-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## system-deps: Debian packages the tests run for real (prometheus, redis-server)
@@ -50,6 +50,9 @@ adapters: model
 build-venv:
 	@scripts/setup-build-venv.sh
 
+clients-venv:
+	@scripts/setup-clients-venv.sh
+
 ## artifacts: GPTQ, AWQ, W8A8 and merged-`shout` builds of the demo model (~10 min on CPU);
 ## serve them side by side with `switchyard serve --config configs/artifacts.yaml`
 ARTIFACTS := artifacts/smollm2-135m-instruct
@@ -78,8 +81,10 @@ bench-overhead: venv bench-venv
 	$(VENV)/bin/switchyard bench overhead
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
+## (plain chat, then strict json_schema answers and forced tool calls)
 bench-engine: model
 	$(VENV)/bin/switchyard bench engine
+	$(VENV)/bin/switchyard bench engine --shape structured
 
 ## bench-adapters: tokens/s over 1, 2 and 4 adapters as ratios to base-only traffic
 bench-adapters: model

@@ -72,14 +72,8 @@ from engines.errors import (
     InvalidGenerationRequest,
     UnsupportedParameter,
 )
-from engines.openai_remote import (
-    EventReader,
-    OpenAIRemoteConfig,
-    OpenAIRemoteEngine,
-    Reader,
-    finish_reason,
-    openai_body,
-)
+from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
+from engines.openai_wire import EventReader, Reader, finish_reason, openai_body
 from engines.options import is_set, refuse_unhonoured
 from engines.types import Adapter, Chunk, GenerationRequest, Message, TokenLogprob
 

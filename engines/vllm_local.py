@@ -27,7 +27,7 @@ from engines.errors import (
     EngineUnavailable,
     InvalidGenerationRequest,
 )
-from engines.openai_remote import EventReader, response_chunks
+from engines.openai_wire import EventReader, response_chunks
 from engines.types import (
     LORA_TARGETS,
     Adapter,

@@ -1,7 +1,7 @@
 """vLLM's own OpenAI serving layer, run in this process on the engine's `AsyncLLM`.
 
 The in-process engine does not map OpenAI fields onto vLLM one by one: it hands the
-request, as the OpenAI body `vllm serve` would receive (`openai_remote.openai_body`),
+request, as the OpenAI body `vllm serve` would receive (`openai_wire.openai_body`),
 to vLLM's `OpenAIServingChat` / `OpenAIServingCompletion`. So chat templates (with
 `tools`, `chat_template_kwargs`, content parts), structured outputs, forced and auto
 tool calls (vLLM's tool parsers), reasoning parsers, the model's generation_config
@@ -33,7 +33,8 @@ from engines.errors import (
     InvalidGenerationRequest,
     upstream_refusal,
 )
-from engines.openai_remote import openai_body, upstream_name
+from engines.openai_remote import upstream_name
+from engines.openai_wire import openai_body
 from engines.options import blame_constraint, refuse_non_text
 from engines.types import Adapter, GenerationRequest
 

@@ -39,7 +39,7 @@ from gateway.cache.flights import Item, Watch
 from gateway.cache.responses import ResponseCache, Result
 from gateway.engine_set import EngineSet, Route
 from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
-from gateway.openai.convert import Renderer
+from gateway.openai.render import Renderer
 from gateway.openai.sse import DONE, event
 
 log = logging.getLogger("switchyard")

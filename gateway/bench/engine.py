@@ -1,13 +1,16 @@
 """`make bench-engine`: the gateway's in-process vLLM vs vLLM's own OpenAI server.
 
-Same model, same engine settings, same load (prompts, concurrency, max_tokens,
-temperature 0), one server after the other on this machine, in one run; with
+Same model, same engine settings (the demo's tool-aware chat template and hermes tool
+parser on both), same load (prompts, concurrency, max_tokens, temperature 0), one
+server after the other on this machine, in one run; with
 `--rounds 2` (the default) the order alternates (A B B A) so drift in the machine
 weighs on both alike, and each side's requests are pooled. Prints
 output tokens/s and TTFT p50/p99 for both and their ratios, and writes
-docs/benchmarks/engine.{json,md}.
+docs/benchmarks/engine.{json,md}; `--shape structured` (strict json_schema answers and
+forced tool calls, half each) writes engine-structured.{json,md}.
 
     switchyard bench engine [--requests 64] [--concurrency 8] [--max-tokens 64] [--rounds 2]
+                            [--shape plain|structured]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from gateway.bench.process import (
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
+TOOL_TEMPLATE = ROOT / "configs" / "chat-templates" / "smollm2-tools.jinja"
 
 
 def machine() -> dict[str, Any]:
@@ -76,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         "max_model_len": 2048,
         "enforce_eager": True,
         "cpu_kvcache_space_gib": 2,
+        "chat_template": str(TOOL_TEMPLATE),
+        "tool_parser": "hermes",
     }
+    flags = ["--max-model-len", "2048", "--chat-template", str(TOOL_TEMPLATE)]
+    flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONUNBUFFERED": "1"}
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     gateway = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]
     contenders = {
         "switchyard (in-process vLLM)": gateway_command(gateway, args.port, work),
-        "vllm serve (OpenAI server)": vllm_server_command(
-            args.model, MODEL_ID, args.port, "--max-model-len", "2048"
-        ),
+        "vllm serve (OpenAI server)": vllm_server_command(args.model, MODEL_ID, args.port, *flags),
     }
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
     for round_, name in alternating(list(contenders), args.rounds):
@@ -98,22 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_p50 (ours/vllm, lower is better)": round(ours.ttft_p50_ms / ref.ttft_p50_ms, 3),
         "ttft_p99 (ours/vllm, lower is better)": round(ours.ttft_p99_ms / ref.ttft_p99_ms, 3),
     }
+    structured = load.shape == "structured"
     report = {
-        "benchmark": "engine path",
-        "command": "make bench-engine",
+        "benchmark": "engine path" + (", structured outputs and forced tool calls" * structured),
+        "command": "switchyard bench engine" + (" --shape structured" * structured),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "results": {name: r.row() for name, r in results.items()},
         "ratios": ratios,
     }
-    write_report(args.out, "engine", report, _markdown(report))
+    write_report(
+        args.out, "engine-structured" if structured else "engine", report, _markdown(report)
+    )
     return 0
 
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Engine path: in-process vLLM behind Switchyard vs vLLM's own server",
+        f"# {report['benchmark'].capitalize()}: in-process vLLM behind Switchyard vs "
+        "vLLM's own server",
         "",
         f"`{report['command']}` on {report['machine']['cpus']} CPUs "
         f"({report['machine']['cpu']}), vLLM {report['machine']['vllm']}, {report['when']}.",

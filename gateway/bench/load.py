@@ -20,6 +20,39 @@ from typing import Any, TypeVar
 import httpx
 
 PROMPTS = Path(__file__).resolve().parents[2] / "loadtest" / "prompts.txt"
+_ANSWER = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    "required": ["answer", "confidence"],
+    "additionalProperties": False,
+}
+_NOTE = {
+    "type": "function",
+    "function": {
+        "name": "take_note",
+        "description": "Write down a short note",
+        "parameters": {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "text": {"type": "string"}},
+            "required": ["title", "text"],
+        },
+    },
+}
+# What each request adds to its body, by load shape; request i takes entry i mod len.
+# "structured": half strict json_schema answers, half forced (named) tool calls, the
+# two grammar-constrained paths of vLLM's server.
+SHAPES: dict[str, list[dict[str, Any]]] = {
+    "plain": [{}],
+    "structured": [
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "strict": True, "schema": _ANSWER},
+            }
+        },
+        {"tools": [_NOTE], "tool_choice": {"type": "function", "function": {"name": "take_note"}}},
+    ],
+}
 # The scripted engine's reply where the gateway itself is measured: 16 tokens.
 SIXTEEN_TOKENS = " ".join(f"w{i}" for i in range(16))
 T = TypeVar("T")
@@ -31,6 +64,7 @@ class Load:
     concurrency: int = 8
     max_tokens: int = 64
     warmup: int = 4
+    shape: str = "plain"
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +72,16 @@ class Load:
         parser.add_argument("--requests", type=int, default=default.requests)
         parser.add_argument("--concurrency", type=int, default=default.concurrency)
         parser.add_argument("--max-tokens", type=int, default=default.max_tokens)
+        parser.add_argument("--shape", choices=sorted(SHAPES), default=default.shape)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Load:
-        return cls(args.requests, args.concurrency, args.max_tokens)
+        return cls(args.requests, args.concurrency, args.max_tokens, shape=args.shape)
+
+    def extra(self, i: int) -> dict[str, Any]:
+        """Request i's additions to the body, for this load's shape."""
+        extras = SHAPES[self.shape]
+        return extras[i % len(extras)]
 
 
 @dataclass(slots=True)
@@ -124,9 +164,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _one(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    extra: dict[str, Any],
 ) -> tuple[float, float, int]:
+    """(TTFT, end to end, output tokens): the first token is the first content or tool
+    call delta."""
     body = {
+        **extra,
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
@@ -143,12 +191,16 @@ async def _one(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if ttft is None and any(c["delta"].get("content") for c in chunk["choices"]):
+            if ttft is None and any(_visible(c["delta"]) for c in chunk["choices"]):
                 ttft = time.perf_counter() - start
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     end = time.perf_counter() - start
     return (ttft if ttft is not None else end), end, tokens
+
+
+def _visible(delta: dict[str, Any]) -> bool:
+    return bool(delta.get("content") or delta.get("tool_calls"))
 
 
 async def run(
@@ -166,7 +218,7 @@ async def run(
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         for i in range(max(load.warmup, len(distinct))):
             name = distinct[i % len(distinct)]
-            await _one(client, url, name, texts[i % len(texts)], load.max_tokens)
+            await _one(client, url, name, texts[i % len(texts)], load.max_tokens, load.extra(i))
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(load.requests):
             queue.put_nowait(i)
@@ -180,8 +232,9 @@ async def run(
                 i = queue.get_nowait()
                 try:
                     model_i = models[i % len(models)]
+                    prompt = texts[i % len(texts)]
                     ttft, e2e, n = await _one(
-                        client, url, model_i, texts[i % len(texts)], load.max_tokens
+                        client, url, model_i, prompt, load.max_tokens, load.extra(i)
                     )
                 except httpx.HTTPError:
                     failures += 1

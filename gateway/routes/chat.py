@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.openai import convert
+from gateway.openai import convert, render
 from gateway.openai.schemas import ChatCompletionRequest
 from gateway.pipeline import Call
 from gateway.routes._respond import bounds, cache_control, documented, parse, request_id, respond
@@ -16,7 +16,7 @@ async def create_chat_completion(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     rid = request_id(request)
     generation = convert.chat_request(body, rid, bounds(request))
-    renderer = convert.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
+    renderer = render.ChatRenderer(rid, body.model, generation.n, bool(body.logprobs))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     call = Call(
         rid, body.model, [generation], renderer, include_usage, cache_control=cache_control(request)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.openai import convert
+from gateway.openai import convert, render
 from gateway.openai.schemas import CompletionRequest
 from gateway.pipeline import Call
 from gateway.routes._respond import bounds, cache_control, documented, parse, request_id, respond
@@ -17,7 +17,7 @@ async def create_completion(request: Request) -> Response:
     rid = request_id(request)
     generations = convert.completion_requests(body, rid, bounds(request))
     n = generations[0].n * len(generations)
-    renderer = convert.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
+    renderer = render.CompletionRenderer(rid, body.model, n, body.logprobs is not None)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     call = Call(
         rid, body.model, generations, renderer, include_usage, cache_control=cache_control(request)

@@ -1,0 +1,237 @@
+"""The OpenAI wire format both vLLM paths speak: the request body an engine request
+becomes (what `vllm serve` would receive), and the answers coming back, streamed
+(`EventReader` over `sse_data`) or whole (`response_chunks`), read into engine chunks.
+
+`openai_remote` sends the body over HTTP; `vllm_serving` hands it to vLLM's serving
+classes in-process. Both read the same events with the same code, so the two paths
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterable
+from typing import Any, Protocol
+
+import orjson
+
+from engines.errors import EngineUnavailable, GenerationFailed
+from engines.types import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    TokenLogprob,
+    ToolCallDelta,
+)
+
+
+def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """The OpenAI body for `request`: its options verbatim, then the core fields.
+    Incremental requests stream (with usage); whole ones do not."""
+    body: dict[str, Any] = {**request.options, "model": model, "n": request.n}
+    if request.incremental:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    optional = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop) or None,
+        "seed": request.seed,
+        "presence_penalty": request.presence_penalty or None,
+        "frequency_penalty": request.frequency_penalty or None,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    prompt = request.prompt
+    if not request.is_chat:
+        body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+        if request.logprobs is not None:
+            body["logprobs"] = request.logprobs
+        return "/v1/completions", body
+    body["messages"] = [m.wire() for m in prompt if isinstance(m, Message)]
+    if request.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.logprobs
+    return "/v1/chat/completions", body
+
+
+class Reader(Protocol):
+    """Turns an upstream's stream events into engine chunks."""
+
+    chat: bool
+
+    def read(self, payload: dict[str, Any]) -> list[Chunk]: ...
+
+    def finish(self) -> list[Chunk]:
+        """Chunks owed once the stream ended (e.g. the usage correction)."""
+        ...
+
+
+class EventReader:
+    """OpenAI stream chunks (chat or completions) → engine `Chunk`s.
+
+    Completion tokens are counted one per text event (the upstream's logprobs count
+    when present) and reconciled with the upstream's final `usage`, which is also the
+    only place the prompt's length appears: `finish()` yields that correction."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.counted = 0
+        self.usage: dict[str, Any] | None = None
+
+    def read(self, payload: dict[str, Any]) -> list[Chunk]:
+        if payload.get("error") and not payload.get("choices"):
+            raise GenerationFailed(f"the upstream failed mid-stream: {error_text(payload)}")
+        if payload.get("usage"):
+            self.usage = payload["usage"]
+        chunks = []
+        for choice in payload.get("choices") or ():
+            index = choice.get("index", 0)
+            finish = finish_reason(choice.get("finish_reason"))
+            if self.chat:
+                delta = choice.get("delta") or {}
+                chunk = Chunk(
+                    index,
+                    delta.get("content") or "",
+                    0,
+                    0,
+                    chat_logprobs(choice.get("logprobs")),
+                    finish,
+                    tool_call_deltas(delta.get("tool_calls")),
+                    _reasoning(delta),
+                )
+            else:
+                logprobs = completion_logprobs(choice.get("logprobs"))
+                chunk = Chunk(index, choice.get("text") or "", 0, 0, logprobs, finish)
+            if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish):
+                continue
+            tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
+            self.counted += tokens
+            chunks.append(dataclasses.replace(chunk, token_count=tokens))
+        return chunks
+
+    def finish(self) -> list[Chunk]:
+        if self.usage is None:
+            return []
+        completion = int(self.usage.get("completion_tokens") or 0)
+        prompt = int(self.usage.get("prompt_tokens") or 0)
+        return [Chunk(0, "", completion - self.counted, prompt)]
+
+
+def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
+    """A whole OpenAI answer as one chunk per choice; the usage rides on the first."""
+    usage = payload.get("usage") or {}
+    chunks = []
+    for i, choice in enumerate(payload.get("choices") or ()):
+        finish = finish_reason(choice.get("finish_reason"))
+        if chat:
+            message = choice.get("message") or {}
+            calls = [{**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())]
+            text = message.get("content") or ""
+            chunk = Chunk(
+                choice.get("index", i),
+                text,
+                0,
+                0,
+                _visible(chat_logprobs(choice.get("logprobs")), text),
+                finish,
+                tool_call_deltas(calls),
+                _reasoning(message),
+            )
+        else:
+            logprobs = completion_logprobs(choice.get("logprobs"))
+            chunk = Chunk(choice.get("index", i), choice.get("text") or "", 0, 0, logprobs, finish)
+        chunks.append(chunk)
+    if chunks:
+        chunks[0] = dataclasses.replace(
+            chunks[0],
+            token_count=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        )
+    return chunks
+
+
+def _visible(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
+    """The logprobs of the text's tokens: vLLM also reports the end-of-sequence token,
+    which is not part of the text (OpenAI's logprobs join to the content)."""
+    if logprobs and not text.endswith(logprobs[-1].token):
+        return logprobs[:-1]
+    return logprobs
+
+
+def tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+    if not value:
+        return ()
+    deltas = []
+    for n, call in enumerate(value):
+        function = call.get("function") or {}
+        deltas.append(
+            ToolCallDelta(
+                int(call.get("index", n)),
+                call.get("id"),
+                function.get("name"),
+                function.get("arguments") or "",
+            )
+        )
+    return tuple(deltas)
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    return str(delta.get("reasoning") or delta.get("reasoning_content") or "")
+
+
+async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
+    async for line in lines:
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise EngineUnavailable(
+                f"the upstream sent a malformed event: {data[:200]!r}"
+            ) from None
+        if not isinstance(payload, dict):
+            raise EngineUnavailable(f"the upstream sent a malformed event: {data[:200]!r}")
+        yield payload
+
+
+def finish_reason(value: Any) -> FinishReason | None:
+    if value is None:
+        return None
+    if value in ("length", "tool_calls"):
+        return value  # type: ignore[no-any-return]
+    return "stop"
+
+
+def chat_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
+    if not value:
+        return ()
+    return tuple(
+        TokenLogprob(
+            t["token"],
+            float(t["logprob"]),
+            tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()),
+        )
+        for t in value.get("content") or ()
+    )
+
+
+def completion_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
+    if not value:
+        return ()
+    tops = value.get("top_logprobs") or [None] * len(value["tokens"])
+    return tuple(
+        TokenLogprob(token, float(logprob or 0.0), tuple((top or {}).items()))
+        for token, logprob, top in zip(value["tokens"], value["token_logprobs"], tops, strict=False)
+    )
+
+
+def error_text(payload: dict[str, Any]) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)

@@ -1,0 +1,275 @@
+"""Engine chunks → OpenAI responses and stream chunks (chat and completions), with
+usage, logprobs, tool calls and reasoning as OpenAI's SDK parses them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.types import Chunk, FinishReason, TokenLogprob, ToolCallDelta
+
+
+@dataclass(slots=True)
+class _ToolCall:
+    id: str | None = None
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    offset: int = 0  # characters emitted so far (completions' text_offset)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
+
+    def add_tool_calls(self, deltas: tuple[ToolCallDelta, ...]) -> None:
+        for delta in deltas:
+            call = self.tool_calls.setdefault(delta.index, _ToolCall())
+            call.id = call.id or delta.id
+            call.name = call.name or delta.name
+            call.arguments.append(delta.arguments)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def body(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class Renderer:
+    """Turns the chunks of one request into an OpenAI response or stream chunks.
+
+    `index` on incoming chunks is already the response-wide choice index. Chunks with
+    no text and no finish (the end-of-sequence token) are not shown to clients.
+    """
+
+    object_name: str
+    chunk_object_name: str
+    id_prefix: str
+
+    def __init__(self, request_id: str, model: str, n: int, logprobs: bool) -> None:
+        self.id = f"{self.id_prefix}{request_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.n = n
+        self.with_logprobs = logprobs
+        self.choices = [_Choice() for _ in range(n)]
+        self.usage = Usage()
+        self._prompt_seen: set[int] = set()
+
+    def count(self, chunk: Chunk, prompt_slot: int) -> None:
+        """Usage: completion tokens summed; each prompt counted once, from the first
+        chunk that knows its length (remote engines say it only at the end)."""
+        self.usage.completion_tokens += chunk.token_count
+        if chunk.prompt_tokens and prompt_slot not in self._prompt_seen:
+            self._prompt_seen.add(prompt_slot)
+            self.usage.prompt_tokens += chunk.prompt_tokens
+
+    def add(self, chunk: Chunk) -> None:
+        choice = self.choices[chunk.index]
+        if chunk.text:  # a chunk of no text reports the end-of-sequence token's logprob
+            choice.text.append(chunk.text)
+            choice.logprobs.extend(chunk.logprobs)
+        if chunk.reasoning:
+            choice.reasoning.append(chunk.reasoning)
+        if chunk.tool_calls:
+            choice.add_tool_calls(chunk.tool_calls)
+        if chunk.finish_reason:
+            choice.finish_reason = chunk.finish_reason
+
+    def _envelope(self, choices: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object_name if final else self.chunk_object_name,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+
+    def response(self) -> dict[str, Any]:
+        body = self._envelope(
+            [self._final_choice(i, c) for i, c in enumerate(self.choices)], final=True
+        )
+        body["usage"] = self.usage.body()
+        return body
+
+    def usage_chunk(self) -> dict[str, Any]:
+        body = self._envelope([], final=False)
+        body["usage"] = self.usage.body()
+        return body
+
+    def chunk(self, choices: list[dict[str, Any]], include_usage: bool) -> dict[str, Any]:
+        body = self._envelope(choices, final=False)
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    # Per endpoint:
+    def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self) -> list[dict[str, Any]]:
+        """Choice deltas sent before any text."""
+        return []
+
+    def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class ChatRenderer(Renderer):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+
+    def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        text = "".join(choice.text)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not choice.tool_calls else None,
+            "refusal": None,
+        }
+        if choice.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "".join(call.arguments)},
+                }
+                for _, call in sorted(choice.tool_calls.items())
+            ]
+        if choice.reasoning:
+            message.update(_reasoning("".join(choice.reasoning)))
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": _chat_logprobs(choice.logprobs) if self.with_logprobs else None,
+            "finish_reason": choice.finish_reason,
+        }
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "index": i,
+                "delta": {"role": "assistant", "content": "", "refusal": None},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            for i in range(self.n)
+        ]
+
+    def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
+        out = []
+        delta: dict[str, Any] = {}
+        if chunk.reasoning:
+            delta.update(_reasoning(chunk.reasoning))
+        if chunk.text:
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            delta["tool_calls"] = [_tool_call_delta(t) for t in chunk.tool_calls]
+        if delta:
+            logprobs = None
+            if self.with_logprobs and chunk.text:
+                logprobs = _chat_logprobs(chunk.logprobs)
+            out.append(
+                {"index": chunk.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+            )
+        if chunk.finish_reason:
+            out.append(
+                {
+                    "index": chunk.index,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": chunk.finish_reason,
+                }
+            )
+        return out
+
+
+class CompletionRenderer(Renderer):
+    object_name = "text_completion"
+    chunk_object_name = "text_completion"
+    id_prefix = "cmpl-"
+
+    def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        logprobs = _completion_logprobs(choice.logprobs, 0) if self.with_logprobs else None
+        return {
+            "index": index,
+            "text": "".join(choice.text),
+            "logprobs": logprobs,
+            "finish_reason": choice.finish_reason,
+        }
+
+    def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
+        if not chunk.text and not chunk.finish_reason:
+            return []
+        choice = self.choices[chunk.index]
+        logprobs = None
+        if self.with_logprobs:
+            logprobs = _completion_logprobs(chunk.logprobs if chunk.text else (), choice.offset)
+        choice.offset += len(chunk.text)
+        return [
+            {
+                "index": chunk.index,
+                "text": chunk.text,
+                "logprobs": logprobs,
+                "finish_reason": chunk.finish_reason,
+            }
+        ]
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's shape: the first piece of a call names it, later ones add arguments."""
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    body: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None or delta.name is not None:
+        body["id"] = delta.id
+        body["type"] = "function"
+        function["name"] = delta.name
+    body["function"] = function
+    return body
+
+
+def _reasoning(text: str) -> dict[str, str]:
+    """Reasoning under vLLM's current name and the one most clients read."""
+    return {"reasoning": text, "reasoning_content": text}
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    return {
+        "content": [
+            {**_token(t.token, t.logprob), "top_logprobs": [_token(a, lp) for a, lp in t.top]}
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def _completion_logprobs(
+    tokens: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int
+) -> dict[str, Any]:
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
