@@ -100,10 +100,12 @@ class EventReader:
                     finish,
                     tool_call_deltas(delta.get("tool_calls")),
                     _reasoning(delta),
+                    stop_reason(choice),
                 )
             else:
                 logprobs = completion_logprobs(choice.get("logprobs"))
-                chunk = Chunk(index, choice.get("text") or "", 0, 0, logprobs, finish)
+                text = choice.get("text") or ""
+                chunk = Chunk(index, text, 0, 0, logprobs, finish, stop_reason=stop_reason(choice))
             if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish):
                 continue
             tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
@@ -138,10 +140,20 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
                 finish,
                 tool_call_deltas(calls),
                 _reasoning(message),
+                stop_reason(choice),
             )
         else:
             logprobs = completion_logprobs(choice.get("logprobs"))
-            chunk = Chunk(choice.get("index", i), choice.get("text") or "", 0, 0, logprobs, finish)
+            text = choice.get("text") or ""
+            chunk = Chunk(
+                choice.get("index", i),
+                text,
+                0,
+                0,
+                logprobs,
+                finish,
+                stop_reason=stop_reason(choice),
+            )
         chunks.append(chunk)
     if chunks:
         chunks[0] = dataclasses.replace(
@@ -175,6 +187,11 @@ def tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
             )
         )
     return tuple(deltas)
+
+
+def stop_reason(choice: dict[str, Any]) -> str | int | None:
+    value = choice.get("stop_reason")
+    return value if isinstance(value, str | int) and not isinstance(value, bool) else None
 
 
 def _reasoning(delta: dict[str, Any]) -> str:

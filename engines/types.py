@@ -140,7 +140,9 @@ class Chunk:
     is the request's prompt length (0 where the engine has not said it yet; the
     largest value seen counts). The last chunk of a choice carries `finish_reason`.
     `reasoning` is text a reasoning parser separated from the answer; `tool_calls`
-    are parsed tool-call pieces.
+    are parsed tool-call pieces. `stop_reason` is the stop string or token id that ended
+    the choice, where one did, and `prompt_logprobs` vLLM's logprobs of the prompt's
+    tokens (whole answers only); both vLLM's extensions, relayed as its server sends them.
     """
 
     index: int
@@ -151,6 +153,8 @@ class Chunk:
     finish_reason: FinishReason | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
     reasoning: str = ""
+    stop_reason: str | int | None = None
+    prompt_logprobs: list[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ the wrong key (a stale reply on a reused connection) never serves a wrong answer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -36,6 +37,8 @@ class Entry:
                         c.finish_reason,
                         [[t.index, t.id, t.name, t.arguments] for t in c.tool_calls],
                         c.reasoning,
+                        c.stop_reason,
+                        c.prompt_logprobs,
                     ]
                     for slot, c in self.chunks
                 ],
@@ -48,30 +51,40 @@ class Entry:
             stored_key, rows = orjson.loads(data)
             if stored_key != key:
                 raise CorruptEntry("the entry belongs to another key")
-            chunks = tuple(
-                (
-                    int(slot),
-                    Chunk(
-                        int(index),
-                        str(text),
-                        int(tokens),
-                        int(prompt),
-                        tuple(
-                            TokenLogprob(
-                                str(tok), float(lp), tuple((str(a), float(b)) for a, b in top)
-                            )
-                            for tok, lp, top in logprobs
-                        ),
-                        finish if finish in ("stop", "length", "tool_calls") else None,
-                        tuple(
-                            ToolCallDelta(int(i), call_id, name, str(arguments))
-                            for i, call_id, name, arguments in calls
-                        ),
-                        str(reasoning),
-                    ),
-                )
-                for slot, index, text, tokens, prompt, logprobs, finish, calls, reasoning in rows
-            )
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            chunks = tuple((int(row[0]), _chunk(*row[1:])) for row in rows)
+        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
             raise CorruptEntry(f"not a cache entry: {exc}") from None
         return cls(chunks)
+
+
+def _chunk(
+    index: Any,
+    text: Any,
+    tokens: Any,
+    prompt: Any,
+    logprobs: Any,
+    finish: Any,
+    calls: Any,
+    reasoning: Any,
+    stop: Any,
+    prompt_logprobs: Any,
+) -> Chunk:
+    """One stored row (after its slot) back into a chunk, every field checked."""
+    return Chunk(
+        int(index),
+        str(text),
+        int(tokens),
+        int(prompt),
+        tuple(
+            TokenLogprob(str(tok), float(lp), tuple((str(a), float(b)) for a, b in top))
+            for tok, lp, top in logprobs
+        ),
+        finish if finish in ("stop", "length", "tool_calls") else None,
+        tuple(
+            ToolCallDelta(int(i), call_id, name, str(arguments))
+            for i, call_id, name, arguments in calls
+        ),
+        str(reasoning),
+        stop if isinstance(stop, str | int) else None,
+        prompt_logprobs if isinstance(prompt_logprobs, list) else None,
+    )

@@ -20,7 +20,7 @@ import orjson
 
 from engines.types import GenerationRequest
 
-FORMAT = "sy2"
+FORMAT = "sy3"
 
 
 @dataclass(frozen=True, slots=True)

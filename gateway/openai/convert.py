@@ -54,6 +54,11 @@ def _refuse_gateway_fields(body: _Sampling) -> None:
 
 def _options(body: _Sampling, bounds: Bounds) -> dict[str, Any]:
     options = body.options()
+    if body.stream and body.prompt_logprobs:
+        raise InvalidRequest(
+            "'prompt_logprobs' come with the whole answer only: send stream: false.",
+            param="prompt_logprobs",
+        )
     guided = {key: getattr(body, old) for old, key in _GUIDED.items() if getattr(body, old)}
     if guided:
         if "structured_outputs" in options or len(guided) > 1:
@@ -228,7 +233,11 @@ def completion_requests(
     """One engine request per prompt; a list of prompts (text or token ids) is a batch."""
     prompts = _prompts(body.prompt)
     if body.best_of is not None and body.best_of != (body.n or 1):
-        raise InvalidRequest("best_of other than n is not supported.", param="best_of")
+        raise InvalidRequest(
+            "best_of other than n is not supported: no engine here ranks candidates (vLLM "
+            "removed best_of); ask for n choices with logprobs and pick among them.",
+            param="best_of",
+        )
     common = _common(body, bounds)
     options = _options(body, bounds)
     return [

@@ -22,6 +22,8 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    prompt_logprobs: list[Any] | None = None
     offset: int = 0  # characters emitted so far (completions' text_offset)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
@@ -81,12 +83,15 @@ class Renderer:
         if chunk.text:  # a chunk of no text reports the end-of-sequence token's logprob
             choice.text.append(chunk.text)
             choice.logprobs.extend(chunk.logprobs)
+        if chunk.prompt_logprobs is not None:
+            choice.prompt_logprobs = chunk.prompt_logprobs
         if chunk.reasoning:
             choice.reasoning.append(chunk.reasoning)
         if chunk.tool_calls:
             choice.add_tool_calls(chunk.tool_calls)
         if chunk.finish_reason:
             choice.finish_reason = chunk.finish_reason
+            choice.stop_reason = chunk.stop_reason
 
     def _envelope(self, choices: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
         return {
@@ -103,6 +108,7 @@ class Renderer:
             [self._final_choice(i, c) for i, c in enumerate(self.choices)], final=True
         )
         body["usage"] = self.usage.body()
+        self._prompt_logprobs(body)
         return body
 
     def usage_chunk(self) -> dict[str, Any]:
@@ -119,6 +125,9 @@ class Renderer:
     # Per endpoint:
     def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _prompt_logprobs(self, body: dict[str, Any]) -> None:
+        """vLLM's `prompt_logprobs`, where the request asked for them."""
 
     def opening(self) -> list[dict[str, Any]]:
         """Choice deltas sent before any text."""
@@ -151,12 +160,21 @@ class ChatRenderer(Renderer):
             ]
         if choice.reasoning:
             message.update(_reasoning("".join(choice.reasoning)))
-        return {
-            "index": index,
-            "message": message,
-            "logprobs": _chat_logprobs(choice.logprobs) if self.with_logprobs else None,
-            "finish_reason": choice.finish_reason,
-        }
+        return _stopped(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": _chat_logprobs(choice.logprobs) if self.with_logprobs else None,
+                "finish_reason": choice.finish_reason,
+            },
+            choice.stop_reason,
+        )
+
+    def _prompt_logprobs(self, body: dict[str, Any]) -> None:
+        """One prompt, so one list at the top level (where vLLM's server puts it)."""
+        found = next((c.prompt_logprobs for c in self.choices if c.prompt_logprobs), None)
+        if found is not None:
+            body["prompt_logprobs"] = found
 
     def opening(self) -> list[dict[str, Any]]:
         return [
@@ -186,14 +204,13 @@ class ChatRenderer(Renderer):
                 {"index": chunk.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
             )
         if chunk.finish_reason:
-            out.append(
-                {
-                    "index": chunk.index,
-                    "delta": {},
-                    "logprobs": None,
-                    "finish_reason": chunk.finish_reason,
-                }
-            )
+            finish = {
+                "index": chunk.index,
+                "delta": {},
+                "logprobs": None,
+                "finish_reason": chunk.finish_reason,
+            }
+            out.append(_stopped(finish, chunk.stop_reason))
         return out
 
 
@@ -204,12 +221,15 @@ class CompletionRenderer(Renderer):
 
     def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
         logprobs = _completion_logprobs(choice.logprobs, 0) if self.with_logprobs else None
-        return {
+        body = {
             "index": index,
             "text": "".join(choice.text),
             "logprobs": logprobs,
             "finish_reason": choice.finish_reason,
         }
+        if choice.prompt_logprobs is not None:  # per choice: a batch has several prompts
+            body["prompt_logprobs"] = choice.prompt_logprobs
+        return _stopped(body, choice.stop_reason)
 
     def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
         if not chunk.text and not chunk.finish_reason:
@@ -220,13 +240,24 @@ class CompletionRenderer(Renderer):
             logprobs = _completion_logprobs(chunk.logprobs if chunk.text else (), choice.offset)
         choice.offset += len(chunk.text)
         return [
-            {
-                "index": chunk.index,
-                "text": chunk.text,
-                "logprobs": logprobs,
-                "finish_reason": chunk.finish_reason,
-            }
+            _stopped(
+                {
+                    "index": chunk.index,
+                    "text": chunk.text,
+                    "logprobs": logprobs,
+                    "finish_reason": chunk.finish_reason,
+                },
+                chunk.stop_reason,
+            )
         ]
+
+
+def _stopped(choice: dict[str, Any], stop_reason: str | int | None) -> dict[str, Any]:
+    """vLLM's `stop_reason` (the stop string or token id that ended the choice) beside
+    `finish_reason`, where one did; OpenAI's own choices have no such field."""
+    if stop_reason is not None:
+        choice["stop_reason"] = stop_reason
+    return choice
 
 
 def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:

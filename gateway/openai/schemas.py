@@ -27,7 +27,6 @@ FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
 GATEWAY_REFUSED = {
     "return_token_ids": "token ids are not relayed by this gateway",
     "return_tokens_as_token_ids": "token ids are not relayed by this gateway",
-    "prompt_logprobs": "prompt logprobs are not relayed by this gateway",
     "kv_transfer_params": "disaggregated prefill is not routed by this gateway",
     "audio": "audio output is not served here",
     "modalities": "only text output is served here",
@@ -201,6 +200,7 @@ class _Sampling(_Strict):
     cache_salt: str | None = None
     vllm_xargs: dict[str, Any] | None = None
     use_beam_search: bool | None = None
+    prompt_logprobs: Annotated[int, Field(ge=-1)] | None = None  # whole answers only
     # vLLM's older spellings of structured_outputs (removed in vLLM 0.12; translated).
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
@@ -209,7 +209,6 @@ class _Sampling(_Strict):
     # Refused by name (GATEWAY_REFUSED).
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
-    prompt_logprobs: int | None = None
     kv_transfer_params: dict[str, Any] | None = None
 
     def stops(self) -> tuple[str, ...]:

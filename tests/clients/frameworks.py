@@ -80,6 +80,19 @@ def litellm_sdk(url: str, model: str) -> dict[str, Any]:
         model=f"hosted_vllm/{model}", top_k=1, bad_words=["Paris"],
         messages=[{"role": "user", "content": "What is the capital of France?"}], **common,
     )  # fmt: skip
+    stream = litellm.completion(
+        model=f"openai/{model}", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "What is the capital of France?"}], **common,
+    )  # fmt: skip
+    pieces, streamed_usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        streamed_usage = getattr(chunk, "usage", None) or streamed_usage
+    whole = litellm.completion(
+        model=f"openai/{model}",
+        messages=[{"role": "user", "content": "What is the capital of France?"}], **common,
+    )  # fmt: skip
     call = called.choices[0].message.tool_calls[0]
     return {
         "tool_call": {"name": call.function.name, "args": json.loads(call.function.arguments)},
@@ -87,6 +100,15 @@ def litellm_sdk(url: str, model: str) -> dict[str, Any]:
         "structured": json.loads(structured.choices[0].message.content),
         "extras": extras.choices[0].message.content,
         "usage": extras.usage.model_dump(include={"prompt_tokens", "completion_tokens"}),
+        "streamed": {
+            "text": "".join(pieces),
+            "pieces": len(pieces),
+            "completion_tokens": streamed_usage and streamed_usage.completion_tokens,
+        },
+        "whole": {
+            "text": whole.choices[0].message.content,
+            "completion_tokens": whole.usage.completion_tokens,
+        },
     }
 
 

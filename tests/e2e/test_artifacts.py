@@ -22,10 +22,12 @@ from tests.servers import free_port
 
 METHODS = ("gptq", "awq", "w8a8")
 # Calibration samples per method (builds are reproducible: same inputs, same weights).
-# A W8A8 build of this small model can score 0.93 token agreement in `verify`
-# (transformers, fp32) yet answer "L'Étoile, le Grand Étoile, …" through vLLM's int8
-# kernels; these sizes answer "Paris" on all three. AWQ (the slow one) at 32.
-SAMPLES = {"gptq": 64, "awq": 32, "w8a8": 64}
+# A W8A8 build of this small model can score 0.92 token agreement in `verify`
+# (transformers, fp32) yet answer "L'Étoile, la France, …" through vLLM's int8 kernels,
+# as the seeded builds at 32 and 64 samples do; 96 answers "Paris" (so does plain vLLM
+# offline on the same weights: it is the build, not the serving path). AWQ (the slow
+# one) at 32.
+SAMPLES = {"gptq": 64, "awq": 32, "w8a8": 96}
 RECIPES = ROOT / "engines" / "artifacts" / "recipes"
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -113,7 +113,9 @@ def test_langchain_structured_output_and_tools(frameworks: dict[str, Any]) -> No
     assert got["reply"]["content"] or got["reply"]["tool_calls"]
 
 
-def test_litellm_sdk_tools_structured_output_and_vllm_extras(frameworks: dict[str, Any]) -> None:
+def test_litellm_sdk_tools_structured_output_streams_and_vllm_extras(
+    frameworks: dict[str, Any],
+) -> None:
     got = frameworks["litellm"]
     assert got["tool_call"]["name"] == "get_weather"
     assert isinstance(got["tool_call"]["args"]["city"], str)
@@ -122,3 +124,7 @@ def test_litellm_sdk_tools_structured_output_and_vllm_extras(frameworks: dict[st
     assert "Paris" not in got["extras"]
     assert got["usage"]["prompt_tokens"] > 5
     assert got["usage"]["completion_tokens"] > 0
+    streamed, whole = got["streamed"], got["whole"]
+    assert streamed["pieces"] > 1
+    assert streamed["text"] == whole["text"]
+    assert streamed["completion_tokens"] == whole["completion_tokens"]

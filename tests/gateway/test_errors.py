@@ -131,9 +131,15 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         ),
         ({"model": "scripted", "messages": MSG, "top_k": "5"}, "top_k"),
         ({"model": "scripted", "messages": MSG, "return_token_ids": True}, "return_token_ids"),
+        (
+            {"model": "scripted", "messages": MSG, "prompt_logprobs": 1, "stream": True},
+            "prompt_logprobs",
+        ),
+        ({"model": "scripted", "messages": MSG, "prompt_logprobs": -2}, "prompt_logprobs"),
         # Valid, but the scripted engine honours none of these: refused by name.
         ({"model": "scripted", "messages": MSG, "top_k": 5}, "top_k"),
         ({"model": "scripted", "messages": MSG, "logit_bias": {"1": 5}}, "logit_bias"),
+        ({"model": "scripted", "messages": MSG, "prompt_logprobs": 1}, "prompt_logprobs"),
         ({"model": "scripted", "messages": MSG, "guided_choice": ["a"]}, "structured_outputs"),
         (
             {"model": "scripted", "messages": MSG, "response_format": {"type": "json_object"}},

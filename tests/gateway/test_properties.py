@@ -94,7 +94,7 @@ def test_cache_keys_ignore_request_ids_and_greedy_sampling_knobs(
     identity: Identity, request: GenerationRequest, rid: str
 ) -> None:
     key = cache_key(identity, "chat", [request])
-    assert re.fullmatch(r"sy2:[0-9a-f]{64}", key)
+    assert re.fullmatch(r"sy3:[0-9a-f]{64}", key)
     assert cache_key(identity, "chat", [dataclasses.replace(request, request_id=rid)]) == key
     if request.temperature == 0:
         other = dataclasses.replace(request, seed=7, top_p=0.3)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from engines.types import Chunk, GenerationRequest, Message, TokenLogprob
+from engines.types import Chunk, GenerationRequest, Message, TokenLogprob, ToolCallDelta
 from gateway.cache.entry import CorruptEntry, Entry
 from gateway.cache.keys import FORMAT, Identity, cache_key, deterministic
 from gateway.cache.memory import MemoryCache
@@ -75,6 +75,8 @@ def test_entries_round_trip_and_garbage_is_refused() -> None:
         (
             (0, Chunk(0, "Hello", 1, 5, (TokenLogprob("Hello", -0.1, (("Hi", -2.0),)),))),
             (0, Chunk(1, " there", 2, 5, (), "length")),
+            (0, Chunk(0, "", 1, 5, (), "tool_calls", (ToolCallDelta(0, "c1", "f", "{}"),), "hm")),
+            (0, Chunk(1, "", 0, 5, (), "stop", stop_reason=30)),
         )
     )
     assert Entry.decode(entry.encode("k"), "k") == entry

@@ -55,7 +55,7 @@ def test_two_gateways_share_hits(redis_server: RedisServer, engine: ScriptedEngi
         assert (engine.generations, other.generations) == (1, 0)
         assert post(a, CHAT).json()["choices"] == post(b, CHAT).json()["choices"]
     (key,) = redis.Redis.from_url(redis_server.url, decode_responses=True).keys("*")
-    assert key.startswith("switchyard:sy2:")  # prefix, then the format version
+    assert key.startswith("switchyard:sy3:")  # prefix, then the format version
 
 
 def test_redis_killed_then_restarted(redis_server: RedisServer, engine: ScriptedEngine) -> None:
