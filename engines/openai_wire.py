@@ -153,6 +153,7 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
                 logprobs,
                 finish,
                 stop_reason=stop_reason(choice),
+                prompt_logprobs=_prompt_logprobs(choice),
             )
         chunks.append(chunk)
     if chunks:
@@ -160,6 +161,7 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
             chunks[0],
             token_count=int(usage.get("completion_tokens") or 0),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            prompt_logprobs=_prompt_logprobs(payload) if chat else chunks[0].prompt_logprobs,
         )
     return chunks
 
@@ -192,6 +194,12 @@ def tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
 def stop_reason(choice: dict[str, Any]) -> str | int | None:
     value = choice.get("stop_reason")
     return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def _prompt_logprobs(where: dict[str, Any]) -> list[Any] | None:
+    """vLLM's prompt logprobs: top level in chat answers, per choice in completions."""
+    value = where.get("prompt_logprobs")
+    return value if isinstance(value, list) else None
 
 
 def _reasoning(delta: dict[str, Any]) -> str:
