@@ -56,7 +56,7 @@ from engines.openai_wire import (
     response_chunks,
     sse_data,
 )
-from engines.options import blame_constraint
+from engines.options import blame_field
 from engines.types import (
     LORA_TARGETS,
     Adapter,
@@ -200,7 +200,7 @@ class OpenAIRemoteEngine:
                 async for chunk in chunks:
                     yield chunk
         except InvalidGenerationRequest as exc:
-            blame_constraint(exc, request)
+            blame_field(exc, request)
             raise
         finally:
             self._running -= 1

@@ -47,6 +47,12 @@ SHARED = frozenset(
         "use_beam_search",
         "cache_salt",
         "vllm_xargs",
+        "thinking_token_budget",
+        "repetition_detection",
+        "truncation_side",
+        "stream_interval",
+        "watermarking",
+        "session_id",
     }
 )
 CHAT = frozenset(
@@ -60,6 +66,10 @@ CHAT = frozenset(
         "continue_final_message",
         "include_reasoning",
         "documents",
+        "chat_template",
+        "echo",
+        "mm_processor_kwargs",
+        "media_io_kwargs",
     }
 )
 COMPLETION = frozenset({"echo", "suffix"})
@@ -69,7 +79,6 @@ ALL = SHARED | CHAT | COMPLETION
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logit_bias": ({},),
     "response_format": ({"type": "text"},),
-    "user": (),  # any value: only a label, forwarded where it can be
     "tools": ([],),
     "tool_choice": ("none",),
     "parallel_tool_calls": (True,),
@@ -90,14 +99,18 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "repetition_penalty": (1.0, 1),
     "use_beam_search": (False,),
     "include_reasoning": (True,),
+    "watermarking": (False,),
+    "stream_interval": (1,),
 }
+# Labels, not requests: any value changes nothing, so every engine takes them.
+_LABELS = frozenset({"user", "session_id"})
 
 
 def is_set(name: str, value: Any) -> bool:
     """Whether `value` for field `name` asks the engine for anything."""
     if value is None:
         return False
-    if name == "user":
+    if name in _LABELS:
         return False
     return value not in _NEUTRAL.get(name, ())
 
@@ -127,10 +140,16 @@ def refuse_non_text(request: GenerationRequest, engine: str) -> None:
 _CONSTRAINT_WORDS = ("grammar", "regex", "schema", "json", "structural", "choice")
 
 
-def blame_constraint(error: InvalidGenerationRequest, request: GenerationRequest) -> None:
-    """Name the request's output constraint as the faulty field of an engine refusal
-    that names none but speaks of one (vLLM reports grammar compile errors so)."""
-    if error.param is not None or not any(w in error.message for w in _CONSTRAINT_WORDS):
+def blame_field(error: InvalidGenerationRequest, request: GenerationRequest) -> None:
+    """Name the faulty field of an engine refusal that names none but speaks of one:
+    the output constraint (vLLM reports grammar compile errors so), or the request's
+    own chat template (which vLLM's server refuses unless it trusts request templates)."""
+    if error.param is not None:
+        return
+    if "chat template" in error.message.lower() and "chat_template" in request.options:
+        error.param = "chat_template"
+        return
+    if not any(w in error.message for w in _CONSTRAINT_WORDS):
         return
     structured = request.options.get("structured_outputs")
     if isinstance(structured, dict) and structured:

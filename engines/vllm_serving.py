@@ -35,7 +35,7 @@ from engines.errors import (
 )
 from engines.openai_remote import upstream_name
 from engines.openai_wire import openai_body
-from engines.options import blame_constraint, refuse_non_text
+from engines.options import blame_field, refuse_non_text
 from engines.types import Adapter, GenerationRequest
 
 
@@ -124,7 +124,7 @@ class Serving:
         except Exception as exc:
             error = exc if isinstance(exc, EngineError) else vllm_error(exc)
             if isinstance(error, InvalidGenerationRequest):
-                blame_constraint(error, request)
+                blame_field(error, request)
             raise error from None
         if isinstance(result, AsyncGenerator):
             return _events(result)

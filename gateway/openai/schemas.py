@@ -27,6 +27,15 @@ FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
 GATEWAY_REFUSED = {
     "return_token_ids": "token ids are not relayed by this gateway",
     "return_tokens_as_token_ids": "token ids are not relayed by this gateway",
+    "return_token_offsets": "token offsets are not relayed by this gateway",
+    "return_prompt_text": "the rendered prompt is not relayed by this gateway",
+    "logprob_token_ids": "logprobs of chosen token ids are not relayed by this gateway",
+    "routed_experts_prompt_start": "routed-expert data is not relayed by this gateway",
+    "request_id": "the gateway names each request; send it as the X-Request-Id header",
+    "ec_transfer_params": "disaggregated encoding is not routed by this gateway",
+    "mm_payload": "multimodal render payloads are not relayed by this gateway",
+    "return_mm_kwargs": "multimodal render payloads are not relayed by this gateway",
+    "prompt_embeds": "prompt embeddings are not accepted by this gateway",
     "kv_transfer_params": "disaggregated prefill is not routed by this gateway",
     "audio": "audio output is not served here",
     "modalities": "only text output is served here",
@@ -201,6 +210,12 @@ class _Sampling(_Strict):
     vllm_xargs: dict[str, Any] | None = None
     use_beam_search: bool | None = None
     prompt_logprobs: Annotated[int, Field(ge=-1)] | None = None  # whole answers only
+    thinking_token_budget: Annotated[int, Field(ge=-1)] | None = None
+    repetition_detection: dict[str, Any] | None = None
+    truncation_side: Literal["left", "right"] | None = None
+    stream_interval: Annotated[int, Field(ge=1)] | None = None
+    watermarking: bool | None = None
+    session_id: str | None = None
     # vLLM's older spellings of structured_outputs (removed in vLLM 0.12; translated).
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
@@ -210,6 +225,13 @@ class _Sampling(_Strict):
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
     kv_transfer_params: dict[str, Any] | None = None
+    return_token_offsets: bool | None = None
+    logprob_token_ids: list[TokenId] | None = None
+    routed_experts_prompt_start: int | None = None
+    request_id: str | None = None
+    ec_transfer_params: dict[str, Any] | None = None
+    mm_payload: Literal["tensors", "none"] | None = None
+    return_mm_kwargs: bool | None = None
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -240,6 +262,11 @@ class ChatCompletionRequest(_Sampling):
     continue_final_message: bool | None = None
     include_reasoning: bool | None = None
     documents: list[dict[str, str]] | None = None
+    chat_template: str | None = None  # vLLM refuses it unless its server trusts it
+    echo: bool | None = None  # vLLM: prepend the last message when it is the assistant's
+    mm_processor_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, dict[str, Any]] | None = None
+    return_prompt_text: bool | None = None  # refused (GATEWAY_REFUSED)
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -258,3 +285,4 @@ class CompletionRequest(_Sampling):
     echo: bool | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
     suffix: str | None = None
+    prompt_embeds: Any = None  # refused (GATEWAY_REFUSED)

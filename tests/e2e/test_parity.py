@@ -132,6 +132,8 @@ ROWS = [
     completion("completion-stop-string", stop=[" blue"]),
     chat("continue-final", messages=[*FRANCE, {"role": "assistant", "content": "The capital is"}],
          add_generation_prompt=False, continue_final_message=True),
+    chat("continue-final-echo", messages=[*FRANCE, {"role": "assistant", "content": "It is"}],
+         add_generation_prompt=False, continue_final_message=True, echo=True),
     completion("completion"),
     completion("completion-echo", echo=True),
     completion("completion-token-ids", prompt=[504, 6376, 314]),  # "The sky is"
@@ -141,6 +143,7 @@ ROWS = [
     completion("completion-prompt-logprobs", prompt_logprobs=1),
     chat("prompt-logprobs", prompt_logprobs=2),
     completion("completion-truncate", truncate_prompt_tokens=2),
+    completion("completion-truncate-right", truncate_prompt_tokens=2, truncation_side="right"),
     completion("completion-allowed-tokens", allowed_token_ids=[28, 29, 30]),
 ]  # fmt: skip
 # Bad input: the same error status from all three, and a 400 naming the field.
@@ -152,6 +155,7 @@ BAD_ROWS = [
     chat("bad-schema-type", response_format={"type": "json_schema",
                                              "json_schema": {"name": "x", "schema": {"type": 5}}}),
     chat("bad-top-logprobs", logprobs=True, top_logprobs=50),
+    chat("bad-request-chat-template", chat_template="{{ messages[0]['content'] }}"),
     chat("bad-prompt-logprobs-streamed", prompt_logprobs=1, stream=True),
     chat("bad-context", messages=[{"role": "user", "content": "word " * 3000}]),
     completion("bad-context-completion", prompt="word " * 3000),

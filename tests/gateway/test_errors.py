@@ -140,6 +140,11 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         ({"model": "scripted", "messages": MSG, "top_k": 5}, "top_k"),
         ({"model": "scripted", "messages": MSG, "logit_bias": {"1": 5}}, "logit_bias"),
         ({"model": "scripted", "messages": MSG, "prompt_logprobs": 1}, "prompt_logprobs"),
+        (
+            {"model": "scripted", "messages": MSG, "thinking_token_budget": 8},
+            "thinking_token_budget",
+        ),
+        ({"model": "scripted", "messages": MSG, "echo": True}, "echo"),
         ({"model": "scripted", "messages": MSG, "guided_choice": ["a"]}, "structured_outputs"),
         (
             {"model": "scripted", "messages": MSG, "response_format": {"type": "json_object"}},
