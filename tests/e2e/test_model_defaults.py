@@ -57,11 +57,17 @@ def _chat(url: str, **body: object) -> httpx.Response:
 
 
 def test_unset_sampling_fields_take_the_models_defaults(url: str) -> None:
-    answer = _chat(url, n=2).json()  # no temperature, no max_tokens
-    texts = [c["message"]["content"] for c in answer["choices"]]
-    assert texts[0] == texts[1], "an unset temperature sampled: the model's 0.0 was not used"
-    assert answer["usage"]["completion_tokens"] == 2 * MAX_NEW_TOKENS
-    assert {c["finish_reason"] for c in answer["choices"]} == {"length"}
+    response = _chat(url)  # no temperature, no max_tokens
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["usage"]["completion_tokens"] == MAX_NEW_TOKENS
+    assert answer["choices"][0]["finish_reason"] == "length"
+    greedy = _chat(url, temperature=0, max_tokens=MAX_NEW_TOKENS).json()
+    assert answer["choices"][0]["message"] == greedy["choices"][0]["message"]
+    # vLLM's own word that the unset temperature was the model's 0.0, not 1.0:
+    refused = _chat(url, n=2)
+    assert refused.status_code == 400
+    assert "greedy" in refused.json()["error"]["message"]
 
 
 def test_the_clients_fields_still_win(url: str) -> None:
