@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.load import Load, Sample, alternating, results_table, run, summarize
+from gateway.bench.load import SHAPES, Load, Sample, alternating, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
     Load.add_arguments(parser)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="plain")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--port", type=int, default=8750)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")

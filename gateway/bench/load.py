@@ -72,11 +72,11 @@ class Load:
         parser.add_argument("--requests", type=int, default=default.requests)
         parser.add_argument("--concurrency", type=int, default=default.concurrency)
         parser.add_argument("--max-tokens", type=int, default=default.max_tokens)
-        parser.add_argument("--shape", choices=sorted(SHAPES), default=default.shape)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Load:
-        return cls(args.requests, args.concurrency, args.max_tokens, shape=args.shape)
+        shape = getattr(args, "shape", "plain")  # only `bench engine` offers --shape
+        return cls(args.requests, args.concurrency, args.max_tokens, shape=shape)
 
     def extra(self, i: int) -> dict[str, Any]:
         """Request i's additions to the body, for this load's shape."""

@@ -52,7 +52,7 @@ class Entry:
             if stored_key != key:
                 raise CorruptEntry("the entry belongs to another key")
             chunks = tuple((int(row[0]), _chunk(*row[1:])) for row in rows)
-        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
+        except (orjson.JSONDecodeError, TypeError, ValueError, LookupError) as exc:
             raise CorruptEntry(f"not a cache entry: {exc}") from None
         return cls(chunks)
 
@@ -85,6 +85,6 @@ def _chunk(
             for i, call_id, name, arguments in calls
         ),
         str(reasoning),
-        stop if isinstance(stop, str | int) else None,
+        stop if isinstance(stop, str | int) and not isinstance(stop, bool) else None,
         prompt_logprobs if isinstance(prompt_logprobs, list) else None,
     )

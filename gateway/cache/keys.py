@@ -55,7 +55,9 @@ def _normalized(request: GenerationRequest) -> dict[str, object]:
     fields = dataclasses.asdict(request)
     del fields["request_id"]
     del fields["adapter"]  # in the identity, by digest
-    del fields["incremental"]  # streamed or not, the same answer
+    if "prompt_logprobs" not in request.options:
+        del fields["incremental"]  # streamed or not, the same answer (prompt logprobs
+        # come with whole answers only)
     if request.temperature == 0:
         fields["top_p"] = 1.0  # ignored when greedy
         fields["seed"] = None

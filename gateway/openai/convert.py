@@ -44,7 +44,7 @@ class Bounds:
 def _refuse_gateway_fields(body: _Sampling) -> None:
     for name, why in GATEWAY_REFUSED.items():
         value = getattr(body, name, None)
-        if value not in (None, False, []):
+        if value not in (None, False, []) and (name, value) != ("mm_payload", "none"):
             raise InvalidRequest(
                 f"'{name}' is not supported: {why}; remove it from the request.",
                 param=name,

@@ -89,8 +89,8 @@ def litellm_sdk(url: str, model: str) -> dict[str, Any]:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
         streamed_usage = getattr(chunk, "usage", None) or streamed_usage
-    whole = litellm.completion(
-        model=f"openai/{model}",
+    whole = litellm.completion(  # generated again, not the stream's cached answer
+        model=f"openai/{model}", extra_headers={"Cache-Control": "no-cache"},
         messages=[{"role": "user", "content": "What is the capital of France?"}], **common,
     )  # fmt: skip
     call = called.choices[0].message.tool_calls[0]

@@ -184,18 +184,31 @@ def _summary(response: httpx.Response, streamed: bool) -> dict[str, Any]:
 
 
 def _prompt_logprobs(where: dict[str, Any]) -> list[Any] | None:
-    """vLLM's prompt logprobs (token, rank, decoded), logprobs to 3 places: the same
-    weights in another process may batch differently."""
+    """vLLM's prompt logprobs: per prompt position, (token id, decoded, logprob). Ranks
+    are left out: near-ties may swap them."""
     value = where.get("prompt_logprobs")
     if value is None:
         return None
     return [
         None if top is None else sorted(
-            (token, round(p["logprob"], 3), p.get("rank"), p.get("decoded_token"))
-            for token, p in top.items()
+            (token, p.get("decoded_token"), Logprob(p["logprob"])) for token, p in top.items()
         )
         for top in value
     ]  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Logprob:
+    """Equal to another within 1e-3: the same weights in another process may batch the
+    prompt differently, and rounding would still flip values near an edge."""
+
+    value: float
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Logprob) and abs(self.value - other.value) < 1e-3
+
+    def __repr__(self) -> str:
+        return f"{self.value:.5f}"
 
 
 def _reassembled(sse: str) -> dict[str, Any]:

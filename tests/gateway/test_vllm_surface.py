@@ -75,3 +75,8 @@ def test_refused_fields_get_a_400_naming_them(name: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         _convert(body)
     assert refused.value.param == name
+
+
+def test_asking_for_less_is_not_refused() -> None:
+    """`mm_payload: "none"` asks vLLM for no multimodal payload: nothing to relay."""
+    _convert({"model": "m", "messages": [{"role": "user", "content": "hi"}], "mm_payload": "none"})

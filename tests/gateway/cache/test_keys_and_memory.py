@@ -19,6 +19,14 @@ def key(request: GenerationRequest, identity: Identity = BASE, scope: str = "") 
     return cache_key(identity, "chat", [request], scope)
 
 
+def test_streamed_and_whole_share_a_key_unless_prompt_logprobs_were_asked() -> None:
+    """Prompt logprobs come with whole answers only: a streamed answer has none."""
+    whole = GenerationRequest("a", CHAT, temperature=0, max_tokens=8, incremental=False)
+    assert key(whole) == key(dataclasses.replace(whole, incremental=True))
+    asking = dataclasses.replace(whole, options={"prompt_logprobs": 0})
+    assert key(asking) != key(dataclasses.replace(asking, incremental=True))
+
+
 def test_request_id_does_not_matter_everything_else_does() -> None:
     request = GenerationRequest("a", CHAT, temperature=0, max_tokens=8)
     assert key(request) == key(dataclasses.replace(request, request_id="b"))
@@ -80,6 +88,8 @@ def test_entries_round_trip_and_garbage_is_refused() -> None:
         )
     )
     assert Entry.decode(entry.encode("k"), "k") == entry
-    for garbage in (b"{", b'{"a": 1}', b'["k", [[1, 2]]]', b"[[1, 2]]", entry.encode("other")):
+    rows_of_objects = b'["k", [{"a": 1}]]'
+    for garbage in (b"{", b'{"a": 1}', b'["k", [[1, 2]]]', b"[[1, 2]]", rows_of_objects,
+                    entry.encode("other")):  # fmt: skip
         with pytest.raises(CorruptEntry):
             Entry.decode(garbage, "k")
