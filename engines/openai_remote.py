@@ -53,6 +53,7 @@ from engines.openai_wire import (
     Reader,
     error_text,
     openai_body,
+    read_events,
     response_chunks,
     sse_data,
 )
@@ -212,12 +213,11 @@ class OpenAIRemoteEngine:
             for chunk in response_chunks(await self.post(path, body), reader.chat):
                 yield chunk
             return
-        async with contextlib.aclosing(self.stream_events(path, body)) as events:
-            async for payload in events:
-                for chunk in reader.read(payload):
-                    yield chunk
-        for chunk in reader.finish():
-            yield chunk
+        async with contextlib.aclosing(
+            read_events(self.stream_events(path, body), reader)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""

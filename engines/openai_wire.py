@@ -9,6 +9,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any, Protocol
@@ -87,25 +88,8 @@ class EventReader:
             self.usage = payload["usage"]
         chunks = []
         for choice in payload.get("choices") or ():
-            index = choice.get("index", 0)
-            finish = finish_reason(choice.get("finish_reason"))
-            if self.chat:
-                delta = choice.get("delta") or {}
-                chunk = Chunk(
-                    index,
-                    delta.get("content") or "",
-                    0,
-                    0,
-                    chat_logprobs(choice.get("logprobs")),
-                    finish,
-                    tool_call_deltas(delta.get("tool_calls")),
-                    _reasoning(delta),
-                    stop_reason(choice),
-                )
-            else:
-                logprobs = completion_logprobs(choice.get("logprobs"))
-                text = choice.get("text") or ""
-                chunk = Chunk(index, text, 0, 0, logprobs, finish, stop_reason=stop_reason(choice))
+            chunk = _choice_chunk(choice, self.chat, whole=False, index=choice.get("index", 0))
+            finish = chunk.finish_reason
             if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish):
                 continue
             tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
@@ -122,40 +106,13 @@ class EventReader:
 
 
 def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
-    """A whole OpenAI answer as one chunk per choice; the usage rides on the first."""
+    """A whole OpenAI answer as one chunk per choice; the usage (and, in chat, the
+    prompt logprobs) ride on the first."""
     usage = payload.get("usage") or {}
-    chunks = []
-    for i, choice in enumerate(payload.get("choices") or ()):
-        finish = finish_reason(choice.get("finish_reason"))
-        if chat:
-            message = choice.get("message") or {}
-            calls = [{**call, "index": n} for n, call in enumerate(message.get("tool_calls") or ())]
-            text = message.get("content") or ""
-            chunk = Chunk(
-                choice.get("index", i),
-                text,
-                0,
-                0,
-                _visible(chat_logprobs(choice.get("logprobs")), text),
-                finish,
-                tool_call_deltas(calls),
-                _reasoning(message),
-                stop_reason(choice),
-            )
-        else:
-            logprobs = completion_logprobs(choice.get("logprobs"))
-            text = choice.get("text") or ""
-            chunk = Chunk(
-                choice.get("index", i),
-                text,
-                0,
-                0,
-                logprobs,
-                finish,
-                stop_reason=stop_reason(choice),
-                prompt_logprobs=_prompt_logprobs(choice),
-            )
-        chunks.append(chunk)
+    chunks = [
+        _choice_chunk(choice, chat, whole=True, index=choice.get("index", i))
+        for i, choice in enumerate(payload.get("choices") or ())
+    ]
     if chunks:
         chunks[0] = dataclasses.replace(
             chunks[0],
@@ -164,6 +121,38 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
             prompt_logprobs=_prompt_logprobs(payload) if chat else chunks[0].prompt_logprobs,
         )
     return chunks
+
+
+async def read_events(
+    events: AsyncGenerator[dict[str, Any], None], reader: Reader
+) -> AsyncGenerator[Chunk, None]:
+    """A streamed answer's events as chunks, then what the reader owes at the end.
+    Leaving early closes `events` (which aborts the generation)."""
+    async with contextlib.aclosing(events) as payloads:
+        async for payload in payloads:
+            for chunk in reader.read(payload):
+                yield chunk
+    for chunk in reader.finish():
+        yield chunk
+
+
+def _choice_chunk(choice: dict[str, Any], chat: bool, whole: bool, index: int) -> Chunk:
+    """One choice of an answer, streamed (chat: its `delta`) or whole (its `message`),
+    as a chunk; token counts are the caller's to fill."""
+    finish = finish_reason(choice.get("finish_reason"))
+    stop = stop_reason(choice)
+    if not chat:
+        logprobs = completion_logprobs(choice.get("logprobs"))
+        text = choice.get("text") or ""
+        return Chunk(index, text, 0, 0, logprobs, finish,
+                     stop_reason=stop, prompt_logprobs=_prompt_logprobs(choice))  # fmt: skip
+    part = choice.get("message" if whole else "delta") or {}
+    text = part.get("content") or ""
+    logprobs = chat_logprobs(choice.get("logprobs"))
+    if whole:
+        logprobs = _visible(logprobs, text)
+    calls = tool_call_deltas(part.get("tool_calls"))
+    return Chunk(index, text, 0, 0, logprobs, finish, calls, _reasoning(part), stop)
 
 
 def _visible(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:

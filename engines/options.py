@@ -101,6 +101,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "include_reasoning": (True,),
     "watermarking": (False,),
     "stream_interval": (1,),
+    "mm_payload": ("none",),  # asks for no multimodal payload
 }
 # Labels, not requests: any value changes nothing, so every engine takes them.
 _LABELS = frozenset({"user", "session_id"})

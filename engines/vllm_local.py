@@ -27,7 +27,7 @@ from engines.errors import (
     EngineUnavailable,
     InvalidGenerationRequest,
 )
-from engines.openai_wire import EventReader, response_chunks
+from engines.openai_wire import EventReader, read_events, response_chunks
 from engines.types import (
     LORA_TARGETS,
     Adapter,
@@ -183,7 +183,6 @@ class VLLMEngine:
         serving = self._serving
         if serving is None:
             raise EngineUnavailable(f"engine {self.name!r} is not started")
-        answer = None
         try:
             answer = await serving.answer(request)
             if isinstance(answer, dict):
@@ -191,12 +190,9 @@ class VLLMEngine:
                     yield chunk
                 return
             reader = EventReader(chat=request.is_chat)
-            async with contextlib.aclosing(answer) as events:
-                async for payload in events:
-                    for chunk in reader.read(payload):
-                        yield chunk
-            for chunk in reader.finish():
-                yield chunk
+            async with contextlib.aclosing(read_events(answer, reader)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         except EngineDeadError as exc:
             raise EngineUnavailable(f"engine {self.name!r} died: {exc}") from exc
         except EngineError:

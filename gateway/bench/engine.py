@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     structured = load.shape == "structured"
     report = {
-        "benchmark": "engine path" + (", structured outputs and forced tool calls" * structured),
-        "command": "switchyard bench engine" + (" --shape structured" * structured),
+        "benchmark": (
+            "engine path, structured outputs and forced tool calls" if structured else "engine path"
+        ),
+        "command": f"switchyard bench engine --shape {load.shape}",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},

@@ -11,10 +11,8 @@ from typing import Any
 
 import orjson
 
-from engines.types import (
-    GenerationRequest,
-    Message,
-)
+from engines import options as engine_options
+from engines.types import GenerationRequest, Message
 from gateway.errors import InvalidRequest
 from gateway.openai.schemas import (
     GATEWAY_REFUSED,
@@ -44,7 +42,7 @@ class Bounds:
 def _refuse_gateway_fields(body: _Sampling) -> None:
     for name, why in GATEWAY_REFUSED.items():
         value = getattr(body, name, None)
-        if value not in (None, False, []) and (name, value) != ("mm_payload", "none"):
+        if value not in (False, []) and engine_options.is_set(name, value):
             raise InvalidRequest(
                 f"'{name}' is not supported: {why}; remove it from the request.",
                 param=name,

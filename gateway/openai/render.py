@@ -108,7 +108,6 @@ class Renderer:
             [self._final_choice(i, c) for i, c in enumerate(self.choices)], final=True
         )
         body["usage"] = self.usage.body()
-        self._prompt_logprobs(body)
         return body
 
     def usage_chunk(self) -> dict[str, Any]:
@@ -125,9 +124,6 @@ class Renderer:
     # Per endpoint:
     def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
         raise NotImplementedError
-
-    def _prompt_logprobs(self, body: dict[str, Any]) -> None:
-        """vLLM's `prompt_logprobs`, where the request asked for them."""
 
     def opening(self) -> list[dict[str, Any]]:
         """Choice deltas sent before any text."""
@@ -170,11 +166,13 @@ class ChatRenderer(Renderer):
             choice.stop_reason,
         )
 
-    def _prompt_logprobs(self, body: dict[str, Any]) -> None:
-        """One prompt, so one list at the top level (where vLLM's server puts it)."""
+    def response(self) -> dict[str, Any]:
+        """vLLM's `prompt_logprobs`, where asked for, at the top level: one prompt."""
+        body = super().response()
         found = next((c.prompt_logprobs for c in self.choices if c.prompt_logprobs), None)
         if found is not None:
             body["prompt_logprobs"] = found
+        return body
 
     def opening(self) -> list[dict[str, Any]]:
         return [

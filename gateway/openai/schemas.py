@@ -241,8 +241,7 @@ class _Sampling(_Strict):
     def options(self) -> dict[str, Any]:
         """The set option fields (engines/options.py) as JSON, by wire name."""
         names = engine_options.ALL & self.model_fields_set
-        dumped = self.model_dump(include=set(names), by_alias=True, exclude_none=True)
-        return {name: value for name, value in dumped.items() if value is not None}
+        return self.model_dump(include=set(names), by_alias=True, exclude_none=True)
 
 
 class ChatCompletionRequest(_Sampling):
