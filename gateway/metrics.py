@@ -51,14 +51,14 @@ class Metrics:
         by = ("model", "adapter")
         self.requests = Counter(
             "switchyard_requests",
-            "Generation requests finished, by outcome.",
-            (*by, "backend", "status", "stream", "cache"),
+            "Requests finished, by endpoint and outcome.",
+            (*by, "backend", "status", "stream", "cache", "endpoint"),
             registry=r,
         )
         self.duration = Histogram(
             "switchyard_request_duration_seconds",
-            "End-to-end generation request time, arrival to last byte.",
-            by,
+            "End-to-end request time, arrival to last byte, by endpoint.",
+            (*by, "endpoint"),
             buckets=E2E_BUCKETS,
             registry=r,
         )
@@ -171,6 +171,7 @@ class Observation:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         key: str | None = None,
+        endpoint: str = "chat",
     ) -> dict[str, object]:
         """Record, and return the facts for the access log."""
         if self.done:
@@ -182,7 +183,8 @@ class Observation:
         stream = "true" if self.stream else "false"
         elapsed = time.perf_counter() - self.started
         cache = outcome.cache
-        m.requests.labels(*labels, outcome.backend or NONE, str(status), stream, cache).inc()
+        backend = outcome.backend or NONE
+        m.requests.labels(*labels, backend, str(status), stream, cache, endpoint).inc()
         if outcome.base is not None:
             m.cache.labels(model, cache).inc()
         if key is not None:
@@ -194,7 +196,7 @@ class Observation:
         facts: dict[str, object] = {"duration_ms": round(elapsed * 1000, 2)}
         if status != 200:
             return facts
-        m.duration.labels(*labels).observe(elapsed)
+        m.duration.labels(*labels, endpoint).observe(elapsed)
         m.prompt_tokens.labels(*labels).inc(prompt_tokens)
         m.completion_tokens.labels(*labels).inc(completion_tokens)
         if elapsed > 0 and completion_tokens:

@@ -58,12 +58,18 @@ class Recorder:
         facts: dict[str, object] = {}
         if self.observation is not None:
             facts = self.observation.finish(
-                status, outcome, usage.prompt_tokens, usage.completion_tokens, self.key
+                status,
+                outcome,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                self.key,
+                self.call.api,
             )
         if not access.isEnabledFor(logging.INFO):
             return
         line: dict[str, object] = {
             "request_id": self.call.request_id,
+            "endpoint": self.call.api,
             "key": self.key,
             "model": outcome.base,
             "adapter": outcome.adapter,

@@ -74,10 +74,17 @@ class Call:
     scope: str = ""
     cache_control: str = ""
     outcome: Outcome = field(default_factory=Outcome)
+    endpoint: str = ""  # the API's name for metrics and logs; empty: the prompt's kind
 
     @property
-    def endpoint(self) -> str:
+    def kind(self) -> str:
+        """What the engine generates: "chat" (a conversation) or "completions"."""
         return "chat" if self.requests[0].is_chat else "completions"
+
+    @property
+    def api(self) -> str:
+        """The endpoint the client called: "chat", "completions", "responses"."""
+        return self.endpoint or self.kind
 
 
 async def complete(engines: EngineSet, cache: ResponseCache | None, call: Call) -> dict[str, Any]:
@@ -148,7 +155,7 @@ async def _answer(
     identity = route.identity()
     plan = None
     if cache is not None:
-        plan = cache.plan(identity, call.endpoint, call.requests, call.scope, call.cache_control)
+        plan = cache.plan(identity, call.kind, call.requests, call.scope, call.cache_control)
     if cache is None or plan is None:
         async with contextlib.aclosing(
             _chunks(route, call.requests, call.outcome, buffered)
