@@ -45,7 +45,8 @@ from gateway.metrics import Metrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routes import adapters, chat, completions, health, metrics, models
+from gateway.responses.store import build_store
+from gateway.routes import adapters, chat, completions, health, metrics, models, responses
 from gateway.routes._respond import JSONResponse, openapi_schemas
 from gateway.settings import Settings
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
     engine_set = EngineSet(_models(engines, settings), settings.balancer)
     cache = ResponseCache.from_settings(settings.cache)
+    store = build_store(settings.responses)
     auth = settings.auth
     keys = KeyRing(auth) if auth.enabled else None
     limiter = build_limiter(auth.rate_limit) if auth.enabled else None
@@ -74,6 +76,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             finally:
                 tg.cancel_scope.cancel()
                 await cache.aclose()
+                if store is not None:
+                    await store.aclose()
                 if limiter is not None:
                     await limiter.aclose()
                 if owned:
@@ -89,11 +93,12 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.settings = settings
     app.state.engines = engine_set
     app.state.cache = cache
+    app.state.responses = store
     app.state.limiter = limiter
     app.state.metrics = Metrics(engine_set, cache, limiter) if settings.metrics else None
     app.state.started_at = int(time.time())
 
-    for module in (chat, completions, models, adapters, health, metrics):
+    for module in (chat, completions, responses, models, adapters, health, metrics):
         app.include_router(module.router)
     _document_bodies(app)
 

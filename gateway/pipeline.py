@@ -40,7 +40,6 @@ from gateway.cache.responses import ResponseCache, Result
 from gateway.engine_set import EngineSet, Route
 from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
 from gateway.openai.render import Renderer
-from gateway.openai.sse import DONE, event
 
 log = logging.getLogger("switchyard")
 
@@ -93,6 +92,7 @@ async def complete(engines: EngineSet, cache: ResponseCache | None, call: Call) 
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
             renderer.add(chunk)
+    await renderer.seal()
     return renderer.response()
 
 
@@ -115,27 +115,32 @@ async def open_stream(
 async def _events(
     call: Call, first: tuple[int, Chunk] | None, chunks: AsyncGenerator[tuple[int, Chunk], None]
 ) -> AsyncGenerator[bytes, None]:
+    """The renderer frames the events; a failure after the first becomes its error
+    event (the HTTP status is already sent)."""
     renderer = call.renderer
     usage = call.include_usage
     try:
-        yield event(renderer.chunk(renderer.opening(), usage))
+        for head in renderer.head(usage):
+            yield head
         if first is not None:
             async for slot, chunk in _prepend(first, chunks):
                 renderer.count(chunk, slot)
-                for delta in renderer.deltas(chunk):
-                    yield event(renderer.chunk([delta], usage))
-        if usage:
-            yield event(renderer.usage_chunk())
+                for item in renderer.events(chunk, usage):
+                    yield item
+        await renderer.seal()
+        for tail in renderer.tail(usage):
+            yield tail
     except EngineError as exc:
         call.outcome.failed_mid_stream = True
-        yield event(from_engine_error(exc).body())
+        for failure in renderer.failure(from_engine_error(exc)):
+            yield failure
     except Exception:
         call.outcome.failed_mid_stream = True
         log.exception("stream %s failed", call.request_id)
-        yield event(internal_error(call.request_id).body())
+        for failure in renderer.failure(internal_error(call.request_id)):
+            yield failure
     finally:
         await chunks.aclose()
-    yield DONE
 
 
 async def _prepend(

@@ -92,6 +92,23 @@ class CacheSettings(BaseModel):
     retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
 
 
+class ResponseStoreSettings(BaseModel):
+    """Where `/v1/responses` answers stored with `store: true` live, for
+    `previous_response_id` and `GET /v1/responses/{id}`: this process (`memory`),
+    Redis shared by gateway replicas (`redis`), or nowhere (`none`: stored state is
+    refused with a 400). See gateway/responses/store.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis", "none"] = "memory"
+    ttl_s: float = Field(86400.0, gt=0)
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory backend, all records
+    max_record_bytes: int = Field(8 * 1024 * 1024, gt=0)  # one response and its history
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "switchyard:resp:"
+    timeout_s: float = Field(0.5, gt=0)  # per Redis call; past it, a 503
+
+
 class KeySettings(BaseModel):
     """One API key, by the sha256 of its text (`switchyard hash-key`) or the name of the
     environment variable holding it. `models` lists the model ids and adapter names it
@@ -160,6 +177,7 @@ class Settings(BaseSettings):
     engines: list[EngineSettings] = Field(default_factory=list)
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    responses: ResponseStoreSettings = Field(default_factory=ResponseStoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     max_messages: int = Field(1024, ge=1)
     max_tools: int = Field(128, ge=0)  # tools (or functions) in one request

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines.types import Chunk, FinishReason, TokenLogprob, ToolCallDelta
+from gateway.errors import GatewayError
+from gateway.openai.sse import DONE, event
 
 
 @dataclass(slots=True)
@@ -50,10 +52,13 @@ class Usage:
 
 
 class Renderer:
-    """Turns the chunks of one request into an OpenAI response or stream chunks.
+    """Turns the chunks of one request into an OpenAI response or stream events.
 
     `index` on incoming chunks is already the response-wide choice index. Chunks with
     no text and no finish (the end-of-sequence token) are not shown to clients.
+
+    Whole answers: `add` every chunk, `seal`, `response`. Streams: `head`, `events`
+    per chunk, `seal`, `tail`; or `failure` once the stream broke. Both `count` usage.
     """
 
     object_name: str
@@ -120,6 +125,24 @@ class Renderer:
         if include_usage:
             body["usage"] = None
         return body
+
+    async def seal(self) -> None:
+        """The answer is whole: called once, before `response` or `tail`."""
+
+    def head(self, include_usage: bool) -> list[bytes]:
+        """Events before the first chunk."""
+        return [event(self.chunk(self.opening(), include_usage))]
+
+    def events(self, chunk: Chunk, include_usage: bool) -> list[bytes]:
+        return [event(self.chunk([delta], include_usage)) for delta in self.deltas(chunk)]
+
+    def tail(self, include_usage: bool) -> list[bytes]:
+        """Events after the last chunk."""
+        return [event(self.usage_chunk()), DONE] if include_usage else [DONE]
+
+    def failure(self, error: GatewayError) -> list[bytes]:
+        """Events that end a stream broken after its first event."""
+        return [event(error.body()), DONE]
 
     # Per endpoint:
     def _final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:

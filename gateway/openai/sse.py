@@ -18,6 +18,12 @@ def event(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def typed_event(payload: dict[str, Any]) -> bytes:
+    """An event named by its payload's `type`, as the Responses API streams them."""
+    name: str = payload["type"]
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
 async def wait_for_disconnect(receive: Receive) -> None:
     """Return when the client goes away (the request body must already be read)."""
     while (await receive())["type"] != "http.disconnect":
