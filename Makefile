@@ -81,10 +81,11 @@ bench-overhead: venv bench-venv
 	$(VENV)/bin/switchyard bench overhead
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load
-## (plain chat, then strict json_schema answers and forced tool calls)
+## (plain chat, strict json_schema answers and forced tool calls, then /v1/responses)
 bench-engine: model
 	$(VENV)/bin/switchyard bench engine
 	$(VENV)/bin/switchyard bench engine --shape structured
+	$(VENV)/bin/switchyard bench engine --shape responses
 
 ## bench-adapters: tokens/s over 1, 2 and 4 adapters as ratios to base-only traffic
 bench-adapters: model

@@ -7,10 +7,11 @@ server after the other on this machine, in one run; with
 weighs on both alike, and each side's requests are pooled. Prints
 output tokens/s and TTFT p50/p99 for both and their ratios, and writes
 docs/benchmarks/engine.{json,md}; `--shape structured` (strict json_schema answers and
-forced tool calls, half each) writes engine-structured.{json,md}.
+forced tool calls, half each) writes engine-structured.{json,md}; `--shape responses`
+(the same prompts streamed through /v1/responses on both) engine-responses.{json,md}.
 
     switchyard bench engine [--requests 64] [--concurrency 8] [--max-tokens 64] [--rounds 2]
-                            [--shape plain|structured]
+                            [--shape plain|structured|responses]
 """
 
 from __future__ import annotations
@@ -105,11 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_p50 (ours/vllm, lower is better)": round(ours.ttft_p50_ms / ref.ttft_p50_ms, 3),
         "ttft_p99 (ours/vllm, lower is better)": round(ours.ttft_p99_ms / ref.ttft_p99_ms, 3),
     }
-    structured = load.shape == "structured"
     report = {
-        "benchmark": (
-            "engine path, structured outputs and forced tool calls" if structured else "engine path"
-        ),
+        "benchmark": _TITLES[load.shape],
         "command": f"switchyard bench engine --shape {load.shape}",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -117,10 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         "results": {name: r.row() for name, r in results.items()},
         "ratios": ratios,
     }
-    write_report(
-        args.out, "engine-structured" if structured else "engine", report, _markdown(report)
-    )
+    name = "engine" if load.shape == "plain" else f"engine-{load.shape}"
+    write_report(args.out, name, report, _markdown(report))
     return 0
+
+
+_TITLES = {
+    "plain": "engine path",
+    "structured": "engine path, structured outputs and forced tool calls",
+    "responses": "engine path through the Responses API (/v1/responses, streamed)",
+}
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -52,6 +52,7 @@ SHAPES: dict[str, list[dict[str, Any]]] = {
         },
         {"tools": [_NOTE], "tool_choice": {"type": "function", "function": {"name": "take_note"}}},
     ],
+    "responses": [{}],  # plain prompts through /v1/responses (_one_response)
 }
 # The scripted engine's reply where the gateway itself is measured: 16 tokens.
 SIXTEEN_TOKENS = " ".join(f"w{i}" for i in range(16))
@@ -199,6 +200,36 @@ async def _one(
     return (ttft if ttft is not None else end), end, tokens
 
 
+async def _one_response(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    extra: dict[str, Any],
+) -> tuple[float, float, int]:
+    """`_one` through /v1/responses: the first token is the first text or arguments
+    delta event, the token count the final response's `output_tokens`."""
+    body = {**extra, "model": model, "input": prompt, "max_output_tokens": max_tokens}
+    body |= {"temperature": 0, "stream": True}
+    start = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", url + "/v1/responses", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            kind = event["type"]
+            if ttft is None and kind.endswith(("output_text.delta", "arguments.delta")):
+                ttft = time.perf_counter() - start
+            if kind in ("response.completed", "response.incomplete"):
+                tokens = event["response"]["usage"]["output_tokens"]
+    end = time.perf_counter() - start
+    return (ttft if ttft is not None else end), end, tokens
+
+
 def _visible(delta: dict[str, Any]) -> bool:
     return bool(delta.get("content") or delta.get("tool_calls"))
 
@@ -211,6 +242,7 @@ async def run(
     models = [model] if isinstance(model, str) else model
     distinct = list(dict.fromkeys(models))
     texts = prompts()
+    one = _one_response if load.shape == "responses" else _one
     limits = httpx.Limits(
         max_connections=load.concurrency, max_keepalive_connections=load.concurrency
     )
@@ -218,7 +250,7 @@ async def run(
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         for i in range(max(load.warmup, len(distinct))):
             name = distinct[i % len(distinct)]
-            await _one(client, url, name, texts[i % len(texts)], load.max_tokens, load.extra(i))
+            await one(client, url, name, texts[i % len(texts)], load.max_tokens, load.extra(i))
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(load.requests):
             queue.put_nowait(i)
@@ -233,7 +265,7 @@ async def run(
                 try:
                     model_i = models[i % len(models)]
                     prompt = texts[i % len(texts)]
-                    ttft, e2e, n = await _one(
+                    ttft, e2e, n = await one(
                         client, url, model_i, prompt, load.max_tokens, load.extra(i)
                     )
                 except httpx.HTTPError:

@@ -105,6 +105,12 @@ async def load(url: str) -> int:
                         usage = json.loads(line[6:]).get("usage")
                         if usage:
                             tokens += usage["completion_tokens"]
+        elif i % 4 == 1:  # the Responses API, counted under its own endpoint
+            ask = {"model": body["model"], "input": body["messages"][0]["content"]}
+            ask |= {"max_output_tokens": 12, "temperature": 0}
+            r = await client.post("/v1/responses", json=ask)
+            assert r.status_code == 200, r.text
+            tokens += r.json()["usage"]["output_tokens"]
         else:
             r = await client.post("/v1/chat/completions", json=body)
             assert r.status_code == 200, r.text
@@ -156,6 +162,8 @@ def test_every_dashboard_query_returns_data_and_counts_match(
         timeout=15,
         interval=0.5,
     )
+    by_endpoint = query(prometheus, "sum by (endpoint) (switchyard_requests_total)")
+    assert {r["metric"]["endpoint"] for r in by_endpoint} >= {"chat", "responses"}
     streamed = query(prometheus, 'sum(switchyard_time_to_first_token_seconds_count{stream="true"})')
     assert float(streamed[0]["value"][1]) >= STREAMED
     # ...and every panel of every dashboard has something to draw.

@@ -24,7 +24,8 @@ def test_create_parses_as_the_sdks_response(client: OpenAI) -> None:
     assert response.status == "completed"
     assert response.output_text == HELLO
     (message,) = response.output
-    assert message.type == "message" and message.role == "assistant"
+    assert message.type == "message"
+    assert message.role == "assistant"
     assert response.instructions == "Be brief."
     assert response.usage is not None
     assert response.usage.output_tokens > 0
