@@ -45,7 +45,16 @@ from gateway.metrics import Metrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routes import adapters, chat, completions, health, metrics, models
+from gateway.routes import (
+    adapters,
+    chat,
+    completions,
+    embeddings,
+    health,
+    metrics,
+    models,
+    tokenize,
+)
 from gateway.routes._respond import JSONResponse, openapi_schemas
 from gateway.settings import Settings
 
@@ -93,7 +102,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.metrics = Metrics(engine_set, cache, limiter) if settings.metrics else None
     app.state.started_at = int(time.time())
 
-    for module in (chat, completions, models, adapters, health, metrics):
+    for module in (chat, completions, embeddings, tokenize, models, adapters, health, metrics):
         app.include_router(module.router)
     _document_bodies(app)
 
