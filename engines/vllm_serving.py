@@ -8,8 +8,9 @@ to vLLM's `OpenAIServingChat` / `OpenAIServingCompletion`; embeddings go to its
 chat templates (with `tools`, `chat_template_kwargs`, content parts), structured
 outputs, forced and auto tool calls (vLLM's tool parsers), reasoning parsers, the
 model's generation_config defaults, `echo`, token-id prompts and every sampling extra
-behave exactly as behind `vllm serve`, and so do its validation errors. What comes back is OpenAI JSON: the
-engine reads it with the same reader as a remote vLLM's answer.
+behave exactly as behind `vllm serve`, and so do its validation errors. What comes
+back is OpenAI JSON: the engine reads it with the same reader as a remote vLLM's
+answer.
 
 Failures are vLLM's own verdicts: an `ErrorResponse` or an exception is classified by
 vLLM's `create_error_response` and mapped here by status:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from engines.types import GenerationRequest
-from gateway import pipeline, pooled
+from gateway import pipeline
 from gateway.auth import limits
 from gateway.auth.keys import Principal
 from gateway.auth.limits import Limiter
@@ -97,7 +97,6 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     principal: Principal = request.state.principal
     if not principal.may_use(call.model):
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
-    pooled.serving(engines.resolve(call.model), "generate", call.api)
     _bounded(call, state.settings.max_messages)
     call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
     rate_headers = await admit(state.limiter, principal, state.metrics)

@@ -80,3 +80,34 @@ def test_refused_fields_get_a_400_naming_them(name: str) -> None:
 def test_asking_for_less_is_not_refused() -> None:
     """`mm_payload: "none"` asks vLLM for no multimodal payload: nothing to relay."""
     _convert({"model": "m", "messages": [{"role": "user", "content": "hi"}], "mm_payload": "none"})
+
+
+def test_every_field_of_vllms_embedding_and_tokenizer_requests_is_declared() -> None:
+    from vllm.entrypoints.pooling.embed import protocol as embed
+    from vllm.entrypoints.serve.tokenize import protocol as tokenize
+
+    from gateway.openai import embeddings as ours
+
+    pairs = [
+        (ours.EmbeddingRequest, embed.EmbeddingCompletionRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingChatRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingBatchChatRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingChatInputRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingBatchChatInputRequest),
+        (ours.TokenizeRequest, tokenize.TokenizeCompletionRequest),
+        (ours.TokenizeRequest, tokenize.TokenizeChatRequest),
+        (ours.DetokenizeRequest, tokenize.DetokenizeRequest),
+    ]
+    for mine, theirs in pairs:
+        missing = sorted(set(theirs.model_fields) - set(mine.model_fields))
+        assert not missing, f"{mine.__name__} silently drops vLLM's {missing}"
+    # The union vLLM's /v1/embeddings validates against has no other member.
+    members = {m.__name__ for m in _union_members(embed.EmbeddingRequest)}
+    assert members == {theirs.__name__ for mine, theirs in pairs[:5]}
+
+
+def _union_members(alias: Any) -> list[type[BaseModel]]:
+    from typing import get_args
+
+    union = get_args(alias)[0]  # Annotated[Union[...], validator]
+    return list(get_args(union))
