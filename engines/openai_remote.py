@@ -399,7 +399,8 @@ class Reply:
         payload = self.json
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             param = payload["error"].get("param")
-            return str(param) if param else None
+            # vLLM's server names fields its FastAPI layer refused "body.<field>".
+            return str(param).removeprefix("body.") if param else None
         return None
 
 

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engines.base import Embedder, Engine, Tokenizer
-from engines.errors import EngineUnavailable, UnsupportedEndpoint
+from engines.errors import EngineUnavailable, InvalidGenerationRequest, UnsupportedEndpoint
+from engines.options import blame_body_field
 from engines.tasks import API_NAMES, require
 from engines.types import Adapter, Task
 from gateway.balancer.backend import Backend
@@ -97,7 +98,7 @@ def embed(body: dict[str, Any]) -> Operation:
     async def run(engine: Engine, adapter: Adapter | None) -> dict[str, Any]:
         if not isinstance(engine, Embedder):
             raise _incapable(engine, "embeddings")
-        return await engine.embed(body, adapter)
+        return await _blaming(engine.embed(body, adapter), body)
 
     return run
 
@@ -106,7 +107,7 @@ def tokenize(body: dict[str, Any]) -> Operation:
     async def run(engine: Engine, adapter: Adapter | None) -> dict[str, Any]:
         if not isinstance(engine, Tokenizer):
             raise _incapable(engine, "tokenize")
-        return await engine.tokenize(body, adapter)
+        return await _blaming(engine.tokenize(body, adapter), body)
 
     return run
 
@@ -115,9 +116,18 @@ def detokenize(body: dict[str, Any]) -> Operation:
     async def run(engine: Engine, adapter: Adapter | None) -> dict[str, Any]:
         if not isinstance(engine, Tokenizer):
             raise _incapable(engine, "detokenize")
-        return await engine.detokenize(body, adapter)
+        return await _blaming(engine.detokenize(body, adapter), body)
 
     return run
+
+
+async def _blaming(work: Awaitable[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+    """The engine's answer; a refusal that names no field names the one it speaks of."""
+    try:
+        return await work
+    except InvalidGenerationRequest as exc:
+        blame_body_field(exc, body)
+        raise
 
 
 def _incapable(engine: Engine, endpoint: str) -> UnsupportedEndpoint:

@@ -19,6 +19,10 @@ from gateway.errors import InvalidRequest
 from gateway.openai.schemas import GATEWAY_REFUSED, ChatMessage, TokenId, Tool, _Strict
 
 Conversation = Annotated[list[ChatMessage], Field(min_length=1)]
+# vLLM's values (vllm.utils.serial_utils; tests/gateway/test_vllm_surface.py compares).
+EmbedDType = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+Endianness = Literal["native", "big", "little"]
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]
 
 REFUSED = {
     "request_id": GATEWAY_REFUSED["request_id"],
@@ -54,18 +58,18 @@ class EmbeddingRequest(_Templated):
         | None
     ) = None
     messages: Conversation | list[Conversation] | None = None
-    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] | None = None
+    encoding_format: EncodingFormat | None = None
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
-    # vLLM's extras; the engine's vLLM checks their values.
+    # vLLM's extras.
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
     truncation_side: Literal["left", "right"] | None = None
     padding: Literal["max_length", "do_not_pad"] | None = None
     priority: int | None = None
     cache_salt: str | None = None
     use_activation: bool | None = None
-    embed_dtype: str | None = None
-    endianness: str | None = None
+    embed_dtype: EmbedDType | None = None
+    endianness: Endianness | None = None
     request_id: str | None = None  # refused
 
     @model_validator(mode="after")

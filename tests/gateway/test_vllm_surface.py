@@ -5,7 +5,7 @@ that adds a field, until the field is given a place here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import BaseModel
@@ -101,13 +101,15 @@ def test_every_field_of_vllms_embedding_and_tokenizer_requests_is_declared() -> 
     for mine, theirs in pairs:
         missing = sorted(set(theirs.model_fields) - set(mine.model_fields))
         assert not missing, f"{mine.__name__} silently drops vLLM's {missing}"
+    from vllm.utils import serial_utils
+
+    for name in ("EmbedDType", "Endianness", "EncodingFormat"):
+        assert get_args(getattr(ours, name)) == get_args(getattr(serial_utils, name)), name
     # The union vLLM's /v1/embeddings validates against has no other member.
     members = {m.__name__ for m in _union_members(embed.EmbeddingRequest)}
     assert members == {theirs.__name__ for mine, theirs in pairs[:5]}
 
 
 def _union_members(alias: Any) -> list[type[BaseModel]]:
-    from typing import get_args
-
     union = get_args(alias)[0]  # Annotated[Union[...], validator]
     return list(get_args(union))
