@@ -3,6 +3,8 @@
 EngineError
 ├── InvalidGenerationRequest      the caller asked for something impossible (400)
 │   ├── UnsupportedParameter      a valid OpenAI field this engine cannot honour
+│   ├── UnsupportedEndpoint       an API this model or engine does not serve (chat to
+│   │                             an embedding model, embeddings from TGI)
 │   └── ContextLengthExceeded     prompt + max_tokens do not fit the context
 ├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
 │   │                             the balancer retries elsewhere and counts a failure)
@@ -33,6 +35,18 @@ class UnsupportedParameter(InvalidGenerationRequest):
     def __init__(self, param: str, engine: str, hint: str = "") -> None:
         message = f"'{param}' is not supported by the {engine} engine serving this model."
         super().__init__(f"{message} {hint}".strip(), param, "unsupported_parameter")
+
+
+class UnsupportedEndpoint(InvalidGenerationRequest):
+    """`api` is the API's name as vLLM words it ("Embeddings API"); `why` says what the
+    model or engine serves instead."""
+
+    def __init__(self, model: str, api: str, why: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not support the {api}: {why}.",
+            param="model",
+            code="unsupported_endpoint",
+        )
 
 
 class ContextLengthExceeded(InvalidGenerationRequest):

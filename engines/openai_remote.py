@@ -16,6 +16,11 @@ Upstream failures map onto the engine error tree (engines/errors.py):
     400, 422                              → InvalidGenerationRequest (the client's)
     an error event in the stream          → GenerationFailed
 
+Embeddings, `/tokenize` and `/detokenize` are forwarded as they are (`model` set to
+the upstream's name) and answered whole, with the same failure mapping; `serves`
+says whether the upstream serves generation, embeddings (`vllm serve --runner
+pooling`) or both, and a request for what it does not serve is refused before it is sent.
+
 Adapters go through vLLM's runtime LoRA endpoints (the server needs
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a content-addressed name,
 `name@digest12`: two gateways sharing a server agree on it, and a changed adapter
@@ -58,6 +63,7 @@ from engines.openai_wire import (
     sse_data,
 )
 from engines.options import blame_field
+from engines.tasks import require
 from engines.types import (
     LORA_TARGETS,
     Adapter,
@@ -66,6 +72,7 @@ from engines.types import (
     EngineStats,
     GenerationRequest,
     Health,
+    Task,
 )
 
 _JSON = {"Content-Type": "application/json"}
@@ -86,6 +93,7 @@ class OpenAIRemoteConfig:
     max_loras: int = 1
     max_lora_rank: int = 16
     lora_target_modules: tuple[str, ...] = tuple(sorted(LORA_TARGETS))
+    serves: tuple[Task, ...] = ("generate",)  # ("embed",) for `vllm serve --runner pooling`
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -98,6 +106,7 @@ class OpenAIRemoteEngine:
         self.model_id = model_id
         self.config = config
         self.root = config.url.rstrip("/").removesuffix("/v1")
+        self.serves: frozenset[Task] = frozenset(config.serves)
         self.adapter_support = (
             AdapterSupport(
                 max_rank=config.max_lora_rank,
@@ -194,6 +203,8 @@ class OpenAIRemoteEngine:
     # -- generation ------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        endpoint = "chat" if request.is_chat else "completions"
+        require(self.model_id, self.serves, "generate", endpoint)
         path, body, reader = self.prepare(request)
         self._running += 1
         try:
@@ -221,15 +232,47 @@ class OpenAIRemoteEngine:
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""
-        model = (
-            upstream_name(request.adapter)
-            if request.adapter is not None
-            else self.config.upstream_model or self.model_id
-        )
+        model = self.upstream_model(request.adapter)
         return *openai_body(request, model), EventReader(chat=request.is_chat)
+
+    def upstream_model(self, adapter: Adapter | None) -> str:
+        if adapter is not None:
+            return upstream_name(adapter)
+        return self.config.upstream_model or self.model_id
+
+    # -- embeddings and tokens ---------------------------------------------------------
+
+    async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        require(self.model_id, self.serves, "embed", "embeddings")
+        return await self._forward("/v1/embeddings", body, adapter, "data")
+
+    async def tokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        return await self._forward("/tokenize", body, adapter, "tokens")
+
+    async def detokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        return await self._forward("/detokenize", body, adapter, "prompt")
+
+    async def _forward(
+        self, path: str, body: Mapping[str, Any], adapter: Adapter | None, expect: str
+    ) -> dict[str, Any]:
+        """POST `body` under the upstream's model name; the answer must carry `expect`."""
+        named = {**body, "model": self.upstream_model(adapter)}
+        self._running += 1
+        try:
+            return await self.post_json(path, named, expect)
+        finally:
+            self._running -= 1
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` for a whole (non-streamed) answer, within total_timeout_s."""
+        payload = await self.post_json(path, body, "choices")
+        if not isinstance(payload["choices"], list):
+            raise EngineUnavailable(f"{self.root} sent a malformed answer: {str(payload)[:200]!r}")
+        return payload
+
+    async def post_json(self, path: str, body: dict[str, Any], expect: str) -> dict[str, Any]:
+        """POST `body` within total_timeout_s; the answer is a JSON object with a field
+        `expect`, else the upstream is broken (EngineUnavailable)."""
         try:
             async with asyncio.timeout(self.config.total_timeout_s):
                 async with self._http().post(
@@ -247,7 +290,7 @@ class OpenAIRemoteEngine:
         if reply.status >= 400:
             raise status_error(reply, self.root)
         payload = reply.json
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        if not isinstance(payload, dict) or payload.get(expect) is None:
             raise EngineUnavailable(f"{self.root} sent a malformed answer: {reply.text[:200]!r}")
         return payload
 
@@ -356,7 +399,8 @@ class Reply:
         payload = self.json
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             param = payload["error"].get("param")
-            return str(param) if param else None
+            # vLLM's server names fields its FastAPI layer refused "body.<field>".
+            return str(param).removeprefix("body.") if param else None
         return None
 
 

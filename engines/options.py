@@ -13,7 +13,8 @@ A field set to its neutral value (the value that changes nothing, e.g. `echo: fa
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from engines.errors import InvalidGenerationRequest, UnsupportedParameter
@@ -159,3 +160,17 @@ def blame_field(error: InvalidGenerationRequest, request: GenerationRequest) -> 
         error.param = "response_format"
     elif "tools" in request.options:
         error.param = "tools"
+
+
+def blame_body_field(error: InvalidGenerationRequest, body: Mapping[str, Any]) -> None:
+    """Name the faulty field of a refusal of a JSON body (embeddings, tokenize) that
+    names none but speaks of one the client set: vLLM words some so ("... (received
+    dimensions=32)", "Chat template is passed with request ...")."""
+    if error.param is not None:
+        return
+    if "chat template" in error.message.lower() and "chat_template" in body:
+        error.param = "chat_template"
+        return
+    named = [key for key in body if re.search(rf"\b{re.escape(key)}\b", error.message)]
+    if len(named) == 1:
+        error.param = named[0]

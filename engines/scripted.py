@@ -8,14 +8,24 @@ Output: `reply` split into word-sized tokens, or, when `reply` is None, the last
 message (or the prompt) echoed back. With temperature > 0 the words are shuffled by a
 generator seeded from `seed` and the choice index, so a fixed seed repeats itself.
 A request on an adapter starts its reply with the word `[adapter-name]`.
+
+With `serves: [embed]` it is an embedding model: each input's vector (of
+`embedding_size` floats, unit length) comes from the sha256 of the input, so equal
+inputs give equal vectors and different ones differ; `dimensions` keeps the first
+ones. Its tokenizer is byte-level: a text's token ids are its UTF-8 bytes.
 """
 
 from __future__ import annotations
 
+import array
+import base64
+import hashlib
+import math
 import random
 import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 
@@ -27,6 +37,7 @@ from engines.errors import (
     UnsupportedParameter,
 )
 from engines.options import refuse_non_text, refuse_unhonoured
+from engines.tasks import require
 from engines.types import (
     Adapter,
     AdapterSupport,
@@ -35,6 +46,7 @@ from engines.types import (
     FinishReason,
     GenerationRequest,
     Health,
+    Task,
     TokenLogprob,
 )
 
@@ -56,6 +68,8 @@ class ScriptedConfig:
     unsupported: tuple[str, ...] = ()
     max_lora_rank: int = 16
     max_loras: int = 4
+    serves: tuple[Task, ...] = ("generate",)
+    embedding_size: int = 8
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -72,6 +86,7 @@ class ScriptedEngine:
         self.generations = 0  # started, past validation
         self._started = False
         self._versions: dict[int, Adapter] = {}  # by engine_id
+        self.serves: frozenset[Task] = frozenset(config.serves)
         self.adapter_support = AdapterSupport(
             max_rank=config.max_lora_rank,
             max_loaded=config.max_loras,
@@ -102,8 +117,10 @@ class ScriptedEngine:
         self._started = False
 
     def _check(self, request: GenerationRequest) -> list[str]:
-        if not self._started:
-            raise EngineUnavailable(f"engine {self.name!r} is not started")
+        self._ready()
+        require(
+            self.model_id, self.serves, "generate", "chat" if request.is_chat else "completions"
+        )
         for param in self.config.unsupported:
             if _is_set(request, param):
                 raise UnsupportedParameter(param, "scripted")
@@ -120,6 +137,58 @@ class ScriptedEngine:
                 param="messages" if request.is_chat else "prompt",
             )
         return prompt_tokens
+
+    def _ready(self) -> None:
+        if not self._started:
+            raise EngineUnavailable(f"engine {self.name!r} is not started")
+
+    # -- embeddings and tokens ---------------------------------------------------------
+
+    async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        self._ready()
+        require(self.model_id, self.serves, "embed", "embeddings")
+        inputs = _embedding_inputs(body)
+        size = self.config.embedding_size
+        dimensions = body.get("dimensions")
+        if dimensions is not None and not 1 <= dimensions <= size:
+            raise InvalidGenerationRequest(
+                f"dimensions must be between 1 and {size} for this model.", param="dimensions"
+            )
+        self.generations += 1
+        data = []
+        for index, text in enumerate(inputs):
+            vector = _vector(text, size)[: dimensions or size]
+            embedding: list[float] | str = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(array.array("f", vector).tobytes()).decode()
+            data.append({"index": index, "object": "embedding", "embedding": embedding})
+        tokens = sum(len(text.encode()) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "model": self.model_id, "data": data, "usage": usage}
+
+    async def tokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        self._ready()
+        messages = body.get("messages")
+        text = _conversation(messages) if messages is not None else str(body.get("prompt", ""))
+        tokens = list(text.encode())
+        answer: dict[str, Any] = {
+            "count": len(tokens),
+            "max_model_len": self.config.max_model_len,
+            "tokens": tokens,
+            "token_strs": None,
+        }
+        if body.get("return_token_strs"):
+            answer["token_strs"] = [chr(t) for t in tokens]
+        return answer
+
+    async def detokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        self._ready()
+        tokens = body.get("tokens") or []
+        if any(not 0 <= t < 256 for t in tokens):
+            raise InvalidGenerationRequest(
+                "Token ids of the scripted engine are bytes (0-255).", param="tokens"
+            )
+        return {"prompt": bytes(tokens).decode("utf-8", "replace")}
 
     def _reply(self, request: GenerationRequest, index: int) -> list[str]:
         """The reply's words; an adapter shows itself as a leading `[name]` word."""
@@ -206,6 +275,33 @@ def _text(request: GenerationRequest) -> str:
     if request.is_chat:
         return "".join(f"{m.role}: {m.text()}\n" for m in request.messages)
     return " ".join(str(token) for token in request.prompt)
+
+
+def _conversation(messages: Any) -> str:
+    return "".join(f"{m.get('role')}: {m.get('content')}\n" for m in messages)
+
+
+def _embedding_inputs(body: Mapping[str, Any]) -> list[str]:
+    """Each input of an embeddings body as text: a string, token ids, a conversation."""
+    value = body.get("messages", body.get("input"))
+    if isinstance(value, str) or (value and not isinstance(value[0], str | list)):
+        value = [value]  # one text, one list of token ids or one conversation
+    return [_as_text(item) for item in value or ()]
+
+
+def _as_text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if item and isinstance(item[0], dict):
+        return _conversation(item)
+    return " ".join(map(str, item))
+
+
+def _vector(text: str, size: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(size)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
 
 
 def _is_set(request: GenerationRequest, param: str) -> bool:

@@ -49,6 +49,10 @@ both become "tool_calls". TGI reports failures after the headers as stream event
 become InvalidGenerationRequest and "Model is overloaded" EngineOverloaded, as the same
 failures do when TGI answers them with a status.
 
+TGI serves text generation only: embeddings (TGI has no pooling; Hugging Face's TEI
+is another server) and `/tokenize`, `/detokenize` (TGI's own `/tokenize` speaks
+another shape, and it has no detokenize) are refused with a 400 naming the model.
+
 LoRA adapters are those TGI was launched with (`LORA_ADAPTERS=...`), selected per
 request by `adapter_id` (completions) or by `model` (Messages API; TGI reads any model
 but "tgi" as an adapter id); loading an adapter here makes the gateway route to it, it
@@ -70,11 +74,14 @@ from engines.errors import (
     EngineOverloaded,
     GenerationFailed,
     InvalidGenerationRequest,
+    UnsupportedEndpoint,
     UnsupportedParameter,
 )
 from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
 from engines.openai_wire import EventReader, Reader, finish_reason, openai_body
 from engines.options import is_set, refuse_unhonoured
+from engines.registry import EngineConfigError
+from engines.tasks import API_NAMES
 from engines.types import Adapter, Chunk, GenerationRequest, Message, TokenLogprob
 
 ENGINE = "TGI"
@@ -114,10 +121,29 @@ CHAT_CORE = frozenset(
     }
 )
 NO_PARAMETERS = {"type": "object", "properties": {}}
+_NO_TOKENIZE = "TGI, which serves it, has no vLLM-style /tokenize and /detokenize"
 
 
 class TGIEngine(OpenAIRemoteEngine):
     Config = OpenAIRemoteConfig
+
+    def __init__(self, name: str, model_id: str, config: OpenAIRemoteConfig) -> None:
+        if set(config.serves) != {"generate"}:
+            raise EngineConfigError(
+                f"engine {name!r} (tgi): serves must be [generate]; TGI has no embeddings"
+            )
+        super().__init__(name, model_id, config)
+
+    async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        raise UnsupportedEndpoint(
+            self.model_id, API_NAMES["embeddings"], "TGI, which serves it, has no embeddings"
+        )
+
+    async def tokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        raise UnsupportedEndpoint(self.model_id, API_NAMES["tokenize"], _NO_TOKENIZE)
+
+    async def detokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        raise UnsupportedEndpoint(self.model_id, API_NAMES["detokenize"], _NO_TOKENIZE)
 
     async def load_adapter(self, adapter: Adapter) -> None:
         self._versions[adapter.engine_id] = adapter

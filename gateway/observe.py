@@ -1,8 +1,9 @@
-"""The end of every generation request: its metrics and its access-log line.
+"""The end of every model request (generation, embeddings, tokenize): its metrics and
+its access-log line, written by `record` for every endpoint alike.
 
 The access log is one JSON object per request on the `switchyard.access` logger:
-request id, model, adapter, backend, cache result, status, TTFT, tokens, duration.
-Prompt text is never logged unless `log_prompts` is on.
+request id, endpoint, model, adapter, backend, cache result, status, TTFT, tokens,
+duration. Prompt text is never logged unless `log_prompts` is on.
 """
 
 from __future__ import annotations
@@ -16,11 +17,69 @@ import orjson
 from engines.errors import EngineError
 from gateway.errors import GatewayError, from_engine_error
 from gateway.metrics import Metrics, Observation
-from gateway.pipeline import Call
+from gateway.pipeline import Call, Outcome
 
 access = logging.getLogger("switchyard.access")
 
 DISCONNECTED = 499
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How one request ended, as metrics and the access log label it."""
+
+    request_id: str
+    endpoint: str  # "chat", "completions", "embeddings", "tokenize", ...
+    status: int
+    stream: bool
+    key: str | None  # the API key's label
+    outcome: Outcome
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status a request failing with `exc` is answered with."""
+    if isinstance(exc, GatewayError):
+        return exc.status
+    if isinstance(exc, EngineError):
+        return from_engine_error(exc).status
+    return 500
+
+
+def record(
+    observation: Observation | None,
+    end: Finished,
+    prompt_tokens: int,
+    completion_tokens: int = 0,
+    prompts: list[str] | None = None,
+) -> None:
+    """Record one finished request: its metrics (if on) and its access-log line (if
+    on); `prompts` are logged only when given (`log_prompts`)."""
+    outcome = end.outcome
+    facts: dict[str, object] = {}
+    if observation is not None:
+        facts = observation.finish(
+            end.status, outcome, prompt_tokens, completion_tokens, end.key, end.endpoint
+        )
+    if not access.isEnabledFor(logging.INFO):
+        return
+    line: dict[str, object] = {
+        "request_id": end.request_id,
+        "endpoint": end.endpoint,
+        "key": end.key,
+        "model": outcome.base,
+        "adapter": outcome.adapter,
+        "backend": outcome.backend,
+        "attempts": outcome.attempts,
+        "stream": end.stream,
+        "cache": outcome.cache,
+        "status": end.status,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        **facts,
+    }
+    if prompts is not None:
+        line["prompt"] = prompts
+    access.info(orjson.dumps(line).decode())
 
 
 @dataclass(slots=True)
@@ -44,47 +103,19 @@ class Recorder:
         return cls(call, observation, stream, log_prompts)
 
     def failed(self, exc: BaseException) -> None:
-        if isinstance(exc, GatewayError):
-            status = exc.status
-        elif isinstance(exc, EngineError):
-            status = from_engine_error(exc).status
-        else:
-            status = 500
-        self.finish(status)
+        self.finish(status_of(exc))
 
     def finish(self, status: int) -> None:
-        outcome = self.call.outcome
-        usage = self.call.renderer.usage
-        facts: dict[str, object] = {}
-        if self.observation is not None:
-            facts = self.observation.finish(
-                status,
-                outcome,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                self.key,
-                self.call.api,
-            )
-        if not access.isEnabledFor(logging.INFO):
-            return
-        line: dict[str, object] = {
-            "request_id": self.call.request_id,
-            "endpoint": self.call.api,
-            "key": self.key,
-            "model": outcome.base,
-            "adapter": outcome.adapter,
-            "backend": outcome.backend,
-            "attempts": outcome.attempts,
-            "stream": self.stream,
-            "cache": outcome.cache,
-            "status": status,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            **facts,
-        }
-        if self.log_prompts:
-            line["prompt"] = [str(r.prompt) for r in self.call.requests]
-        access.info(orjson.dumps(line).decode())
+        call = self.call
+        usage = call.renderer.usage
+        prompts = [str(r.prompt) for r in call.requests] if self.log_prompts else None
+        record(
+            self.observation,
+            Finished(call.request_id, call.api, status, self.stream, self.key, call.outcome),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            prompts,
+        )
 
     async def settle(self) -> None:
         """Charge the tokens used to the key's limit, once."""

@@ -180,6 +180,7 @@ class Settings(BaseSettings):
     responses: ResponseStoreSettings = Field(default_factory=ResponseStoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     max_messages: int = Field(1024, ge=1)
+    max_embedding_inputs: int = Field(2048, ge=1)  # texts, token lists or conversations
     max_tools: int = Field(128, ge=0)  # tools (or functions) in one request
     max_schema_bytes: int = Field(64 * 1024, gt=0)  # one tool's parameters, a response schema
     cors_origins: list[str] = Field(default_factory=list)  # none: CORS off

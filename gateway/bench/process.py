@@ -113,3 +113,17 @@ def answers(url: str, model: str, headers: dict[str, str] | None = None) -> Call
         return False
 
     return probe
+
+
+def embeds(url: str, model: str, headers: dict[str, str] | None = None) -> Callable[[], bool]:
+    """A readiness probe for embedding servers: one embedding succeeds."""
+    import httpx
+
+    def probe() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            body = {"model": model, "input": "hi"}
+            r = httpx.post(url + "/v1/embeddings", json=body, headers=headers, timeout=30)
+            return r.status_code == 200
+        return False
+
+    return probe

@@ -1,5 +1,7 @@
 """One real vLLM engine (the CPU build on the demo model) for the whole session,
-behind a live gateway on loopback, its response cache on a real redis-server."""
+behind a live gateway on loopback, its response cache on a real redis-server; and,
+for the embedding tests, the same model on vLLM's pooling runner, in-process and
+behind `vllm serve`."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from openai import OpenAI
 
 from engines.vllm_local import VLLMEngine
 from gateway.app import create_app
-from gateway.bench.process import answers, server_process, vllm_server_command
+from gateway.bench.process import answers, embeds, server_process, vllm_server_command
 from gateway.settings import AdapterSettings, CacheSettings, EngineSettings, Settings
 from tests.redis_server import RedisServer
 from tests.servers import free_port, serve, wait_until
 from tests.settings import NO_AUTH
 
 MODEL_ID = "smollm2-135m-instruct"
+EMBED_ID = "smollm2-135m-embed"  # the same model on vLLM's pooling runner
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 TOOL_TEMPLATE = ADAPTERS.parent / "configs" / "chat-templates" / "smollm2-tools.jinja"
 
@@ -118,6 +121,57 @@ def remote_gateway(vllm_server: VLLMServer) -> Iterator[str]:
         kind="openai_remote",
         model_id=MODEL_ID,
         options={"url": vllm_server.url},
+    )
+    app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
+    (model,) = app.state.engines.models
+    (backend,) = model.pool.backends
+    with serve(app) as url:
+        assert wait_until(lambda: backend.state == "ready", timeout=60), backend.error
+        yield url
+
+
+# The demo model pooled for embeddings (vLLM's `runner: pooling`; a causal LM is
+# converted to an embedding model: last-token pooling, normalized).
+EMBED_OPTIONS = {"max_model_len": 2048, "enforce_eager": True, "cpu_kvcache_space_gib": 1}
+
+
+@pytest.fixture(scope="session")
+def embed_gateway(demo_model: Path) -> Iterator[str]:
+    """A gateway whose one engine is the in-process vLLM pooling runner."""
+    options = {"model": str(demo_model), "runner": "pooling", **EMBED_OPTIONS}
+    engine = EngineSettings(name="local-embed", kind="vllm", model_id=EMBED_ID, options=options)
+    app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
+    (model,) = app.state.engines.models
+    (backend,) = model.pool.backends
+    with serve(app) as url:
+        wait_until(lambda: backend.state != "loading", timeout=600, interval=0.5)
+        assert backend.state == "ready", backend.error
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_embed_server(
+    demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """`vllm serve --runner pooling` of the demo model, flags matching `embed_gateway`."""
+    port = free_port()
+    flags = ["--max-model-len", "2048", "--runner", "pooling", "--disable-log-stats"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path_factory.mktemp("vllm-serve-embed") / "vllm.log"
+    url = f"http://127.0.0.1:{port}"
+    command = vllm_server_command(demo_model, EMBED_ID, port, *flags)
+    with server_process(command, embeds(url, EMBED_ID), log, env):
+        yield VLLMServer(url, log)
+
+
+@pytest.fixture(scope="session")
+def remote_embed_gateway(vllm_embed_server: VLLMServer) -> Iterator[str]:
+    """A gateway whose one engine is `openai_remote` in front of `vllm_embed_server`."""
+    engine = EngineSettings(
+        name="remote-embed",
+        kind="openai_remote",
+        model_id=EMBED_ID,
+        options={"url": vllm_embed_server.url, "serves": ["embed"]},
     )
     app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
     (model,) = app.state.engines.models

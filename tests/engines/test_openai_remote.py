@@ -16,6 +16,7 @@ from engines.errors import (
     EngineUnreachable,
     GenerationFailed,
     InvalidGenerationRequest,
+    UnsupportedEndpoint,
 )
 from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
 from engines.scripted import ScriptedConfig, ScriptedEngine
@@ -168,3 +169,45 @@ async def test_closing_the_stream_aborts_the_upstream_request() -> None:
                 await asyncio.sleep(0.05)
             assert engine.aborted == 1
             assert engine.running == 0
+
+
+@pytest.fixture(scope="module")
+def embed_url() -> Iterator[str]:
+    """An upstream that serves embeddings only (as `vllm serve --runner pooling`)."""
+    with upstream(serves=("embed",), embedding_size=4) as url:
+        yield url
+
+
+async def test_embeddings_and_tokens_are_forwarded_under_the_upstream_name(
+    embed_url: str,
+) -> None:
+    async with remote(embed_url, serves=("embed",)) as engine:
+        answer = await engine.embed({"input": ["a", "b"], "encoding_format": "base64"}, None)
+        assert answer["model"] == "up-model"  # the upstream's name; the gateway renames it
+        assert [d["index"] for d in answer["data"]] == [0, 1]
+        assert all(isinstance(d["embedding"], str) for d in answer["data"])
+        assert answer["usage"]["prompt_tokens"] == 2
+        tokens = await engine.tokenize({"prompt": "hi"}, None)
+        assert tokens["tokens"] == [104, 105]
+        assert await engine.detokenize({"tokens": [104, 105]}, None) == {"prompt": "hi"}
+
+
+async def test_upstream_refusals_and_what_it_does_not_serve(embed_url: str) -> None:
+    async with remote(embed_url, serves=("embed",)) as engine:
+        with pytest.raises(InvalidGenerationRequest) as refused:
+            await engine.embed({"input": "a", "dimensions": 99}, None)
+        assert refused.value.param == "dimensions"
+        with pytest.raises(UnsupportedEndpoint, match="Chat Completions API"):
+            await collect(engine, GenerationRequest("r", CHAT))
+    async with remote(embed_url) as engine:  # configured as a generating upstream
+        with pytest.raises(UnsupportedEndpoint, match="Embeddings API"):
+            await engine.embed({"input": "a"}, None)
+
+
+async def test_a_malformed_embeddings_answer_is_unavailable(echo_url: str) -> None:
+    """An upstream answering without `data` is broken, not the client's fault."""
+    async with remote(echo_url, serves=("embed",)) as engine:
+        with pytest.raises(InvalidGenerationRequest, match="Embeddings API"):
+            await engine.embed({"input": "a"}, None)  # the upstream refuses: generates only
+        with pytest.raises(EngineUnavailable, match="malformed"):
+            await engine.post_json("/tokenize", {"prompt": "a", "model": "up-model"}, "data")

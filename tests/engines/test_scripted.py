@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.errors import ContextLengthExceeded, EngineUnavailable
+from engines.errors import ContextLengthExceeded, EngineUnavailable, UnsupportedEndpoint
 from engines.scripted import ScriptedConfig, ScriptedEngine
 from engines.types import Chunk, GenerationRequest, Message
 
@@ -50,3 +50,20 @@ async def test_refuses_before_start_and_past_context() -> None:
     with pytest.raises(ContextLengthExceeded) as exc:
         [c async for c in engine.generate(request)]
     assert exc.value.param == "messages"
+
+
+async def test_an_embedding_model_embeds_and_generates_nothing() -> None:
+    engine = ScriptedEngine("s", "m", ScriptedConfig(serves=("embed",), embedding_size=4))
+    await engine.start()
+    answer = await engine.embed({"input": ["x", "y", "x"]}, None)
+    x, y, again = (d["embedding"] for d in answer["data"])
+    assert len(x) == 4
+    assert x == again != y
+    assert abs(sum(v * v for v in x) - 1) < 1e-9
+    with pytest.raises(UnsupportedEndpoint, match="'m' does not support the Chat Completions"):
+        [c async for c in engine.generate(GenerationRequest("r", (Message("user", "hi"),)))]
+    chatty = ScriptedEngine("s", "m", ScriptedConfig())
+    await chatty.start()
+    with pytest.raises(UnsupportedEndpoint, match="Embeddings API"):
+        await chatty.embed({"input": "x"}, None)
+    assert (await chatty.tokenize({"prompt": "ab"}, None))["tokens"] == [97, 98]

@@ -15,9 +15,11 @@ from engines.errors import (
     EngineOverloaded,
     GenerationFailed,
     InvalidGenerationRequest,
+    UnsupportedEndpoint,
     UnsupportedParameter,
 )
 from engines.openai_remote import OpenAIRemoteConfig
+from engines.registry import EngineConfigError
 from engines.tgi import TGIEngine
 from engines.types import Adapter, Chunk, GenerationRequest, Message
 from gateway.app import create_app
@@ -532,3 +534,18 @@ async def test_whole_chat_answer_without_streaming(
     assert text(chunks) == "x y z"
     assert finishes(chunks) == ["stop"]
     assert (sum(c.token_count for c in chunks), max(c.prompt_tokens for c in chunks)) == (4, 3)
+
+
+async def test_tgi_serves_no_embeddings_nor_tokenizer(tgi: TGIEngine) -> None:
+    for call, api in (
+        (tgi.embed({"input": "a"}, None), "Embeddings API"),
+        (tgi.tokenize({"prompt": "a"}, None), "Tokenize API"),
+        (tgi.detokenize({"tokens": [1]}, None), "Detokenize API"),
+    ):
+        with pytest.raises(UnsupportedEndpoint) as refused:
+            await call
+        assert api in refused.value.message
+        assert "TGI" in refused.value.message
+        assert refused.value.param == "model"
+    with pytest.raises(EngineConfigError, match="TGI has no embeddings"):
+        TGIEngine("tgi", "m", OpenAIRemoteConfig(url="http://127.0.0.1:1", serves=("embed",)))

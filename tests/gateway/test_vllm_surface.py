@@ -5,7 +5,7 @@ that adds a field, until the field is given a place here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import BaseModel
@@ -80,3 +80,36 @@ def test_refused_fields_get_a_400_naming_them(name: str) -> None:
 def test_asking_for_less_is_not_refused() -> None:
     """`mm_payload: "none"` asks vLLM for no multimodal payload: nothing to relay."""
     _convert({"model": "m", "messages": [{"role": "user", "content": "hi"}], "mm_payload": "none"})
+
+
+def test_every_field_of_vllms_embedding_and_tokenizer_requests_is_declared() -> None:
+    from vllm.entrypoints.pooling.embed import protocol as embed
+    from vllm.entrypoints.serve.tokenize import protocol as tokenize
+
+    from gateway.openai import embeddings as ours
+
+    pairs = [
+        (ours.EmbeddingRequest, embed.EmbeddingCompletionRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingChatRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingBatchChatRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingChatInputRequest),
+        (ours.EmbeddingRequest, embed.EmbeddingBatchChatInputRequest),
+        (ours.TokenizeRequest, tokenize.TokenizeCompletionRequest),
+        (ours.TokenizeRequest, tokenize.TokenizeChatRequest),
+        (ours.DetokenizeRequest, tokenize.DetokenizeRequest),
+    ]
+    for mine, theirs in pairs:
+        missing = sorted(set(theirs.model_fields) - set(mine.model_fields))
+        assert not missing, f"{mine.__name__} silently drops vLLM's {missing}"
+    from vllm.utils import serial_utils
+
+    for name in ("EmbedDType", "Endianness", "EncodingFormat"):
+        assert get_args(getattr(ours, name)) == get_args(getattr(serial_utils, name)), name
+    # The union vLLM's /v1/embeddings validates against has no other member.
+    members = {m.__name__ for m in _union_members(embed.EmbeddingRequest)}
+    assert members == {theirs.__name__ for mine, theirs in pairs[:5]}
+
+
+def _union_members(alias: Any) -> list[type[BaseModel]]:
+    union = get_args(alias)[0]  # Annotated[Union[...], validator]
+    return list(get_args(union))

@@ -1,0 +1,72 @@
+"""What the embeddings and tokenizer routes do after validating their body: the same
+checks as generation routes (the key may use the model, its rate limits), then one
+engine call through the pool (gateway/pooled.py), its metrics and access-log line
+(gateway/observe.py), and the answer naming the model as the client did."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.responses import Response
+
+from engines.types import Task
+from gateway import pooled
+from gateway.auth.keys import Principal
+from gateway.engine_set import EngineSet
+from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.observe import Finished, record, status_of
+from gateway.pipeline import Outcome
+from gateway.routes._respond import JSONResponse, admit, cancel_on_disconnect, request_id
+
+
+async def answer(
+    request: Request,
+    model: str | None,
+    endpoint: str,
+    operation: pooled.Operation,
+    task: Task | None = None,
+) -> Response:
+    """Run `operation` for `model` (which must serve `task`, if given) and answer its
+    JSON; `endpoint` labels metrics and logs ("embeddings", "tokenize", ...)."""
+    state = request.app.state
+    engines: EngineSet = state.engines
+    principal: Principal = request.state.principal
+    name = model if model is not None else _only_model(engines, principal)
+    if not principal.may_use(name):
+        raise ModelNotFound(name)  # the same answer as for a model that is not here
+    rate_headers = await admit(state.limiter, principal, state.metrics)
+    observation = state.metrics.start(stream=False) if state.metrics is not None else None
+    outcome = Outcome()
+
+    def finish(status: int, tokens: int = 0) -> None:
+        end = Finished(request_id(request), endpoint, status, False, principal.label, outcome)
+        record(observation, end, tokens)
+
+    try:
+        route = engines.resolve(name)
+        if task is not None:
+            pooled.serving(route, task, endpoint)
+        body = await cancel_on_disconnect(request.receive, pooled.call(route, operation, outcome))
+    except Exception as exc:
+        finish(status_of(exc))
+        raise
+    usage = body.get("usage")
+    tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+    finish(200, tokens)
+    if principal.tpm is not None and state.limiter is not None and tokens:
+        await state.limiter.charge(principal, tokens)
+    if "model" in body:
+        body["model"] = name
+    headers = {**rate_headers, "x-switchyard-backend": outcome.backend or ""}
+    return JSONResponse(body, headers=headers)
+
+
+def _only_model(engines: EngineSet, principal: Principal) -> str:
+    """vLLM's server takes a body without `model` (it serves one); so does a gateway
+    serving this key one model. Otherwise the model must be named."""
+    visible = [m.id for m in engines.models if principal.may_use(m.id)]
+    if len(visible) == 1:
+        return visible[0]
+    raise InvalidRequest(
+        "Missing required parameter: 'model'. GET /v1/models lists the models served here.",
+        param="model",
+    )
