@@ -104,6 +104,8 @@ def test_the_sdk_gets_vectors(url: str) -> None:
 def test_embeddings_from_a_chat_model_and_the_reverse_are_400s(url: str) -> None:
     error = assert_error(embed(url, model=CHAT, input="hi"), 400, "model")
     assert f"'{CHAT}'" in error["message"]
+    metrics = httpx.get(url + "/metrics").text  # counted under the model asked for
+    assert f'endpoint="embeddings",model="{CHAT}",status="400"' in metrics
     assert "Embeddings API" in error["message"]
     assert error["code"] == "unsupported_endpoint"
     chat = httpx.post(url + "/v1/chat/completions", json={"model": EMBED, "messages": MSG})
