@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types clients-venv bench-engine bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
+.PHONY: serve test system-deps check venv model adapters format lint types clients-venv bench-engine bench-embeddings bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -72,7 +72,7 @@ bench-artifacts: artifacts
 bench-venv:
 	@scripts/setup-bench-venv.sh
 
-## bench: the side-by-side suite (overhead vs LiteLLM, engine path, routing, cache) -> docs/benchmarks/
+## bench: the side-by-side suite (overhead vs LiteLLM, engine path, embeddings, routing, cache) -> docs/benchmarks/
 bench: model system-deps bench-venv
 	$(VENV)/bin/switchyard bench suite
 
@@ -86,6 +86,11 @@ bench-engine: model
 	$(VENV)/bin/switchyard bench engine
 	$(VENV)/bin/switchyard bench engine --shape structured
 	$(VENV)/bin/switchyard bench engine --shape responses
+
+## bench-embeddings: /v1/embeddings requests/s (batches of 32 short texts), the in-process
+## engine's pooling runner vs `vllm serve --runner pooling`, same model and load
+bench-embeddings: model
+	$(VENV)/bin/switchyard bench embeddings
 
 ## bench-adapters: tokens/s over 1, 2 and 4 adapters as ratios to base-only traffic
 bench-adapters: model

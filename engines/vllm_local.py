@@ -33,6 +33,7 @@ from engines.errors import (
     InvalidGenerationRequest,
 )
 from engines.openai_wire import EventReader, read_events, response_chunks
+from engines.registry import EngineConfigError
 from engines.tasks import EMBED, GENERATE
 from engines.types import (
     LORA_TARGETS,
@@ -120,7 +121,7 @@ class VLLMEngine:
         if not serves:
             await anyio.to_thread.run_sync(llm.shutdown)
             self._llm = None
-            raise EngineUnavailable(
+            raise EngineConfigError(
                 f"engine {self.name!r}: vLLM serves {', '.join(tasks) or 'nothing'} for "
                 "this model, neither text generation nor embeddings"
             )

@@ -183,18 +183,27 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
     return models
 
 
+_CHAT_EXAMPLE = (
+    '{"model": "MODEL", "messages": [{"role": "user", "content": '
+    '"What is the capital of France?"}]}'
+)
+_EMBED_EXAMPLE = ("/v1/embeddings", '{"model": "MODEL", "input": ["The sky is blue."]}')
+
+
 async def _run_engines(engine_set: EngineSet, settings: Settings) -> None:
     await engine_set.start_all()
     for model in engine_set.models:
-        if model.pool.state() == "ready":
-            log.info(
-                "ready: curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json'"
-                ' -d \'{"model": "%s", "messages": [{"role": "user", "content": '
-                '"What is the capital of France?"}]}\'',
-                settings.host,
-                settings.port,
-                model.id,
-            )
+        if model.pool.state() != "ready":
+            continue
+        generates = all("generate" in b.engine.serves for b in model.pool.backends)
+        path, body = ("/v1/chat/completions", _CHAT_EXAMPLE) if generates else _EMBED_EXAMPLE
+        log.info(
+            "ready: curl http://%s:%d%s -H 'Content-Type: application/json' -d '%s'",
+            settings.host,
+            settings.port,
+            path,
+            body.replace("MODEL", model.id),
+        )
     await engine_set.prober.run()
 
 

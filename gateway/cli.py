@@ -25,8 +25,8 @@ from gateway.settings import EngineSettings, SettingsFileError, load_settings
 
 # `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
 BENCHMARKS = [
-    "engine", "adapters", "routing", "http-clients", "metrics", "cache", "auth", "artifacts",
-    "overhead", "suite",
+    "engine", "embeddings", "adapters", "routing", "http-clients", "metrics", "cache", "auth",
+    "artifacts", "overhead", "suite",
 ]  # fmt: skip
 
 

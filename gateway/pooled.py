@@ -46,14 +46,22 @@ def serving(route: Route, task: Task, endpoint: str) -> None:
     require(route.pool.model_id, serves or frozenset(), task, endpoint)
 
 
-async def call(route: Route, operation: Operation, outcome: Outcome) -> dict[str, Any]:
+async def call(
+    route: Route,
+    operation: Operation,
+    outcome: Outcome,
+    need: tuple[Task, str] | None = None,
+) -> dict[str, Any]:
     """`operation` on one backend of the route's pool, retried elsewhere while it
-    fails with EngineUnavailable; `outcome` says where it ran."""
+    fails with EngineUnavailable; `outcome` says where it ran. `need` is the task the
+    pool must serve and the endpoint asking for it (`serving`)."""
     pool = route.pool
     record = route.adapter
     adapter = record.adapter if record is not None else None
     outcome.base = pool.model_id
     outcome.adapter = adapter.name if adapter is not None else None
+    if need is not None:
+        serving(route, *need)
     key = RouteKey(outcome.adapter)
     placed = record.placed if record is not None else None
     tried: list[Backend] = []

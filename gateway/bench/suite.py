@@ -2,8 +2,9 @@
 
 (a) overhead: Switchyard and LiteLLM's proxy in front of one fast upstream;
 (b) engine path: in-process vLLM behind Switchyard vs vLLM's own server;
-(c) routing: adapter_affinity vs round_robin on two vLLM replicas;
-(d) cache: hit vs miss (memory and Redis).
+(c) embeddings: the same for /v1/embeddings (vLLM's pooling runner);
+(d) routing: adapter_affinity vs round_robin on two vLLM replicas;
+(e) cache: hit vs miss (memory and Redis).
 Each writes its own docs/benchmarks/NAME.{json,md}; this then writes suite.md (every
 ratio with its goal) and suite.png. `--only overhead,cache` runs a subset; the
 summary always reads the latest JSON of each.
@@ -23,7 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "benchmarks"
-SUITE = ("overhead", "engine", "routing", "cache")
+SUITE = ("overhead", "engine", "embeddings", "routing", "cache")
 QUICK = {"overhead": ["--requests", "150", "--streams", "20", "--per-level", "300"]}
 
 
@@ -116,6 +117,10 @@ def summary() -> list[dict[str, Any]]:
     if engine:
         value = engine["ratios"]["throughput (ours/vllm, higher is better)"]
         add("engine", "tokens/s vs vllm serve", value, "≥ 1.0", value >= 1.0)
+    embeddings = _load("embeddings")
+    if embeddings:
+        value = embeddings["ratios"]["requests/s (ours/vllm, higher is better)"]
+        add("embeddings", "requests/s vs vllm serve", value, "≥ 1.0", value >= 1.0)
     routing = _load("routing")
     if routing:
         value = routing["ratios"]["throughput (affinity/round_robin, higher is better)"]

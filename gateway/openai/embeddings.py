@@ -86,7 +86,8 @@ class EmbeddingRequest(_Templated):
         return list(value or ())
 
     def conversations(self) -> list[list[ChatMessage]]:
-        return [i for i in self.inputs() if isinstance(i, list) and i and _is_message(i[0])]
+        items = self.inputs()
+        return [i for i in items if isinstance(i, list) and i and isinstance(i[0], ChatMessage)]
 
 
 class TokenizeRequest(_Templated):
@@ -161,7 +162,3 @@ def _bounded(conversation: list[ChatMessage], limit: int, param: str) -> None:
             f"{len(conversation)} messages is more than this gateway takes ({limit}).",
             param=param,
         )
-
-
-def _is_message(value: Any) -> bool:
-    return isinstance(value, ChatMessage)

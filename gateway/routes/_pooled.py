@@ -43,9 +43,9 @@ async def answer(
 
     try:
         route = engines.resolve(name)
-        if task is not None:
-            pooled.serving(route, task, endpoint)
-        body = await cancel_on_disconnect(request.receive, pooled.call(route, operation, outcome))
+        need = (task, endpoint) if task is not None else None
+        work = pooled.call(route, operation, outcome, need)
+        body = await cancel_on_disconnect(request.receive, work)
     except Exception as exc:
         finish(status_of(exc))
         raise

@@ -173,8 +173,15 @@ async def test_closing_the_stream_aborts_the_upstream_request() -> None:
 
 @pytest.fixture(scope="module")
 def embed_url() -> Iterator[str]:
-    """An upstream that serves embeddings only (as `vllm serve --runner pooling`)."""
-    with upstream(serves=("embed",), embedding_size=4) as url:
+    """An upstream whose `up-model` serves embeddings only (as `vllm serve --runner
+    pooling`), beside another model: a body must name its model there."""
+    engines = [
+        ScriptedEngine("up", "up-model", ScriptedConfig(serves=("embed",), embedding_size=4)),
+        ScriptedEngine("other", "other-model", ScriptedConfig()),
+    ]
+    app = create_app(Settings(auth=NO_AUTH), engines=engines)
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
         yield url
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth.keys import digest
-from gateway.settings import AuthSettings, KeySettings
+from gateway.settings import AuthSettings, EngineSettings, KeySettings
 from tests.gateway.conftest import scripted, settings
 from tests.gateway.test_errors import assert_error
 from tests.servers import serve, wait_until
@@ -104,6 +104,8 @@ def test_the_sdk_gets_vectors(url: str) -> None:
 def test_embeddings_from_a_chat_model_and_the_reverse_are_400s(url: str) -> None:
     error = assert_error(embed(url, model=CHAT, input="hi"), 400, "model")
     assert f"'{CHAT}'" in error["message"]
+    metrics = httpx.get(url + "/metrics").text  # counted under the model asked for
+    assert f'endpoint="embeddings",model="{CHAT}",status="400"' in metrics
     assert "Embeddings API" in error["message"]
     assert error["code"] == "unsupported_endpoint"
     chat = httpx.post(url + "/v1/chat/completions", json={"model": EMBED, "messages": MSG})
@@ -225,3 +227,24 @@ def test_keys_limits_metrics_and_access_log(caplog: pytest.LogCaptureFixture) ->
     assert 'endpoint="tokenize"' in metrics
     lines = [r.getMessage() for r in caplog.records if r.name == "switchyard.access"]
     assert any('"endpoint":"embeddings"' in line and '"prompt_tokens":3' in line for line in lines)
+
+
+def test_through_a_remote_engine_the_answer_names_the_clients_model() -> None:
+    """openai_remote in front of another gateway whose model has another name: the
+    body goes out under the upstream's name, the answer comes back under ours."""
+    upstream = create_app(settings(), engines=[scripted("up-embed", serves=("embed",))])
+    with serve(upstream) as up:
+        assert wait_until(lambda: upstream.state.engines.ready, timeout=10)
+        options = {"url": up, "upstream_model": "up-embed", "serves": ["embed"]}
+        engine = EngineSettings(name="r", kind="openai_remote", model_id="ours", options=options)
+        front = create_app(settings(engines=[engine]))
+        with serve(front) as url:
+            assert wait_until(lambda: front.state.engines.ready, timeout=10)
+            r = httpx.post(url + "/v1/embeddings", json={"model": "ours", "input": "a"})
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == "ours"
+            assert vectors(r) == vectors(embed(up, model="up-embed", input="a"))
+            tokens = httpx.post(url + "/tokenize", json={"model": "ours", "prompt": "ab"})
+            assert tokens.json()["tokens"] == [97, 98]
+            chat = httpx.post(url + "/v1/chat/completions", json={"model": "ours", "messages": MSG})
+            assert "Chat Completions API" in assert_error(chat, 400, "model")["message"]

@@ -90,3 +90,13 @@ async def test_an_engine_without_the_capability_is_a_400() -> None:
         with pytest.raises(UnsupportedEndpoint) as refused:
             await pooled.call(where, operation, Outcome())
         assert api in refused.value.message
+
+
+async def test_a_backend_that_failed_is_not_tried_again() -> None:
+    down = Down("down", "m", scripted(serves=("embed",)).config)
+    where = await route(down)
+    outcome = Outcome()
+    with pytest.raises(EngineUnavailable, match="upstream down"):
+        await pooled.call(where, pooled.embed({"input": "a"}), outcome)
+    assert outcome.attempts == 1
+    assert where.pool.backends[0].in_flight == 0
