@@ -253,17 +253,7 @@ async def _balanced(
     tried: list[Backend] = []
     last: EngineUnavailable | None = None
     while True:
-        waiting = time.perf_counter()
-        try:
-            backend = await pool.acquire(key, tried, placed)
-        except ServiceUnavailable:
-            if last is not None:
-                raise last from None
-            raise
-        finally:
-            outcome.queue_wait_s += time.perf_counter() - waiting
-        outcome.backend = backend.name
-        outcome.attempts += 1
+        backend = await acquire(pool, key, tried, placed, outcome, last)
         failure: BaseException | None = None
         sent = False
         try:
@@ -291,6 +281,30 @@ async def _balanced(
             raise
         finally:
             pool.release(backend, key.adapter, failure)
+
+
+async def acquire(
+    pool: Pool,
+    key: RouteKey,
+    tried: list[Backend],
+    placed: Collection[str] | None,
+    outcome: Outcome,
+    last: EngineUnavailable | None,
+) -> Backend:
+    """A backend of `pool` not yet `tried`, its wait and the attempt counted in
+    `outcome`; when none is left after a failure, that failure (`last`) is raised."""
+    waiting = time.perf_counter()
+    try:
+        backend = await pool.acquire(key, tried, placed)
+    except ServiceUnavailable:
+        if last is not None:
+            raise last from None
+        raise
+    finally:
+        outcome.queue_wait_s += time.perf_counter() - waiting
+    outcome.backend = backend.name
+    outcome.attempts += 1
+    return backend
 
 
 async def _watched(

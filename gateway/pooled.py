@@ -18,7 +18,6 @@ Nothing here knows about FastAPI: the routes hand in plain data.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,8 +29,7 @@ from engines.types import Adapter, Task
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey
 from gateway.engine_set import Route
-from gateway.errors import ServiceUnavailable
-from gateway.pipeline import Outcome
+from gateway.pipeline import Outcome, acquire
 
 log = logging.getLogger("switchyard")
 
@@ -70,17 +68,7 @@ async def call(
         record.acquire()
     try:
         while True:
-            waiting = time.perf_counter()
-            try:
-                backend = await pool.acquire(key, tried, placed)
-            except ServiceUnavailable:
-                if last is not None:
-                    raise last from None
-                raise
-            finally:
-                outcome.queue_wait_s += time.perf_counter() - waiting
-            outcome.backend = backend.name
-            outcome.attempts += 1
+            backend = await acquire(pool, key, tried, placed, outcome, last)
             failure: BaseException | None = None
             try:
                 return await operation(backend.engine, adapter)

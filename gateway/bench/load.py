@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,21 +183,7 @@ async def _one(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    start = time.perf_counter()
-    ttft = None
-    tokens = 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and any(_visible(c["delta"]) for c in chunk["choices"]):
-                ttft = time.perf_counter() - start
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    end = time.perf_counter() - start
-    return (ttft if ttft is not None else end), end, tokens
+    return await _timed(client, url + "/v1/chat/completions", body, _chat_event)
 
 
 async def _one_response(
@@ -212,22 +198,45 @@ async def _one_response(
     delta event, the token count the final response's `output_tokens`."""
     body = {**extra, "model": model, "input": prompt, "max_output_tokens": max_tokens}
     body |= {"temperature": 0, "stream": True}
+    return await _timed(client, url + "/v1/responses", body, _response_event)
+
+
+async def _timed(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    read: Callable[[dict[str, Any]], tuple[bool, int | None]],
+) -> tuple[float, float, int]:
+    """(TTFT, end to end, output tokens) of one streamed request; `read` says of each
+    event whether it carries output and the output token count it reports, if any."""
     start = time.perf_counter()
     ttft = None
     tokens = 0
-    async with client.stream("POST", url + "/v1/responses", json=body) as r:
+    async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if not line.startswith("data: "):
+            if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            event = json.loads(line[6:])
-            kind = event["type"]
-            if ttft is None and kind.endswith(("output_text.delta", "arguments.delta")):
+            visible, count = read(json.loads(line[6:]))
+            if ttft is None and visible:
                 ttft = time.perf_counter() - start
-            if kind in ("response.completed", "response.incomplete"):
-                tokens = event["response"]["usage"]["output_tokens"]
+            if count is not None:
+                tokens = count
     end = time.perf_counter() - start
     return (ttft if ttft is not None else end), end, tokens
+
+
+def _chat_event(chunk: dict[str, Any]) -> tuple[bool, int | None]:
+    usage = chunk.get("usage")
+    visible = any(_visible(c["delta"]) for c in chunk["choices"])
+    return visible, usage["completion_tokens"] if usage else None
+
+
+def _response_event(event: dict[str, Any]) -> tuple[bool, int | None]:
+    kind = event["type"]
+    done = kind in ("response.completed", "response.incomplete")
+    visible = kind.endswith(("output_text.delta", "arguments.delta"))
+    return visible, event["response"]["usage"]["output_tokens"] if done else None
 
 
 def _visible(delta: dict[str, Any]) -> bool:
