@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 
 from gateway.bench.engine import machine
-from gateway.bench.load import alternating, percentile, prompts
+from gateway.bench.load import percentile, prompts
 from gateway.bench.process import (
     embeds,
     gateway_command,
-    server_process,
+    serve_in_turns,
     vllm_server_command,
     write_report,
 )
@@ -155,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         "switchyard (in-process vLLM, pooling)": gateway_command(gateway, args.port, work),
         "vllm serve --runner pooling": vllm_server_command(args.model, MODEL_ID, args.port, *flags),
     }
-    samples: dict[str, list[Sample]] = {name: [] for name in contenders}
-    for round_, name in alternating(list(contenders), args.rounds):
-        log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
-        with server_process(contenders[name], embeds(url, MODEL_ID), log, env):
-            samples[name].append(asyncio.run(run(url, load)))
+    samples = serve_in_turns(
+        contenders,
+        args.rounds,
+        embeds(url, MODEL_ID),
+        env,
+        work,
+        lambda: asyncio.run(run(url, load)),
+    )
     results = {name: summarize(runs, load) for name, runs in samples.items()}
     ours, ref = results.values()
     report = {

@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.load import SHAPES, Load, Sample, alternating, results_table, run, summarize
+from gateway.bench.load import SHAPES, Load, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
-    server_process,
+    serve_in_turns,
     vllm_server_command,
     write_report,
 )
@@ -94,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         "switchyard (in-process vLLM)": gateway_command(gateway, args.port, work),
         "vllm serve (OpenAI server)": vllm_server_command(args.model, MODEL_ID, args.port, *flags),
     }
-    samples: dict[str, list[Sample]] = {name: [] for name in contenders}
-    for round_, name in alternating(list(contenders), args.rounds):
-        log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
-        with server_process(contenders[name], answers(url, MODEL_ID), log, env):
-            samples[name].append(asyncio.run(run(url, MODEL_ID, load)))
+    samples = serve_in_turns(
+        contenders,
+        args.rounds,
+        answers(url, MODEL_ID),
+        env,
+        work,
+        lambda: asyncio.run(run(url, MODEL_ID, load)),
+    )
     results = {name: summarize(runs) for name, runs in samples.items()}
     ours, ref = results.values()
     ratios = {

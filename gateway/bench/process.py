@@ -11,9 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+from gateway.bench.load import alternating
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -47,6 +51,25 @@ def server_process(
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def serve_in_turns(
+    contenders: dict[str, list[str]],
+    rounds: int,
+    ready: Callable[[], bool],
+    env: dict[str, str],
+    work: Path,
+    measure: Callable[[], T],
+) -> dict[str, list[T]]:
+    """Each contender's server command started for each of its `rounds`, in
+    alternating order (A B, B A, ...), `measure()` taken while it serves; the
+    measurements per contender. Logs go to `work`."""
+    samples: dict[str, list[T]] = {name: [] for name in contenders}
+    for round_, name in alternating(list(contenders), rounds):
+        log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
+        with server_process(contenders[name], ready, log, env):
+            samples[name].append(measure())
+    return samples
 
 
 def gateway_command(

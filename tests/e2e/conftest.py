@@ -5,11 +5,13 @@ behind `vllm serve`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -26,6 +28,7 @@ MODEL_ID = "smollm2-135m-instruct"
 EMBED_ID = "smollm2-135m-embed"  # the same model on vLLM's pooling runner
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 TOOL_TEMPLATE = ADAPTERS.parent / "configs" / "chat-templates" / "smollm2-tools.jinja"
+Probe = Callable[[str, str], Callable[[], bool]]  # (url, model) -> "does it answer?"
 
 
 @dataclass
@@ -100,28 +103,38 @@ class VLLMServer:
 def vllm_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """One `vllm serve` for the session: the same model, LoRA slots, context length,
     chat template and tool parser as the in-process engine."""
-    port = free_port()
     flags = ["--max-model-len", "2048", "--enable-lora", "--max-loras", "2"]
-    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "6", "--disable-log-stats"]
+    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "6"]
     flags += ["--chat-template", str(TOOL_TEMPLATE)]
     flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     log = tmp_path_factory.mktemp("vllm-serve") / "vllm.log"
+    with _vllm_serve(demo_model, MODEL_ID, flags, answers, log) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _vllm_serve(
+    model: Path, served: str, flags: list[str], probe: Probe, log: Path
+) -> Iterator[VLLMServer]:
+    """`vllm serve` on a free loopback port until `probe(url, served)` says it answers."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = vllm_server_command(demo_model, MODEL_ID, port, *flags)
-    with server_process(command, answers(url, MODEL_ID), log, env):
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    command = vllm_server_command(model, served, port, *flags, "--disable-log-stats")
+    with server_process(command, probe(url, served), log, env):
         yield VLLMServer(url, log)
 
 
 @pytest.fixture(scope="session")
 def remote_gateway(vllm_server: VLLMServer) -> Iterator[str]:
     """A gateway whose one engine is `openai_remote` in front of `vllm_server`."""
-    engine = EngineSettings(
-        name="remote",
-        kind="openai_remote",
-        model_id=MODEL_ID,
-        options={"url": vllm_server.url},
-    )
+    with _remote("remote", MODEL_ID, {"url": vllm_server.url}) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _remote(name: str, model_id: str, options: dict[str, Any]) -> Iterator[str]:
+    engine = EngineSettings(name=name, kind="openai_remote", model_id=model_id, options=options)
     app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
     (model,) = app.state.engines.models
     (backend,) = model.pool.backends
@@ -154,28 +167,15 @@ def vllm_embed_server(
     demo_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
     """`vllm serve --runner pooling` of the demo model, flags matching `embed_gateway`."""
-    port = free_port()
-    flags = ["--max-model-len", "2048", "--runner", "pooling", "--disable-log-stats"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    flags = ["--max-model-len", "2048", "--runner", "pooling"]
     log = tmp_path_factory.mktemp("vllm-serve-embed") / "vllm.log"
-    url = f"http://127.0.0.1:{port}"
-    command = vllm_server_command(demo_model, EMBED_ID, port, *flags)
-    with server_process(command, embeds(url, EMBED_ID), log, env):
-        yield VLLMServer(url, log)
+    with _vllm_serve(demo_model, EMBED_ID, flags, embeds, log) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def remote_embed_gateway(vllm_embed_server: VLLMServer) -> Iterator[str]:
     """A gateway whose one engine is `openai_remote` in front of `vllm_embed_server`."""
-    engine = EngineSettings(
-        name="remote-embed",
-        kind="openai_remote",
-        model_id=EMBED_ID,
-        options={"url": vllm_embed_server.url, "serves": ["embed"]},
-    )
-    app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
-    (model,) = app.state.engines.models
-    (backend,) = model.pool.backends
-    with serve(app) as url:
-        assert wait_until(lambda: backend.state == "ready", timeout=60), backend.error
+    options = {"url": vllm_embed_server.url, "serves": ["embed"]}
+    with _remote("remote-embed", EMBED_ID, options) as url:
         yield url
