@@ -317,11 +317,25 @@ async def _watched(
             yield item
 
 
+async def _to_the_end(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    """The engine's chunks for `request`. An answer that stops before each of its
+    choices has a finish_reason was cut (an upstream that closed early, or answered
+    something other than OpenAI's stream): the backend failed, as if it had said so."""
+    unfinished = set(range(request.n))
+    async with contextlib.aclosing(engine.generate(request)) as stream:
+        async for chunk in stream:
+            if chunk.finish_reason is not None:
+                unfinished.discard(chunk.index)
+            yield chunk
+    if unfinished:
+        raise EngineUnavailable("the engine's answer ended before it finished; it was cut")
+
+
 async def _generate(
     engine: Engine, requests: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     if len(requests) == 1:
-        async with contextlib.aclosing(engine.generate(requests[0])) as stream:
+        async with contextlib.aclosing(_to_the_end(engine, requests[0])) as stream:
             async for chunk in stream:
                 yield 0, chunk
         return
@@ -329,7 +343,7 @@ async def _generate(
 
     async def pump(slot: int, request: GenerationRequest) -> None:
         try:
-            async with contextlib.aclosing(engine.generate(request)) as stream:
+            async with contextlib.aclosing(_to_the_end(engine, request)) as stream:
                 async for chunk in stream:
                     await queue.put((slot, _shift(chunk, slot * request.n)))
         except Exception as exc:
