@@ -23,7 +23,8 @@ class Breaker:
     `threshold` consecutive failures, or one connect failure, open it for
     `base_s * 2**(ejections - 1)` seconds (at most `max_s`). Then it is half-open:
     one trial request at a time; success closes it and forgets past ejections, failure
-    opens it again for twice as long."""
+    opens it again for twice as long, and a trial that ends without a verdict on the
+    backend (`blames_backend`) frees the slot for the next one."""
 
     threshold: int = 3
     base_s: float = 5.0
@@ -48,6 +49,9 @@ class Breaker:
 
     def succeeded(self) -> None:
         self.reset()
+
+    def released(self) -> None:
+        self.trial = False
 
     def failed(self, now: float, *, at_once: bool = False) -> None:
         state = self.state(now)
@@ -115,9 +119,11 @@ class Backend:
                 del self.by_adapter[adapter]
         if failure is None:
             self.breaker.succeeded()
-        elif isinstance(failure, EngineUnavailable) and not isinstance(failure, EngineOverloaded):
+        elif blames_backend(failure):
             at_once = isinstance(failure, EngineUnreachable)
             self.breaker.failed(time.monotonic(), at_once=at_once)
+        else:
+            self.breaker.released()
 
     def describe(self, now: float) -> dict[str, object]:
         return {
@@ -128,3 +134,13 @@ class Backend:
             "in_flight": self.in_flight,
             **({"error": self.error} if self.error else {}),
         }
+
+
+def blames_backend(failure: BaseException) -> bool:
+    """Whether a request's failure is a verdict on its backend: down, timed out or
+    broken (EngineUnavailable). Not one: the client's own mistake (400) or departure
+    (cancellation); a 429 (the backend is up, only busy); a generation that broke once
+    running (GenerationFailed: the backend took the request and answered, and the cause
+    may be that request alone; a backend broken for every request fails with
+    EngineUnavailable, and its probes)."""
+    return isinstance(failure, EngineUnavailable) and not isinstance(failure, EngineOverloaded)
