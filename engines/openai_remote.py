@@ -10,6 +10,8 @@ Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
     429                                   → EngineOverloaded   (retried elsewhere)
+    404 naming an adapter loaded there    → AdapterMissing     (it restarted: retried
+                                                                elsewhere, restored)
     424 (TGI's generation error)          → GenerationFailed
     401/403/404/408/5xx, timeouts, a cut  → EngineUnavailable  (retried while nothing
     stream, a malformed event                                   reached the client)
@@ -24,7 +26,14 @@ pooling`) or both, and a request for what it does not serve is refused before it
 Adapters go through vLLM's runtime LoRA endpoints (the server needs
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a content-addressed name,
 `name@digest12`: two gateways sharing a server agree on it, and a changed adapter
-never reuses the old version's name.
+never reuses the old version's name. A server that restarts comes back without them;
+while it holds adapters from here, `health()` also reads its `/v1/models` (a small
+listing every OpenAI-compatible server has, that vLLM fills with its runtime-loaded
+adapters) and reports a new `Health.instance` once one of them is missing there, so
+the gateway loads them again. Neither vLLM's `/health` nor its `/v1/models` says
+anything that names the process, and its `/metrics` is large and, in its
+multiprocess mode, has no `process_start_time_seconds`: the adapters' absence is the
+one signal that is both cheap and about what a restart loses.
 
 aiohttp rather than httpx: streaming the same completions from the same upstream,
 httpx spent 14x the client CPU per request at concurrency 64 (`switchyard bench
@@ -45,6 +54,7 @@ import aiohttp
 import orjson
 
 from engines.errors import (
+    AdapterMissing,
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
@@ -119,6 +129,7 @@ class OpenAIRemoteEngine:
         self._session: aiohttp.ClientSession | None = None
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self._running = 0
+        self._restarts = 0  # times the upstream was found without adapters loaded there
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -156,11 +167,27 @@ class OpenAIRemoteEngine:
         try:
             async with self._http().get(self.root + self.config.health_path) as response:
                 status = response.status
+            if status == 200 and await self.lost_adapters():
+                self._restarts += 1
         except (aiohttp.ClientError, TimeoutError, EngineUnavailable) as exc:
             return Health(ok=False, detail=describe(exc))
         if status != 200:
             return Health(ok=False, detail=f"{self.config.health_path} answered {status}")
-        return Health(ok=True)
+        return Health(ok=True, instance=str(self._restarts))
+
+    async def lost_adapters(self) -> bool:
+        """Whether the upstream no longer lists an adapter loaded there from here (it
+        restarted). Asks only while there are some; a listing it cannot give says no."""
+        loaded = {upstream_name(adapter) for adapter in self._versions.values()}
+        if not loaded:
+            return False
+        async with self._http().get(self.root + "/v1/models") as response:
+            listing = Reply(response.status, await response.read())
+        payload = listing.json if listing.status == 200 else None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            return False
+        listed = {card.get("id") for card in payload["data"] if isinstance(card, dict)}
+        return not loaded <= listed
 
     def stats(self) -> EngineStats:
         return EngineStats(running=self._running, unfinished=self._running)
@@ -288,7 +315,7 @@ class OpenAIRemoteEngine:
         except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
         if reply.status >= 400:
-            raise status_error(reply, self.root)
+            raise self.refusal(reply, body)
         payload = reply.json
         if not isinstance(payload, dict) or payload.get(expect) is None:
             raise EngineUnavailable(f"{self.root} sent a malformed answer: {reply.text[:200]!r}")
@@ -314,7 +341,7 @@ class OpenAIRemoteEngine:
             raise transport_error(exc, self.root) from None
         try:
             if response.status >= 400:
-                raise status_error(Reply(response.status, await response.read()), self.root)
+                raise self.refusal(Reply(response.status, await response.read()), body)
             async with contextlib.aclosing(sse_data(response.content)) as events:
                 first = True
                 while True:
@@ -347,6 +374,14 @@ class OpenAIRemoteEngine:
                 response.release()
             else:
                 response.close()
+
+    def refusal(self, reply: Reply, body: Mapping[str, Any]) -> EngineError:
+        """The upstream's error status as an engine error (`status_error`); a 404 for
+        an adapter loaded there from here says the upstream lost it: it restarted."""
+        model = body.get("model")
+        if reply.status == 404 and any(upstream_name(a) == model for a in self._versions.values()):
+            return AdapterMissing(f"{self.root} lost adapter {model!r}: {reply.message}")
+        return status_error(reply, self.root)
 
     def _timeout(self, exc: TimeoutError) -> EngineError:
         if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connect or read

@@ -75,6 +75,23 @@ def stop(engine: ScriptedEngine) -> None:
     asyncio.run(engine.aclose())
 
 
+def restart(engine: ScriptedEngine) -> None:
+    """Stop a scripted engine and start it again at once, as a replica that restarts
+    between two probes (never seen down): it comes back without its adapters."""
+
+    async def again() -> None:
+        await engine.aclose()
+        await engine.start()
+
+    asyncio.run(again())
+
+
+def load_adapter(url: str, root: Path, name: str = "a1") -> None:
+    make_adapter(root / name, base=MODEL)
+    r = httpx.post(url + "/v1/adapters", json={"name": name, "path": name})
+    assert r.status_code == 200, r.text
+
+
 def test_round_robin_spreads_evenly() -> None:
     with gateway(pool(3), policy="round_robin") as (url, _):
         assert backends_of(url, 9) == {"b0": 3, "b1": 3, "b2": 3}
@@ -160,3 +177,28 @@ def test_adapters_are_loaded_on_every_replica(tmp_path: Path) -> None:
             assert sum(seen.values()) == 6
             assert client.delete("/v1/adapters/a1").status_code == 200
             assert all(not e.adapters for e in engines)
+
+
+def test_a_replica_restarted_between_probes_gets_its_adapters_back(tmp_path: Path) -> None:
+    engines = pool(2)
+    with gateway(engines, adapter_root=tmp_path, policy="round_robin") as (url, _):
+        load_adapter(url, tmp_path)
+        restart(engines[0])
+        assert not engines[0].adapters
+        assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
+        assert backends_of(url, 4, model="a1") == {"b0": 2, "b1": 2}
+
+
+def test_an_adapter_a_replica_lost_is_retried_elsewhere_and_put_back(tmp_path: Path) -> None:
+    """A replica that lost an adapter (vLLM's 404; here the engine drops it behind the
+    gateway's back, and reports no restart) is not ejected for it: the request goes
+    to another replica, and the next probe loads the adapter there again."""
+    engines = pool(2)
+    with gateway(engines, adapter_root=tmp_path, policy="round_robin") as (url, app):
+        load_adapter(url, tmp_path)
+        (lost,) = engines[0].adapters.values()
+        asyncio.run(engines[0].unload_adapter(lost))
+        assert sum(backends_of(url, 4, model="a1").values()) == 4  # every one answered
+        backend = app.state.engines.models[0].pool.backends[0]
+        assert backend.breaker.failures == 0
+        assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
