@@ -2,7 +2,10 @@
 
 One `aiohttp.ClientSession` per upstream, with a keep-alive pool and four explicit
 timeouts: connect; first token (request sent → first streamed event, which covers the
-upstream's own queue); idle (between events); total. Every generation streams from the
+upstream's own queue and the prefill, with or without headers sent); idle (between
+events, from the first on); total (a stream, and every whole answer or admin call).
+aiohttp's own read timeout stays off: it would run from the request on, and cut a
+first event that comes later than the idle timeout. Every generation streams from the
 upstream (`stream: true` with usage) whatever the client asked, so TTFT, disconnects
 and retries work the same way as in-process.
 
@@ -46,9 +49,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
@@ -86,6 +89,8 @@ from engines.types import (
 )
 
 _JSON = {"Content-Type": "application/json"}
+T = TypeVar("T")
+Limit = Literal["first_token_timeout_s", "idle_timeout_s", "total_timeout_s"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,6 @@ class OpenAIRemoteEngine:
                 total=None,
                 connect=config.first_token_timeout_s,  # waiting for a pooled connection
                 sock_connect=config.connect_timeout_s,
-                sock_read=config.idle_timeout_s,
             ),
         )
 
@@ -219,13 +223,13 @@ class OpenAIRemoteEngine:
             await self._admin("/v1/unload_lora_adapter", {"lora_name": upstream_name(adapter)})
 
     async def _admin(self, path: str, body: dict[str, Any]) -> Reply:
-        try:
-            async with self._http().post(
-                self.root + path, data=orjson.dumps(body), headers=_JSON
-            ) as response:
-                return Reply(response.status, await response.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.root) from None
+        return await self._within(self._post(path, body), "total_timeout_s")
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Reply:
+        async with self._http().post(
+            self.root + path, data=orjson.dumps(body), headers=_JSON
+        ) as response:
+            return Reply(response.status, await response.read())
 
     # -- generation ------------------------------------------------------------------
 
@@ -300,20 +304,7 @@ class OpenAIRemoteEngine:
     async def post_json(self, path: str, body: dict[str, Any], expect: str) -> dict[str, Any]:
         """POST `body` within total_timeout_s; the answer is a JSON object with a field
         `expect`, else the upstream is broken (EngineUnavailable)."""
-        try:
-            async with asyncio.timeout(self.config.total_timeout_s):
-                async with self._http().post(
-                    self.root + path, data=orjson.dumps(body), headers=_JSON
-                ) as response:
-                    reply = Reply(response.status, await response.read())
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ClientError):
-                raise transport_error(exc, self.root) from None
-            raise EngineUnavailable(
-                f"{self.root} did not answer within total_timeout_s={self.config.total_timeout_s}"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(exc, self.root) from None
+        reply = await self._within(self._post(path, body), "total_timeout_s")
         if reply.status >= 400:
             raise self.refusal(reply, body)
         payload = reply.json
@@ -326,42 +317,28 @@ class OpenAIRemoteEngine:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST `body` and yield the JSON of each SSE `data:` event until `[DONE]`,
         with the timeouts applied and failures mapped onto the engine errors."""
-        session = self._http()
         config = self.config
-        first_deadline = asyncio.get_running_loop().time() + config.first_token_timeout_s
+        first = asyncio.get_running_loop().time() + config.first_token_timeout_s
         deadline = time.monotonic() + config.total_timeout_s
-        try:
-            async with asyncio.timeout_at(first_deadline):
-                response = await session.post(
-                    self.root + path, data=orjson.dumps(body), headers=_JSON
-                )
-        except TimeoutError as exc:
-            raise self._timeout(exc) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(exc, self.root) from None
+        post = self._http().post(self.root + path, data=orjson.dumps(body), headers=_JSON)
+        response = await self._within(post, "first_token_timeout_s", first)
         try:
             if response.status >= 400:
-                raise self.refusal(Reply(response.status, await response.read()), body)
+                content = await self._within(response.read(), "first_token_timeout_s", first)
+                raise self.refusal(Reply(response.status, content), body)
             async with contextlib.aclosing(sse_data(response.content)) as events:
-                first = True
+                limit: Limit = "first_token_timeout_s"
+                until: float | None = first
                 while True:
                     try:
-                        if first:
-                            async with asyncio.timeout_at(first_deadline):
-                                payload = await anext(events)
-                            first = False
-                        else:
-                            payload = await anext(events)
+                        payload = await self._within(anext(events), limit, until)
                     except StopAsyncIteration:
                         # Read the end of the body so the connection can be reused.
-                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                            await response.content.read()
+                        with contextlib.suppress(EngineError):
+                            await self._within(response.content.read(), "idle_timeout_s")
                         return
-                    except TimeoutError as exc:
-                        raise self._timeout(exc) from None
-                    except aiohttp.ClientError as exc:
-                        raise transport_error(exc, self.root) from None
                     yield payload
+                    limit, until = "idle_timeout_s", None
                     if time.monotonic() > deadline:
                         raise EngineUnavailable(
                             f"{self.root} did not finish within total_timeout_s="
@@ -383,13 +360,22 @@ class OpenAIRemoteEngine:
             return AdapterMissing(f"{self.root} lost adapter {model!r}: {reply.message}")
         return status_error(reply, self.root)
 
-    def _timeout(self, exc: TimeoutError) -> EngineError:
-        if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connect or read
-            return transport_error(exc, self.root)
-        return EngineUnavailable(
-            f"{self.root} sent nothing within first_token_timeout_s="
-            f"{self.config.first_token_timeout_s}"
-        )
+    async def _within(self, step: Awaitable[T], limit: Limit, until: float | None = None) -> T:
+        """`step` by `until` (loop time), or else within the `limit` setting's seconds
+        from now; running out, or the connection failing, is the engine error saying
+        which."""
+        if until is None:
+            until = asyncio.get_running_loop().time() + getattr(self.config, limit)
+        try:
+            async with asyncio.timeout_at(until):
+                return await step
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connecting
+                raise transport_error(exc, self.root) from None
+            seconds = getattr(self.config, limit)
+            raise EngineUnavailable(f"{self.root} sent nothing within {limit}={seconds}") from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(exc, self.root) from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -442,8 +428,6 @@ class Reply:
 def transport_error(exc: BaseException, where: str) -> EngineError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
-    if isinstance(exc, aiohttp.SocketTimeoutError):
-        return EngineUnavailable(f"{where} went silent (idle timeout)")
     return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
 
 

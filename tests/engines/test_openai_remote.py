@@ -142,7 +142,7 @@ async def test_first_token_and_idle_timeouts() -> None:
     with upstream(token_delay_s=5) as url:
         async with remote(url, idle_timeout_s=0.5) as engine:
             chunks: list[Chunk] = []
-            with pytest.raises(EngineUnavailable, match="silent"):
+            with pytest.raises(EngineUnavailable, match="idle_timeout_s"):
                 await collect_until_error(engine, GenerationRequest("r", CHAT), chunks)
             assert chunks  # the first token came, then nothing
 
@@ -166,6 +166,18 @@ async def test_an_upstream_that_restarted_without_its_adapters_is_a_new_instance
             await engine.load_adapter(adapter)  # what the gateway's restore does
             assert (await engine.health()).instance == after.instance
             assert text(await collect(engine, request)) == "hello there"
+
+
+@pytest.mark.parametrize("quiet", ["before_headers_s", "before_first_event_s"])
+async def test_the_first_token_timeout_governs_until_the_first_event(quiet: str) -> None:
+    """An upstream silent for longer than idle_timeout_s before its first event (its
+    queue, the prefill) is still within first_token_timeout_s, whether it sent its
+    headers or nothing at all; the idle timeout starts with the first event."""
+    double = VLLMServerDouble(**{quiet: 1.0})
+    with serve(double.app()) as url:
+        async with remote(url, first_token_timeout_s=5, idle_timeout_s=0.3) as engine:
+            chunks = await collect(engine, GenerationRequest("r", CHAT))
+    assert text(chunks) == "hello there"
 
 
 async def test_failure_mid_stream_is_generation_failed() -> None:
