@@ -131,9 +131,10 @@ def test_a_dead_backend_is_retried_around_ejected_and_taken_back() -> None:
         assert backends_of(url, 4) == {"b0": 2, "b1": 2}
 
 
-def test_no_backend_left_is_503_and_models_list_still_answers() -> None:
+def test_no_backend_left_is_503_and_models_list_still_names_the_model(tmp_path: Path) -> None:
     engines = pool(2)
-    with gateway(engines) as (url, _app):
+    with gateway(engines, adapter_root=tmp_path) as (url, _app):
+        load_adapter(url, tmp_path)
         for engine in engines:
             stop(engine)
         with httpx.Client(base_url=url) as client:
@@ -143,7 +144,16 @@ def test_no_backend_left_is_503_and_models_list_still_answers() -> None:
             assert ready["models"] == {MODEL: "unavailable"}
             models = client.get("/v1/models")
             assert models.status_code == 200
-            assert models.json()["data"] == []
+            listed = {m["id"]: (m["parent"], m["state"]) for m in models.json()["data"]}
+            assert listed == {MODEL: (None, "unavailable"), "a1": (MODEL, "unavailable")}
+
+
+def test_models_are_listed_while_they_load() -> None:
+    engines = pool(1, start_delay_s=30)
+    app = create_app(Settings(engines=[], auth=NO_AUTH), engines=engines)
+    with serve(app) as url:
+        (model,) = httpx.get(url + "/v1/models").json()["data"]
+        assert (model["id"], model["object"], model["state"]) == (MODEL, "model", "loading")
 
 
 def test_full_backends_queue_then_429_with_retry_after() -> None:
