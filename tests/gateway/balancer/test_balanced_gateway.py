@@ -212,3 +212,27 @@ def test_an_adapter_a_replica_lost_is_retried_elsewhere_and_put_back(tmp_path: P
         backend = app.state.engines.models[0].pool.backends[0]
         assert backend.breaker.failures == 0
         assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
+
+
+def test_a_generation_that_broke_before_output_is_retried_a_client_error_never() -> None:
+    broken = ScriptedEngine("b0", MODEL, ScriptedConfig(fail_after_tokens=0))
+    engines = [broken, ScriptedEngine("b1", MODEL, ScriptedConfig())]
+    with gateway(engines, policy="round_robin") as (url, _):
+        assert backends_of(url, 4) == {"b1": 4}  # b0's failures answered by b1
+        assert broken.generations == 4  # tried first every time: not ejected for it
+        with httpx.Client(base_url=url) as client:
+            with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as r:
+                assert r.status_code == 200
+                assert r.headers["x-switchyard-backend"] == "b1"
+            retried = _retries(client)
+            too_long = {**BODY, "max_tokens": 10**6}
+            for _ in range(2):
+                assert_error(client.post("/v1/chat/completions", json=too_long), 400)
+            assert _retries(client) == retried
+
+
+def _retries(client: httpx.Client) -> float:
+    line = f'switchyard_retries_total{{model="{MODEL}"}} '
+    text = client.get("/metrics").text
+    (value,) = [x.removeprefix(line) for x in text.splitlines() if x.startswith(line)]
+    return float(value)
