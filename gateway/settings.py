@@ -143,6 +143,7 @@ class RateLimitSettings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:rl:"
     timeout_s: float = Field(0.05, gt=0)
+    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
     on_redis_error: Literal["allow", "deny"] = "allow"  # fail open, or closed (503)
 
 

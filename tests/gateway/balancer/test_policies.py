@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 
+import pytest
+
+from engines.errors import (
+    EngineOverloaded,
+    EngineUnavailable,
+    GenerationFailed,
+    InvalidGenerationRequest,
+)
 from engines.scripted import ScriptedConfig, ScriptedEngine
 from gateway.balancer.backend import Backend, Breaker
 from gateway.balancer.policies import (
@@ -108,3 +118,42 @@ def test_connect_failures_eject_at_once() -> None:
     breaker = Breaker(threshold=5)
     breaker.failed(0, at_once=True)
     assert breaker.state(0) == "open"
+
+
+def half_open() -> Backend:
+    """A backend whose ejection has just ended: one trial request may go."""
+    (backend,) = backends(1)
+    backend.breaker.failed(time.monotonic(), at_once=True)
+    backend.breaker.open_until = time.monotonic()
+    assert backend.breaker.state(time.monotonic()) == "half_open"
+    return backend
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        InvalidGenerationRequest("the client's mistake"),
+        asyncio.CancelledError(),  # the client left
+        EngineOverloaded("429"),
+        GenerationFailed("broke while generating"),
+    ],
+    ids=["400", "disconnect", "429", "generation-failed"],
+)
+def test_a_trial_that_ends_without_a_verdict_frees_the_slot(ending: BaseException) -> None:
+    backend = half_open()
+    backend.begin(None)  # the trial
+    assert not backend.routable(time.monotonic())  # one at a time
+    backend.end(None, ending)
+    assert backend.routable(time.monotonic())  # the next request may try
+    assert backend.breaker.state(time.monotonic()) == "half_open"
+
+
+def test_a_trial_that_fails_or_succeeds_decides() -> None:
+    failing = half_open()
+    failing.begin(None)
+    failing.end(None, EngineUnavailable("down"))
+    assert failing.breaker.state(time.monotonic()) == "open"
+    passing = half_open()
+    passing.begin(None)
+    passing.end(None, None)
+    assert passing.breaker.state(time.monotonic()) == "closed"
