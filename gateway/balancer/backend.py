@@ -94,8 +94,13 @@ class Backend:
         support = self.engine.adapter_support
         return support.max_loaded if support else 0
 
+    @property
+    def serving(self) -> bool:
+        """Started, and answering its health checks (its breaker aside)."""
+        return self.state == "ready" and self.healthy
+
     def routable(self, now: float) -> bool:
-        return self.state == "ready" and self.healthy and self.breaker.allows(now)
+        return self.serving and self.breaker.allows(now)
 
     def has_room(self) -> bool:
         return self.max_in_flight is None or self.in_flight < self.max_in_flight

@@ -3,8 +3,11 @@ its retry budget.
 
     acquire(key) → a backend with room, chosen by the policy among routable ones
                    (ready, healthy, circuit not open, not already tried, holding the
-                   adapter); none has room → wait in a bounded FIFO queue
-                   (`queue_size`, `queue_timeout_s`); queue full or wait too long →
+                   adapter), or, when every circuit left is open, among the ready
+                   and healthy ones anyway (panic routing: ejection steers traffic
+                   to other backends, and there are none); none has room → wait in
+                   a bounded FIFO queue (`queue_size`, `queue_timeout_s`); queue
+                   full or wait too long →
                    Overloaded (429 + Retry-After); nothing routable → 503
     release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
 
@@ -92,11 +95,14 @@ class Pool:
         deadline: float | None = None
         while True:
             now = time.monotonic()
-            candidates = [
+            eligible = [
                 b
                 for b in self.backends
-                if b.routable(now) and b not in exclude and (placed is None or b.name in placed)
+                if b not in exclude and (placed is None or b.name in placed)
             ]
+            candidates = [b for b in eligible if b.routable(now)]
+            if not candidates:  # panic: breakers alone never refuse every request
+                candidates = [b for b in eligible if b.serving]
             if not candidates:
                 raise self._unavailable(now)
             free = [b for b in candidates if b.has_room()]

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
 from gateway.app import create_app
 from gateway.settings import BalancerSettings, Settings
 from tests.engines.test_openai_remote import upstream
@@ -49,11 +48,12 @@ def broken_upstream(kind: str) -> Starlette:
 @contextlib.contextmanager
 def gateway(broken: str, good: str) -> Iterator[str]:
     engines = [
-        OpenAIRemoteEngine(name, "m", OpenAIRemoteConfig(url=url, upstream_model="up-model"))
+        {"name": name, "kind": "openai_remote", "model_id": "m",
+         "options": {"url": url, "upstream_model": "up-model"}}
         for name, url in (("broken", broken), ("good", good))
-    ]
+    ]  # fmt: skip
     balancer = BalancerSettings(policy="round_robin")
-    app = create_app(Settings(auth=NO_AUTH, balancer=balancer), engines=engines)
+    app = create_app(Settings(engines=engines, auth=NO_AUTH, balancer=balancer))
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)
         yield url
@@ -64,17 +64,27 @@ def finishes(events: list[dict[str, Any]]) -> int:
 
 
 @pytest.mark.parametrize("kind", ["garbage", "cut"])
-def test_a_cut_answer_is_retried_elsewhere(kind: str) -> None:
+def test_a_cut_answer_is_retried_before_output_and_an_error_after(kind: str) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     with serve(broken_upstream(kind)) as broken, upstream() as good, gateway(broken, good) as url:
-        for stream in (True, False, True, False):  # round robin: each backend in turn
+        outcomes = set()
+        for stream in (True, True, False, False):  # round robin: each kind on each backend
             r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": stream})
             assert r.status_code == 200, r.text
-            assert r.headers["x-switchyard-backend"] == "good"
-            if stream:
-                lines = r.text.splitlines()
-                events = [orjson.loads(x[6:]) for x in lines if x.startswith("data: {")]
-                assert finishes(events) == 1
-                assert not any("error" in e for e in events)
-            else:
+            backend = r.headers["x-switchyard-backend"]
+            if not stream:  # retried: nothing had reached the client
+                assert backend == "good"
                 assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+                continue
+            lines = r.text.splitlines()
+            events = [orjson.loads(x[6:]) for x in lines if x.startswith("data: {")]
+            errors = [e for e in events if "error" in e]
+            if backend == "good":
+                assert (finishes(events), errors) == (1, [])
+            else:  # "Hel" had reached the client: the answer ends with an error event
+                assert kind == "cut"
+                assert finishes(events) == 0
+                assert len(errors) == 1
+                assert "cut" in errors[0]["error"]["message"]
+            outcomes.add(backend)
+        assert outcomes == ({"good", "broken"} if kind == "cut" else {"good"})

@@ -23,6 +23,9 @@ from gateway.balancer.policies import (
     RoundRobin,
     RouteKey,
 )
+from gateway.balancer.pool import Pool
+from gateway.errors import ServiceUnavailable
+from gateway.settings import BalancerSettings
 
 
 def backends(n: int, max_loras: int = 1) -> list[Backend]:
@@ -157,3 +160,20 @@ def test_a_trial_that_fails_or_succeeds_decides() -> None:
     passing.begin(None)
     passing.end(None, None)
     assert passing.breaker.state(time.monotonic()) == "closed"
+
+
+async def test_panic_routing_when_every_circuit_is_open() -> None:
+    """Ejection steers traffic to the other backends; with none left, the healthy
+    ones are tried anyway rather than refusing everything. Unhealthy ones never are."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings())
+    now = time.monotonic()
+    for backend in (a, b):
+        backend.breaker.failed(now, at_once=True)
+        assert not backend.routable(now)
+    chosen = await pool.acquire(RouteKey())
+    assert chosen in (a, b)
+    pool.release(chosen, None, None)
+    a.healthy = b.healthy = False
+    with pytest.raises(ServiceUnavailable):
+        await pool.acquire(RouteKey())
