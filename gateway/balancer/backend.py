@@ -140,6 +140,7 @@ class Backend:
             "state": self.state,
             "healthy": self.healthy,
             "circuit": self.breaker.state(now),
+            "routable": self.routable(now),
             "in_flight": self.in_flight,
             **({"error": self.error} if self.error else {}),
         }

@@ -99,36 +99,50 @@ def cache_is_faithful(records: list[Record]) -> list[str]:
 
 
 def limits_hold(records: list[Record]) -> list[str]:
-    """The limited key's admitted requests, across both gateways and Redis's
-    restarts: in any span, at most the bucket plus its refill plus one request. A
-    request surely admitted inside [a, b] was sent after a and answered before b."""
+    """The limited key, across both gateways and Redis's restarts, in any span [a, b]:
+    requests surely admitted inside it (sent after a, answered before b) are at most
+    the bucket, its refill and one request; their tokens at most the bucket, its
+    refill and what the requests in flight at once may add (tokens are charged when
+    a request ends, so each one in flight may run the key into debt once)."""
     admitted = sorted(
         (r for r in records if r.key.limited and r.status == 200 and r.first_byte),
         key=lambda r: r.sent,
     )
-    rpm = LIMITS["rpm"]
-    worst = 0.0
+    rpm, tpm = LIMITS["rpm"], LIMITS["tpm"]
+    tokens = {r.index: (r.usage or {}).get("total_tokens", 0) for r in admitted}
+    worst_request = max(tokens.values(), default=0)
+    in_flight = _most_at_once(admitted)
     out = []
     for i, first in enumerate(admitted):
         for last in admitted[i:]:
             assert last.first_byte is not None
             span = last.first_byte - first.sent
-            inside = sum(
-                1
-                for r in admitted[i:]
-                if r.first_byte is not None and r.first_byte <= last.first_byte
-            )
+            inside = [r for r in admitted[i:] if r.first_byte and r.first_byte <= last.first_byte]
             allowed = rpm + rpm * span / 60 + 1
-            worst = max(worst, inside / allowed)
-            if inside > allowed:
-                out.append(f"{inside} requests admitted in {span:.1f} s (allowed {allowed:.1f})")
-                break
+            if len(inside) > allowed:
+                out.append(
+                    f"{len(inside)} requests admitted in {span:.1f} s (allowed {allowed:.1f})"
+                )
+            used = sum(tokens[r.index] for r in inside)
+            budget = tpm + tpm * span / 60 + in_flight * worst_request
+            if used > budget:
+                out.append(f"{used} tokens admitted in {span:.1f} s (allowed {budget:.0f})")
     return out[:5]
+
+
+def _most_at_once(records: list[Record]) -> int:
+    edges = sorted([(r.sent, 1) for r in records] + [(r.ended, -1) for r in records])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
 
 
 def recovered(cluster: Cluster, adapters: set[str], timeout: float) -> tuple[list[str], float]:
     """Once every replica answers, within `timeout` every gateway routes to every
-    replica again (ready, healthy, circuit closed) and every replica holds every
+    replica again (ready, healthy, circuit closed or letting a trial through: no
+    breaker stuck) and every replica holds every
     adapter loaded through the gateways. Also says how long that took."""
     start = time.monotonic()
     missing: list[str] = []
@@ -146,7 +160,7 @@ def _not_recovered(cluster: Cluster, adapters: set[str]) -> list[str]:
     for name, url in zip("ab", cluster.gateways, strict=True):
         (backends,) = cluster.ready(url).get("backends", {"?": []}).values()
         for b in backends:
-            if (b["state"], b["healthy"], b["circuit"]) != ("ready", True, "closed"):
+            if not b["routable"]:
                 missing.append(f"gateway {name}: {b['name']} is {b}")
     for replica in cluster.replicas:
         held = {m.split("@")[0] for m in replica.upstream_models()}

@@ -70,7 +70,8 @@ def draw(rng: random.Random, index: int, gateways: int) -> Record:
     leave = rng.random() < 0.1
     repeated = not leave and rng.random() < 0.4
     prompt = rng.choice(REPEATED) if repeated else f"Tell me about the number {index}."
-    body: dict[str, Any] = {"model": model, "max_tokens": 48 if leave else rng.randint(4, 24)}
+    tokens = 48 if leave else 12 if repeated else rng.randint(4, 24)
+    body: dict[str, Any] = {"model": model, "max_tokens": tokens}
     body["temperature"] = 0 if repeated or rng.random() < 0.5 else 0.8
     if chat:
         body["messages"] = [{"role": "user", "content": prompt}]
