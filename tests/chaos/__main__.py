@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,11 +24,9 @@ def main() -> int:
     parser.add_argument("--dump", type=Path, help="write every request and fault here (JSONL)")
     args = parser.parse_args()
     print(f"chaos: seed {args.seed}, {args.duration:g} s of faults", flush=True)
-    with (
-        tempfile.TemporaryDirectory(prefix="chaos-") as work,
-        started_replicas(DEMO_MODEL, Path(work)) as replicas,
-    ):
-        report = chaos(replicas, Path(work), args.seed, args.duration)
+    work = Path(tempfile.mkdtemp(prefix="chaos-"))
+    with started_replicas(DEMO_MODEL, work) as replicas:
+        report = chaos(replicas, work, args.seed, args.duration)
     if args.dump:
         report.dump(args.dump)
     markdown = report.markdown()
@@ -36,7 +35,11 @@ def main() -> int:
     (args.out / "chaos.json").write_text(json.dumps(report.summary(), indent=2) + "\n")
     (args.out / "chaos.md").write_text(markdown)
     print(f"replay: python -m tests.chaos --seed {args.seed} --duration {args.duration:g}")
-    return 1 if report.violations else 0
+    if report.violations:
+        print(f"logs of the replicas and gateways: {work}")
+        return 1
+    shutil.rmtree(work)
+    return 0
 
 
 if __name__ == "__main__":

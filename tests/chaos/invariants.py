@@ -163,7 +163,11 @@ def _not_recovered(cluster: Cluster, adapters: set[str]) -> list[str]:
             if not b["routable"]:
                 missing.append(f"gateway {name}: {b['name']} is {b}")
     for replica in cluster.replicas:
-        held = {m.split("@")[0] for m in replica.upstream_models()}
+        try:
+            held = {m.split("@")[0] for m in replica.upstream_models()}
+        except httpx.HTTPError as exc:
+            missing.append(f"{replica.name} does not answer (alive: {replica.alive}): {exc}")
+            continue
         if not adapters <= held:
             missing.append(f"{replica.name} lacks {sorted(adapters - held)}")
     return missing
@@ -179,7 +183,11 @@ def no_orphans(cluster: Cluster, timeout: float) -> list[str]:
     while time.monotonic() < deadline:
         busy = []
         for replica in cluster.replicas:
-            text = httpx.get(replica.url + "/metrics", timeout=5).text
+            try:
+                text = httpx.get(replica.url + "/metrics", timeout=5).text
+            except httpx.HTTPError as exc:
+                busy.append(f"{replica.name} does not answer: {exc}")
+                continue
             count = sum(float(v) for _, v in RUNNING.findall(text))
             if count:
                 busy.append(f"{replica.name}: {count:g} requests running or waiting")

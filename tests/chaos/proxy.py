@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Literal
@@ -74,6 +75,8 @@ class FaultProxy:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[FaultProxy]:
+        # A gateway that leaves mid-answer is routine here, not worth a traceback.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         loop = asyncio.new_event_loop()
         runner: list[web.AppRunner] = []
 
