@@ -19,6 +19,9 @@ from tests.chaos.cluster import DECLARED, KEYS, Key
 from tests.replicas import MODEL
 
 DEADLINE_S = 90.0  # a request still open after this has hung
+# Each client pauses between requests: the load is steady, and leaves the 2 cores
+# enough room for a killed replica to start again (starved, vLLM took 5 min).
+THINK_S = (0.1, 0.6)
 REPEATED = ("Name a colour.", "Say hello.", "Count to three.", "What is 2 + 2?")
 
 
@@ -198,6 +201,7 @@ async def run_load(
                 record = draw(rng, len(records), len(gateways))
                 records.append(record)
                 await _one(client, record, gateways)
+                await asyncio.sleep(rng.uniform(*THINK_S))
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return records
