@@ -256,32 +256,33 @@ async def _balanced(
     tried: list[Backend] = []
     last: EngineError | None = None
     while True:
-        backend = await acquire(pool, key, tried, placed, outcome, last)
-        failure: BaseException | None = None
-        sent = False
-        try:
-            async with contextlib.aclosing(
-                _watched(_generate(backend.engine, requests), outcome.watch)
-            ) as stream:
-                if buffered:
-                    items = [item async for item in stream]
-                    sent = True
-                    for item in items:
-                        yield item
-                else:
-                    async for item in stream:
+        with pool.attempt(retry=bool(tried)):
+            backend = await acquire(pool, key, tried, placed, outcome, last)
+            failure: BaseException | None = None
+            sent = False
+            try:
+                async with contextlib.aclosing(
+                    _watched(_generate(backend.engine, requests), outcome.watch)
+                ) as stream:
+                    if buffered:
+                        items = [item async for item in stream]
                         sent = True
-                        yield item
-            return
-        except BaseException as exc:
-            failure = exc
-            if sent or not retryable(exc) or not pool.may_retry(len(tried)):
-                raise
-            last = exc
-            log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-            tried.append(backend)
-        finally:
-            pool.release(backend, key.adapter, failure)
+                        for item in items:
+                            yield item
+                    else:
+                        async for item in stream:
+                            sent = True
+                            yield item
+                return
+            except BaseException as exc:
+                failure = exc
+                if sent or not retryable(exc) or not pool.may_retry(len(tried)):
+                    raise
+                last = exc
+                log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
+                tried.append(backend)
+            finally:
+                pool.release(backend, key.adapter, failure)
 
 
 def retryable(failure: BaseException) -> TypeGuard[EngineUnavailable | GenerationFailed]:

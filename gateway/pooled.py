@@ -68,19 +68,20 @@ async def call(
         record.acquire()
     try:
         while True:
-            backend = await acquire(pool, key, tried, placed, outcome, last)
-            failure: BaseException | None = None
-            try:
-                return await operation(backend.engine, adapter)
-            except BaseException as exc:
-                failure = exc
-                if not retryable(exc) or not pool.may_retry(len(tried)):
-                    raise
-                last = exc
-                log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-                tried.append(backend)
-            finally:
-                pool.release(backend, key.adapter, failure)
+            with pool.attempt(retry=bool(tried)):
+                backend = await acquire(pool, key, tried, placed, outcome, last)
+                failure: BaseException | None = None
+                try:
+                    return await operation(backend.engine, adapter)
+                except BaseException as exc:
+                    failure = exc
+                    if not retryable(exc) or not pool.may_retry(len(tried)):
+                        raise
+                    last = exc
+                    log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
+                    tried.append(backend)
+                finally:
+                    pool.release(backend, key.adapter, failure)
     finally:
         if record is not None:
             record.release()

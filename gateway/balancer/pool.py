@@ -11,16 +11,18 @@ its retry budget.
                    Overloaded (429 + Retry-After); nothing routable → 503
     release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
 
-Retries draw on a budget: each request adds `retry_budget` of a retry (up to a burst
-of ten), so a dying backend cannot turn every request into `max_attempts` requests.
+Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
+may be retrying at once (and always at least three), so a dying backend cannot turn
+every request into `max_attempts` requests, and a quiet pool still retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
@@ -28,7 +30,7 @@ from gateway.balancer.policies import RouteKey, make_policy
 from gateway.errors import Overloaded, ServiceUnavailable
 from gateway.settings import BalancerSettings, PolicyName
 
-RETRY_BURST = 10.0
+MIN_RETRIES = 3  # retries in flight a pool always allows
 
 
 class Pool:
@@ -45,7 +47,7 @@ class Pool:
         self.policy_name = policy or settings.policies.get(model_id, settings.policy)
         self.policy = make_policy(self.policy_name, settings.load_factor)
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._retry_tokens = RETRY_BURST
+        self._retrying = 0  # attempts in flight that are retries
 
     @property
     def support(self) -> AdapterSupport | None:
@@ -109,9 +111,6 @@ class Pool:
             if free:
                 backend = self.policy.choose(free, key)
                 backend.begin(key.adapter)
-                self._retry_tokens = min(
-                    RETRY_BURST, self._retry_tokens + self.settings.retry_budget
-                )
                 return backend
             if len(self._waiters) >= self.settings.queue_size:
                 raise Overloaded(
@@ -151,10 +150,20 @@ class Pool:
                     return
 
     def may_retry(self, retries_so_far: int) -> bool:
-        if retries_so_far + 1 >= self.settings.max_attempts or self._retry_tokens < 1:
+        if retries_so_far + 1 >= self.settings.max_attempts:
             return False
-        self._retry_tokens -= 1
-        return True
+        in_flight = sum(b.in_flight for b in self.backends)
+        return self._retrying < max(MIN_RETRIES, self.settings.retry_budget * in_flight)
+
+    @contextlib.contextmanager
+    def attempt(self, retry: bool) -> Iterator[None]:
+        """One attempt at a request, from choosing a backend to releasing it; a retry
+        counts against the budget meanwhile."""
+        self._retrying += retry
+        try:
+            yield
+        finally:
+            self._retrying -= retry
 
     def _unavailable(self, now: float) -> ServiceUnavailable:
         states = ", ".join(

@@ -177,3 +177,21 @@ async def test_panic_routing_when_every_circuit_is_open() -> None:
     a.healthy = b.healthy = False
     with pytest.raises(ServiceUnavailable):
         await pool.acquire(RouteKey())
+
+
+def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
+    """Envoy's retry budget: a quiet pool always has three retries; a busy one may
+    have `retry_budget` of its requests in flight retrying at once, no more."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings(retry_budget=0.2, max_attempts=3))
+    assert not pool.may_retry(2)  # max_attempts
+    with pool.attempt(retry=True), pool.attempt(retry=True):
+        assert pool.may_retry(0)
+        with pool.attempt(retry=True):
+            assert not pool.may_retry(0)  # three retrying already
+            a.in_flight = b.in_flight = 10
+            assert pool.may_retry(0)  # 20 % of 20 in flight: four
+            with pool.attempt(retry=True):
+                assert not pool.may_retry(0)
+    a.in_flight = b.in_flight = 0
+    assert pool.may_retry(0)  # each attempt gave its slot back
