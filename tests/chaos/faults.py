@@ -57,6 +57,11 @@ class Faults:
         self.log: list[Fault] = []
         self.errors: list[str] = []  # a fault that could not be injected or undone
         self.churned_loaded = False
+        # Set while a killed replica starts again: the clients hold new requests, as
+        # on this VM a vLLM started beside the other replica's busy pinned core hung
+        # for minutes in sched_setaffinity (the kill itself and the pause after it
+        # happen under load).
+        self.booting = threading.Event()
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -98,8 +103,12 @@ class Faults:
                 replica = rng.choice(replicas)
                 replica.kill()
                 time.sleep(rng.choice((0.0, hold)))  # restarts at once, or after a pause
-                replica.start()
-                replica.wait_ready()
+                self.booting.set()
+                try:
+                    replica.start()
+                    replica.wait_ready()
+                finally:
+                    self.booting.clear()
                 target = replica.name
             elif kind == "freeze":
                 replica = rng.choice(replicas)

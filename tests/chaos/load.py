@@ -188,9 +188,14 @@ async def _one(client: httpx.AsyncClient, record: Record, gateways: list[str]) -
 
 
 async def run_load(
-    gateways: list[str], seed: int, keep_going: Callable[[], bool], concurrency: int = 6
+    gateways: list[str],
+    seed: int,
+    keep_going: Callable[[], bool],
+    held: Callable[[], bool] = lambda: False,
+    concurrency: int = 6,
 ) -> list[Record]:
-    """Send requests from `concurrency` clients while `keep_going()`."""
+    """Send requests from `concurrency` clients while `keep_going()`; none starts
+    while `held()`."""
     rng = random.Random(f"{seed}:load")
     records: list[Record] = []
     limits = httpx.Limits(max_connections=concurrency * 2)
@@ -198,6 +203,9 @@ async def run_load(
 
         async def client_loop() -> None:
             while keep_going():
+                if held():
+                    await asyncio.sleep(0.2)
+                    continue
                 record = draw(rng, len(records), len(gateways))
                 records.append(record)
                 await _one(client, record, gateways)

@@ -101,7 +101,7 @@ def chaos(replicas: list[Replica], work: Path, seed: int, duration_s: float) -> 
         faults = Faults(c, seed, duration_s)
         thread = threading.Thread(target=faults.run, name="faults")
         thread.start()
-        records = asyncio.run(run_load(c.gateways, seed, keep_going=thread.is_alive))
+        records = asyncio.run(run_load(c.gateways, seed, thread.is_alive, faults.booting.is_set))
         thread.join()
         return _check(c, faults, records, seed, duration_s)
 
