@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test system-deps check venv model adapters format lint types clients-venv bench-engine bench-embeddings bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
+.PHONY: serve test chaos system-deps check venv model adapters format lint types clients-venv bench-engine bench-embeddings bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -19,6 +19,12 @@ serve: model
 ## test: set everything up and run the whole test suite (CI runs this)
 test: model system-deps build-venv clients-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## chaos: ten minutes of seeded faults against real replicas, Redis and two gateways
+## (`make test` runs 75 s of it); replay a run with CHAOS_ARGS="--seed N"
+CHAOS_ARGS ?=
+chaos: model system-deps
+	$(PY) -m tests.chaos --duration 600 $(CHAOS_ARGS)
 
 ## system-deps: Debian packages the tests run for real (prometheus, redis-server)
 system-deps:

@@ -9,7 +9,9 @@ EngineError
 ├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
 │   │                             the balancer retries elsewhere and counts a failure)
 │   ├── EngineUnreachable         could not connect at all (ejected at once)
-│   └── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
+│   ├── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
+│   └── AdapterMissing            the backend lost an adapter it was given (it restarted;
+│                                 retried elsewhere, not a failure: the gateway restores it)
 └── GenerationFailed              broke while generating (500 / error event)
 """
 
@@ -73,6 +75,10 @@ class EngineUnreachable(EngineUnavailable):
 
 
 class EngineOverloaded(EngineUnavailable):
+    pass
+
+
+class AdapterMissing(EngineUnavailable):
     pass
 
 

@@ -2,7 +2,10 @@
 
 One `aiohttp.ClientSession` per upstream, with a keep-alive pool and four explicit
 timeouts: connect; first token (request sent → first streamed event, which covers the
-upstream's own queue); idle (between events); total. Every generation streams from the
+upstream's own queue and the prefill, with or without headers sent); idle (between
+events, from the first on); total (a stream, and every whole answer or admin call).
+aiohttp's own read timeout stays off: it would run from the request on, and cut a
+first event that comes later than the idle timeout. Every generation streams from the
 upstream (`stream: true` with usage) whatever the client asked, so TTFT, disconnects
 and retries work the same way as in-process.
 
@@ -10,6 +13,8 @@ Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
     429                                   → EngineOverloaded   (retried elsewhere)
+    404 naming an adapter loaded there    → AdapterMissing     (it restarted: retried
+                                                                elsewhere, restored)
     424 (TGI's generation error)          → GenerationFailed
     401/403/404/408/5xx, timeouts, a cut  → EngineUnavailable  (retried while nothing
     stream, a malformed event                                   reached the client)
@@ -24,7 +29,14 @@ pooling`) or both, and a request for what it does not serve is refused before it
 Adapters go through vLLM's runtime LoRA endpoints (the server needs
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a content-addressed name,
 `name@digest12`: two gateways sharing a server agree on it, and a changed adapter
-never reuses the old version's name.
+never reuses the old version's name. A server that restarts comes back without them;
+while it holds adapters from here, `health()` also reads its `/v1/models` (a small
+listing every OpenAI-compatible server has, that vLLM fills with its runtime-loaded
+adapters) and reports a new `Health.instance` once one of them is missing there, so
+the gateway loads them again. Neither vLLM's `/health` nor its `/v1/models` says
+anything that names the process, and its `/metrics` is large and, in its
+multiprocess mode, has no `process_start_time_seconds`: the adapters' absence is the
+one signal that is both cheap and about what a restart loses.
 
 aiohttp rather than httpx: streaming the same completions from the same upstream,
 httpx spent 14x the client CPU per request at concurrency 64 (`switchyard bench
@@ -37,14 +49,15 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
 
 from engines.errors import (
+    AdapterMissing,
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
@@ -76,6 +89,8 @@ from engines.types import (
 )
 
 _JSON = {"Content-Type": "application/json"}
+T = TypeVar("T")
+Limit = Literal["first_token_timeout_s", "idle_timeout_s", "total_timeout_s"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +134,7 @@ class OpenAIRemoteEngine:
         self._session: aiohttp.ClientSession | None = None
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self._running = 0
+        self._restarts = 0  # times the upstream was found without adapters loaded there
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -143,7 +159,6 @@ class OpenAIRemoteEngine:
                 total=None,
                 connect=config.first_token_timeout_s,  # waiting for a pooled connection
                 sock_connect=config.connect_timeout_s,
-                sock_read=config.idle_timeout_s,
             ),
         )
 
@@ -156,11 +171,27 @@ class OpenAIRemoteEngine:
         try:
             async with self._http().get(self.root + self.config.health_path) as response:
                 status = response.status
+            if status == 200 and await self.lost_adapters():
+                self._restarts += 1
         except (aiohttp.ClientError, TimeoutError, EngineUnavailable) as exc:
             return Health(ok=False, detail=describe(exc))
         if status != 200:
             return Health(ok=False, detail=f"{self.config.health_path} answered {status}")
-        return Health(ok=True)
+        return Health(ok=True, instance=str(self._restarts))
+
+    async def lost_adapters(self) -> bool:
+        """Whether the upstream no longer lists an adapter loaded there from here (it
+        restarted). Asks only while there are some; a listing it cannot give says no."""
+        loaded = {upstream_name(adapter) for adapter in self._versions.values()}
+        if not loaded:
+            return False
+        async with self._http().get(self.root + "/v1/models") as response:
+            listing = Reply(response.status, await response.read())
+        payload = listing.json if listing.status == 200 else None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            return False
+        listed = {card.get("id") for card in payload["data"] if isinstance(card, dict)}
+        return not loaded <= listed
 
     def stats(self) -> EngineStats:
         return EngineStats(running=self._running, unfinished=self._running)
@@ -192,13 +223,13 @@ class OpenAIRemoteEngine:
             await self._admin("/v1/unload_lora_adapter", {"lora_name": upstream_name(adapter)})
 
     async def _admin(self, path: str, body: dict[str, Any]) -> Reply:
-        try:
-            async with self._http().post(
-                self.root + path, data=orjson.dumps(body), headers=_JSON
-            ) as response:
-                return Reply(response.status, await response.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.root) from None
+        return await self._within(self._post(path, body), "total_timeout_s")
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Reply:
+        async with self._http().post(
+            self.root + path, data=orjson.dumps(body), headers=_JSON
+        ) as response:
+            return Reply(response.status, await response.read())
 
     # -- generation ------------------------------------------------------------------
 
@@ -273,22 +304,9 @@ class OpenAIRemoteEngine:
     async def post_json(self, path: str, body: dict[str, Any], expect: str) -> dict[str, Any]:
         """POST `body` within total_timeout_s; the answer is a JSON object with a field
         `expect`, else the upstream is broken (EngineUnavailable)."""
-        try:
-            async with asyncio.timeout(self.config.total_timeout_s):
-                async with self._http().post(
-                    self.root + path, data=orjson.dumps(body), headers=_JSON
-                ) as response:
-                    reply = Reply(response.status, await response.read())
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ClientError):
-                raise transport_error(exc, self.root) from None
-            raise EngineUnavailable(
-                f"{self.root} did not answer within total_timeout_s={self.config.total_timeout_s}"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(exc, self.root) from None
+        reply = await self._within(self._post(path, body), "total_timeout_s")
         if reply.status >= 400:
-            raise status_error(reply, self.root)
+            raise self.refusal(reply, body)
         payload = reply.json
         if not isinstance(payload, dict) or payload.get(expect) is None:
             raise EngineUnavailable(f"{self.root} sent a malformed answer: {reply.text[:200]!r}")
@@ -299,42 +317,28 @@ class OpenAIRemoteEngine:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST `body` and yield the JSON of each SSE `data:` event until `[DONE]`,
         with the timeouts applied and failures mapped onto the engine errors."""
-        session = self._http()
         config = self.config
-        first_deadline = asyncio.get_running_loop().time() + config.first_token_timeout_s
+        first = asyncio.get_running_loop().time() + config.first_token_timeout_s
         deadline = time.monotonic() + config.total_timeout_s
-        try:
-            async with asyncio.timeout_at(first_deadline):
-                response = await session.post(
-                    self.root + path, data=orjson.dumps(body), headers=_JSON
-                )
-        except TimeoutError as exc:
-            raise self._timeout(exc) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(exc, self.root) from None
+        post = self._http().post(self.root + path, data=orjson.dumps(body), headers=_JSON)
+        response = await self._within(post, "first_token_timeout_s", first)
         try:
             if response.status >= 400:
-                raise status_error(Reply(response.status, await response.read()), self.root)
+                content = await self._within(response.read(), "first_token_timeout_s", first)
+                raise self.refusal(Reply(response.status, content), body)
             async with contextlib.aclosing(sse_data(response.content)) as events:
-                first = True
+                limit: Limit = "first_token_timeout_s"
+                until: float | None = first
                 while True:
                     try:
-                        if first:
-                            async with asyncio.timeout_at(first_deadline):
-                                payload = await anext(events)
-                            first = False
-                        else:
-                            payload = await anext(events)
+                        payload = await self._within(anext(events), limit, until)
                     except StopAsyncIteration:
                         # Read the end of the body so the connection can be reused.
-                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                            await response.content.read()
+                        with contextlib.suppress(EngineError):
+                            await self._within(response.content.read(), "idle_timeout_s")
                         return
-                    except TimeoutError as exc:
-                        raise self._timeout(exc) from None
-                    except aiohttp.ClientError as exc:
-                        raise transport_error(exc, self.root) from None
                     yield payload
+                    limit, until = "idle_timeout_s", None
                     if time.monotonic() > deadline:
                         raise EngineUnavailable(
                             f"{self.root} did not finish within total_timeout_s="
@@ -348,13 +352,30 @@ class OpenAIRemoteEngine:
             else:
                 response.close()
 
-    def _timeout(self, exc: TimeoutError) -> EngineError:
-        if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connect or read
-            return transport_error(exc, self.root)
-        return EngineUnavailable(
-            f"{self.root} sent nothing within first_token_timeout_s="
-            f"{self.config.first_token_timeout_s}"
-        )
+    def refusal(self, reply: Reply, body: Mapping[str, Any]) -> EngineError:
+        """The upstream's error status as an engine error (`status_error`); a 404 for
+        an adapter loaded there from here says the upstream lost it: it restarted."""
+        model = body.get("model")
+        if reply.status == 404 and any(upstream_name(a) == model for a in self._versions.values()):
+            return AdapterMissing(f"{self.root} lost adapter {model!r}: {reply.message}")
+        return status_error(reply, self.root)
+
+    async def _within(self, step: Awaitable[T], limit: Limit, until: float | None = None) -> T:
+        """`step` by `until` (loop time), or else within the `limit` setting's seconds
+        from now; running out, or the connection failing, is the engine error saying
+        which."""
+        if until is None:
+            until = asyncio.get_running_loop().time() + getattr(self.config, limit)
+        try:
+            async with asyncio.timeout_at(until):
+                return await step
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connecting
+                raise transport_error(exc, self.root) from None
+            seconds = getattr(self.config, limit)
+            raise EngineUnavailable(f"{self.root} sent nothing within {limit}={seconds}") from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(exc, self.root) from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -407,8 +428,6 @@ class Reply:
 def transport_error(exc: BaseException, where: str) -> EngineError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
-    if isinstance(exc, aiohttp.SocketTimeoutError):
-        return EngineUnavailable(f"{where} went silent (idle timeout)")
     return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
 
 

@@ -7,7 +7,9 @@ it never appears in `make serve`'s default config.
 Output: `reply` split into word-sized tokens, or, when `reply` is None, the last user
 message (or the prompt) echoed back. With temperature > 0 the words are shuffled by a
 generator seeded from `seed` and the choice index, so a fixed seed repeats itself.
-A request on an adapter starts its reply with the word `[adapter-name]`.
+A request on an adapter starts its reply with the word `[adapter-name]`; one on an
+adapter it does not hold is AdapterMissing, as `vllm serve` answers 404 for it. Closed
+and started again, it is a restarted server: a new `Health.instance`, no adapters.
 
 With `serves: [embed]` it is an embedding model: each input's vector (of
 `embedding_size` floats, unit length) comes from the sha256 of the input, so equal
@@ -23,6 +25,7 @@ import hashlib
 import math
 import random
 import re
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import anyio
 
 from engines.errors import (
+    AdapterMissing,
     ContextLengthExceeded,
     EngineUnavailable,
     GenerationFailed,
@@ -85,6 +89,7 @@ class ScriptedEngine:
         self.aborted = 0
         self.generations = 0  # started, past validation
         self._started = False
+        self._instance = ""
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self.serves: frozenset[Task] = frozenset(config.serves)
         self.adapter_support = AdapterSupport(
@@ -96,9 +101,11 @@ class ScriptedEngine:
     async def start(self) -> None:
         await anyio.sleep(self.config.start_delay_s)
         self._started = True
+        self._instance = uuid.uuid4().hex
 
     async def health(self) -> Health:
-        return Health(ok=self._started, detail="" if self._started else "not started")
+        detail = "" if self._started else "not started"
+        return Health(ok=self._started, detail=detail, instance=self._instance)
 
     @property
     def adapters(self) -> Mapping[str, Adapter]:
@@ -115,6 +122,7 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         self._started = False
+        self._versions.clear()
 
     def _check(self, request: GenerationRequest) -> list[str]:
         self._ready()
@@ -194,7 +202,7 @@ class ScriptedEngine:
         """The reply's words; an adapter shows itself as a leading `[name]` word."""
         if request.adapter is not None:
             if request.adapter.engine_id not in self._versions:
-                raise InvalidGenerationRequest(f"adapter {request.adapter.name!r} is not loaded")
+                raise AdapterMissing(f"adapter {request.adapter.name!r} is not loaded")
             return [
                 f"[{request.adapter.name}]",
                 *self._reply(replace(request, adapter=None), index),

@@ -151,6 +151,10 @@ class TGIEngine(OpenAIRemoteEngine):
     async def unload_adapter(self, adapter: Adapter) -> None:
         self._versions.pop(adapter.engine_id, None)
 
+    async def lost_adapters(self) -> bool:
+        """Never: TGI's adapters are those it was launched with, not loaded from here."""
+        return False
+
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         if request.n != 1:
             raise UnsupportedParameter("n", ENGINE, "TGI generates one choice per request.")

@@ -161,8 +161,13 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """`instance` names the engine's serving process as far as the engine can tell: a
+    new one while the engine stays healthy says it restarted (or otherwise lost what it
+    was given at run time: adapters) between two probes. Empty: it cannot tell."""
+
     ok: bool
     detail: str = ""
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ state), its state and its in-flight count:
     ready → draining (new requests: 404; in-flight ones finish) → unloaded everywhere
 
 A backend that was down gets the registry's adapters when it recovers (`restore`),
-so a replica that restarted empty serves them again. Reloading a name with different
+and so does one that restarted empty between two probes (gateway/balancer/health.py),
+so a replica that restarted serves them again. Reloading a name with different
 files makes the new version ready at once; the old one drains in the background and
 is then unloaded.
 """

@@ -339,3 +339,9 @@ class _LimiterCollector(Collector):
             "Rate limiter store (Redis) failures, handled by on_redis_error.",
             self.limiter.errors,
         )
+        yield GaugeMetricFamily(
+            "switchyard_rate_limit_deferred_tokens",
+            "Tokens the rate limiter's store (Redis) failed to charge, held for their "
+            "key's next charge.",
+            self.limiter.deferred_tokens,
+        )

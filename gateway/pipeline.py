@@ -9,10 +9,13 @@ backend, generate, render.
     so that errors raised before any output still get their own HTTP status)
     finally: release the backend slot and tell its breaker how it went
 
-A backend failing before anything reached the client (EngineUnavailable: down, timed
-out, 5xx, 429) is retried on another backend of the pool, within `max_attempts` and
-the pool's retry budget. Non-streamed answers are collected before they are sent, so
-they are retried whenever their backend fails; streams only until their first chunk.
+A backend failing before anything reached the client is retried on another backend
+of the pool, within `max_attempts` and the pool's retry budget (`retryable`): it was
+down, timed out, answered 5xx or 429 (EngineUnavailable), or broke while generating
+(GenerationFailed: the engine's fault, not the client's, and another backend may well
+answer). The client's own mistake (400) or departure never is. Non-streamed answers
+are collected before they are sent, so they are retried whenever their backend fails;
+streams only until their first chunk.
 
 Routes hand in plain data (`Call`); nothing here knows about FastAPI.
 """
@@ -26,10 +29,10 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from engines.base import Engine
-from engines.errors import EngineError, EngineUnavailable
+from engines.errors import EngineError, EngineUnavailable, GenerationFailed
 from engines.types import Chunk, GenerationRequest
 from gateway.adapters import AdapterRecord
 from gateway.balancer.backend import Backend
@@ -251,36 +254,40 @@ async def _balanced(
     """The requests' chunks from one backend of `pool`, retried on another while
     nothing was sent."""
     tried: list[Backend] = []
-    last: EngineUnavailable | None = None
+    last: EngineError | None = None
     while True:
-        backend = await acquire(pool, key, tried, placed, outcome, last)
-        failure: BaseException | None = None
-        sent = False
-        try:
-            async with contextlib.aclosing(
-                _watched(_generate(backend.engine, requests), outcome.watch)
-            ) as stream:
-                if buffered:
-                    items = [item async for item in stream]
-                    sent = True
-                    for item in items:
-                        yield item
-                else:
-                    async for item in stream:
+        with pool.attempt(retry=bool(tried)):
+            backend = await acquire(pool, key, tried, placed, outcome, last)
+            failure: BaseException | None = None
+            sent = False
+            try:
+                async with contextlib.aclosing(
+                    _watched(_generate(backend.engine, requests), outcome.watch)
+                ) as stream:
+                    if buffered:
+                        items = [item async for item in stream]
                         sent = True
-                        yield item
-            return
-        except EngineUnavailable as exc:
-            failure = last = exc
-            if sent or not pool.may_retry(len(tried)):
-                raise
-            log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-            tried.append(backend)
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            pool.release(backend, key.adapter, failure)
+                        for item in items:
+                            yield item
+                    else:
+                        async for item in stream:
+                            sent = True
+                            yield item
+                return
+            except BaseException as exc:
+                failure = exc
+                if sent or not retryable(exc) or not pool.may_retry(len(tried)):
+                    raise
+                last = exc
+                log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
+                tried.append(backend)
+            finally:
+                pool.release(backend, key.adapter, failure)
+
+
+def retryable(failure: BaseException) -> TypeGuard[EngineUnavailable | GenerationFailed]:
+    """Whether a failure before anything reached the client may go to another backend."""
+    return isinstance(failure, EngineUnavailable | GenerationFailed)
 
 
 async def acquire(
@@ -289,7 +296,7 @@ async def acquire(
     tried: list[Backend],
     placed: Collection[str] | None,
     outcome: Outcome,
-    last: EngineUnavailable | None,
+    last: EngineError | None,
 ) -> Backend:
     """A backend of `pool` not yet `tried`, its wait and the attempt counted in
     `outcome`; when none is left after a failure, that failure (`last`) is raised."""
@@ -317,11 +324,25 @@ async def _watched(
             yield item
 
 
+async def _to_the_end(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    """The engine's chunks for `request`. An answer that stops before each of its
+    choices has a finish_reason was cut (an upstream that closed early, or answered
+    something other than OpenAI's stream): the backend failed, as if it had said so."""
+    unfinished = set(range(request.n))
+    async with contextlib.aclosing(engine.generate(request)) as stream:
+        async for chunk in stream:
+            if chunk.finish_reason is not None:
+                unfinished.discard(chunk.index)
+            yield chunk
+    if unfinished:
+        raise EngineUnavailable("the engine's answer ended before it finished; it was cut")
+
+
 async def _generate(
     engine: Engine, requests: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     if len(requests) == 1:
-        async with contextlib.aclosing(engine.generate(requests[0])) as stream:
+        async with contextlib.aclosing(_to_the_end(engine, requests[0])) as stream:
             async for chunk in stream:
                 yield 0, chunk
         return
@@ -329,7 +350,7 @@ async def _generate(
 
     async def pump(slot: int, request: GenerationRequest) -> None:
         try:
-            async with contextlib.aclosing(engine.generate(request)) as stream:
+            async with contextlib.aclosing(_to_the_end(engine, request)) as stream:
                 async for chunk in stream:
                     await queue.put((slot, _shift(chunk, slot * request.n)))
         except Exception as exc:

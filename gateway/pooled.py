@@ -7,9 +7,9 @@ model's pool, under the balancer's rules.
     → pool.acquire (policy, wait queue, 429) → the engine's operation
     → pool.release (the backend's breaker told how it went)
 
-A backend failing with EngineUnavailable (down, timed out, 5xx, 429) is retried on
-another backend of the pool within `max_attempts` and the pool's retry budget, as
-generations are (gateway/pipeline.py). An adapter's request is counted on its version
+A backend failing (down, timed out, 5xx, 429, or broken while at it; `retryable`) is
+retried on another backend of the pool within `max_attempts` and the pool's retry
+budget, as generations are (gateway/pipeline.py). An adapter's request is counted on its version
 while it runs, so unloading the adapter drains it.
 
 Nothing here knows about FastAPI: the routes hand in plain data.
@@ -22,14 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engines.base import Embedder, Engine, Tokenizer
-from engines.errors import EngineUnavailable, InvalidGenerationRequest, UnsupportedEndpoint
+from engines.errors import EngineError, InvalidGenerationRequest, UnsupportedEndpoint
 from engines.options import blame_body_field
 from engines.tasks import API_NAMES, require
 from engines.types import Adapter, Task
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey
 from gateway.engine_set import Route
-from gateway.pipeline import Outcome, acquire
+from gateway.pipeline import Outcome, acquire, retryable
 
 log = logging.getLogger("switchyard")
 
@@ -50,8 +50,8 @@ async def call(
     outcome: Outcome,
     need: tuple[Task, str] | None = None,
 ) -> dict[str, Any]:
-    """`operation` on one backend of the route's pool, retried elsewhere while it
-    fails with EngineUnavailable; `outcome` says where it ran. `need` is the task the
+    """`operation` on one backend of the route's pool, retried elsewhere while its
+    failure is `retryable`; `outcome` says where it ran. `need` is the task the
     pool must serve and the endpoint asking for it (`serving`)."""
     pool = route.pool
     record = route.adapter
@@ -63,26 +63,25 @@ async def call(
     key = RouteKey(outcome.adapter)
     placed = record.placed if record is not None else None
     tried: list[Backend] = []
-    last: EngineUnavailable | None = None
+    last: EngineError | None = None
     if record is not None:
         record.acquire()
     try:
         while True:
-            backend = await acquire(pool, key, tried, placed, outcome, last)
-            failure: BaseException | None = None
-            try:
-                return await operation(backend.engine, adapter)
-            except EngineUnavailable as exc:
-                failure = last = exc
-                if not pool.may_retry(len(tried)):
-                    raise
-                log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-                tried.append(backend)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                pool.release(backend, key.adapter, failure)
+            with pool.attempt(retry=bool(tried)):
+                backend = await acquire(pool, key, tried, placed, outcome, last)
+                failure: BaseException | None = None
+                try:
+                    return await operation(backend.engine, adapter)
+                except BaseException as exc:
+                    failure = exc
+                    if not retryable(exc) or not pool.may_retry(len(tried)):
+                        raise
+                    last = exc
+                    log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
+                    tried.append(backend)
+                finally:
+                    pool.release(backend, key.adapter, failure)
     finally:
         if record is not None:
             record.release()

@@ -59,7 +59,7 @@ class BalancerSettings(BaseModel):
     load_factor: float = Field(1.25, ge=1.0)
     prefix_chars: int = Field(256, ge=1)
     max_attempts: int = Field(3, ge=1)
-    retry_budget: float = Field(0.2, ge=0.0, le=1.0)
+    retry_budget: float = Field(0.2, ge=0.0, le=1.0)  # share of in-flight requests retrying
     queue_size: int = Field(256, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
     probe_interval_s: float = Field(5.0, gt=0)
@@ -143,6 +143,7 @@ class RateLimitSettings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:rl:"
     timeout_s: float = Field(0.05, gt=0)
+    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
     on_redis_error: Literal["allow", "deny"] = "allow"  # fail open, or closed (503)
 
 

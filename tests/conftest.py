@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.redis_server"]  # the `redis_server` fixture
+pytest_plugins = ["tests.redis_server", "tests.replicas"]  # redis_server, lora_replicas
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = ROOT / "models" / "smollm2-135m-instruct"

@@ -17,22 +17,32 @@ from tests.servers import free_port, wait_until
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """`persistent`: an append-only file synced on every write, so a `kill -9` and a
+    restart keep the data (what an operator runs for rate limits that must survive
+    one)."""
+
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed: `make test` installs Debian's package"
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self) -> None:
+        aof = ["yes", "--appendfsync", "always"] if self.persistent else ["no"]
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", *aof, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         assert wait_until(self._answers, timeout=10)

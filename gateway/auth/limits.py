@@ -5,9 +5,15 @@ A request is admitted when its key has a request left and is not in token debt; 
 tokens (prompt + completion) are charged when it ends, so one long answer may push
 the key into debt, and the next requests wait until the bucket has refilled. In
 memory by default; in Redis when gateway replicas share limits, where one Lua
-script checks and takes both buckets atomically on Redis's own clock. Redis failing
-is counted and, by `on_redis_error`, lets requests through (allow) or refuses them
-with 503 (deny).
+script checks and takes both buckets atomically on Redis's own clock, and a bucket's
+key expires only once the bucket would be full again (a missing key is a full
+bucket), so a debt lasts as long as it does in memory.
+
+Redis failing is counted and, by `on_redis_error`, lets requests through (allow) or
+refuses them with 503 (deny); after a failure Redis is left alone for
+`retry_after_s`, as the response cache does. A charge Redis did not take is kept
+here (`deferred_tokens`) and added to the key's next charge: a failure forgives no
+debt.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +30,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 
 from gateway.auth.keys import Principal
+from gateway.backoff import Backoff
 from gateway.settings import RateLimitSettings
 
 log = logging.getLogger("switchyard")
@@ -42,6 +50,11 @@ class Verdict:
 
 class Limiter(Protocol):
     errors: int
+
+    @property
+    def deferred_tokens(self) -> int:
+        """Tokens charged while the store failed, held for their key's next charge."""
+        ...
 
     async def admit(self, principal: Principal) -> Verdict: ...
 
@@ -72,6 +85,10 @@ class MemoryLimiter:
     clock: Callable[[], float] = time.monotonic
     errors: int = 0
     _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
+
+    @property
+    def deferred_tokens(self) -> int:
+        return 0
 
     async def admit(self, principal: Principal) -> Verdict:
         now = self.clock()
@@ -115,7 +132,8 @@ def _refused(limit: str, requests: _Bucket | None, tokens: _Bucket | None, wait:
 
 # KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit),
 # tokens to charge (charge mode) or -1 (admit mode). Buckets are hashes {level, at}
-# (at in ms of Redis's clock), expiring after two idle minutes.
+# (at in ms of Redis's clock); every write sets the key to expire a second after the
+# bucket would be full again, so no debt expires with it.
 # Returns {allowed, requests left * 1000, tokens left * 1000, wait ms, refused by}.
 _SCRIPT = """
 local t = redis.call('TIME')
@@ -127,14 +145,14 @@ local function load(key, capacity)
   local at = tonumber(v[2]) or now
   return math.min(capacity, level + (now - at) * capacity / 60000)
 end
-local function store(key, level)
+local function store(key, level, capacity)
   redis.call('HSET', key, 'level', tostring(level), 'at', now)
-  redis.call('PEXPIRE', key, 120000)
+  redis.call('PEXPIRE', key, math.ceil((capacity - level) * 60000 / capacity) + 1000)
 end
 local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requests, tokens = load(KEYS[1], rpm), load(KEYS[2], tpm)
 if cost >= 0 then
-  if tokens then store(KEYS[2], tokens - cost) end
+  if tokens then store(KEYS[2], tokens - cost, tpm) end
   return {1, 0, 0, 0, ''}
 end
 local r = requests and math.floor(requests * 1000) or -1
@@ -145,8 +163,8 @@ end
 if tokens and tokens <= 0 then
   return {0, r, k, math.ceil((1 - tokens) * 60000 / tpm), 'tokens'}
 end
-if requests then store(KEYS[1], requests - 1); r = r - 1000 end
-if tokens then store(KEYS[2], tokens) end
+if requests then store(KEYS[1], requests - 1, rpm); r = r - 1000 end
+if tokens then store(KEYS[2], tokens, tpm) end
 return {1, r, k, 0, ''}
 """
 
@@ -155,6 +173,8 @@ class RedisLimiter:
     def __init__(self, settings: RateLimitSettings) -> None:
         self.settings = settings
         self.errors = 0
+        self._deferred: Counter[str] = Counter()  # tokens by key label
+        self._backoff = Backoff(settings.retry_after_s)
         timeout = settings.timeout_s
         self._client = redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
@@ -174,14 +194,24 @@ class RedisLimiter:
             limit.decode() if isinstance(limit, bytes) else str(limit),
         )
 
+    @property
+    def deferred_tokens(self) -> int:
+        return sum(self._deferred.values())
+
     async def charge(self, principal: Principal, tokens: int) -> None:
-        if principal.tpm is not None:
-            await self._run(principal, tokens)
+        if principal.tpm is None:
+            return
+        owed = tokens + self._deferred.pop(principal.label, 0)
+        if await self._run(principal, owed) is None:
+            self._deferred[principal.label] += owed
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def _run(self, principal: Principal, cost: int) -> list[Any] | None:
+        """The script's reply; None when Redis failed, or failed lately (`retry_after_s`)."""
+        if not self._backoff.up():
+            return None
         base = f"{self.settings.prefix}{principal.label}:"
         try:
             async with asyncio.timeout(self.settings.timeout_s):
@@ -191,6 +221,7 @@ class RedisLimiter:
                 )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
+            self._backoff.failed()
             log.warning("rate limiter: redis failed (%s: %s)", type(exc).__name__, exc)
             return None
         return list(reply)

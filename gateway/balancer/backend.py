@@ -1,6 +1,7 @@
 """One backend (an engine) inside a pool, with what the balancer knows about it:
-its start-up state, active health, circuit breaker, in-flight load and the adapters it
-served last (the gateway's own view of which adapters are resident there)."""
+its start-up state, active health, circuit breaker, in-flight load, the adapters it
+served last (the gateway's own view of which adapters are resident there) and whether
+a request found one of its adapters gone (`lost_adapters`: the prober restores them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engines.base import Engine
-from engines.errors import EngineOverloaded, EngineUnavailable, EngineUnreachable
+from engines.errors import AdapterMissing, EngineOverloaded, EngineUnavailable, EngineUnreachable
 
 State = Literal["loading", "ready", "failed"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -23,7 +24,8 @@ class Breaker:
     `threshold` consecutive failures, or one connect failure, open it for
     `base_s * 2**(ejections - 1)` seconds (at most `max_s`). Then it is half-open:
     one trial request at a time; success closes it and forgets past ejections, failure
-    opens it again for twice as long."""
+    opens it again for twice as long, and a trial that ends without a verdict on the
+    backend (`blames_backend`) frees the slot for the next one."""
 
     threshold: int = 3
     base_s: float = 5.0
@@ -48,6 +50,9 @@ class Breaker:
 
     def succeeded(self) -> None:
         self.reset()
+
+    def released(self) -> None:
+        self.trial = False
 
     def failed(self, now: float, *, at_once: bool = False) -> None:
         state = self.state(now)
@@ -75,6 +80,7 @@ class Backend:
     healthy: bool = True
     in_flight: int = 0
     probe_failures: int = 0
+    lost_adapters: bool = False
     by_adapter: Counter[str] = field(default_factory=Counter)
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
@@ -88,8 +94,13 @@ class Backend:
         support = self.engine.adapter_support
         return support.max_loaded if support else 0
 
+    @property
+    def serving(self) -> bool:
+        """Started, and answering its health checks (its breaker aside)."""
+        return self.state == "ready" and self.healthy
+
     def routable(self, now: float) -> bool:
-        return self.state == "ready" and self.healthy and self.breaker.allows(now)
+        return self.serving and self.breaker.allows(now)
 
     def has_room(self) -> bool:
         return self.max_in_flight is None or self.in_flight < self.max_in_flight
@@ -115,9 +126,13 @@ class Backend:
                 del self.by_adapter[adapter]
         if failure is None:
             self.breaker.succeeded()
-        elif isinstance(failure, EngineUnavailable) and not isinstance(failure, EngineOverloaded):
+        elif blames_backend(failure):
             at_once = isinstance(failure, EngineUnreachable)
             self.breaker.failed(time.monotonic(), at_once=at_once)
+        else:
+            self.breaker.released()
+        if isinstance(failure, AdapterMissing):
+            self.lost_adapters = True
 
     def describe(self, now: float) -> dict[str, object]:
         return {
@@ -125,6 +140,19 @@ class Backend:
             "state": self.state,
             "healthy": self.healthy,
             "circuit": self.breaker.state(now),
+            "routable": self.routable(now),
             "in_flight": self.in_flight,
             **({"error": self.error} if self.error else {}),
         }
+
+
+def blames_backend(failure: BaseException) -> bool:
+    """Whether a request's failure is a verdict on its backend: down, timed out or
+    broken (EngineUnavailable). Not one: the client's own mistake (400) or departure
+    (cancellation); a 429 (the backend is up, only busy); an adapter it lost by
+    restarting (AdapterMissing: it is back, and gets its adapters again); a generation
+    that broke once running (GenerationFailed: the backend took the request and
+    answered, and the cause may be that request alone; a backend broken for every
+    request fails with EngineUnavailable, and its probes)."""
+    passes = EngineOverloaded | AdapterMissing
+    return isinstance(failure, EngineUnavailable) and not isinstance(failure, passes)

@@ -3,21 +3,27 @@ its retry budget.
 
     acquire(key) → a backend with room, chosen by the policy among routable ones
                    (ready, healthy, circuit not open, not already tried, holding the
-                   adapter); none has room → wait in a bounded FIFO queue
-                   (`queue_size`, `queue_timeout_s`); queue full or wait too long →
+                   adapter), or, when every circuit left is open, among the ready
+                   and healthy ones anyway (panic routing: ejection steers traffic
+                   to other backends, and there are none); a retry that has tried
+                   every backend may try them again; none has room → wait in
+                   a bounded FIFO queue (`queue_size`, `queue_timeout_s`); queue
+                   full or wait too long →
                    Overloaded (429 + Retry-After); nothing routable → 503
     release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
 
-Retries draw on a budget: each request adds `retry_budget` of a retry (up to a burst
-of ten), so a dying backend cannot turn every request into `max_attempts` requests.
+Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
+may be retrying at once (and always at least three), so a dying backend cannot turn
+every request into `max_attempts` requests, and a quiet pool still retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
@@ -25,7 +31,7 @@ from gateway.balancer.policies import RouteKey, make_policy
 from gateway.errors import Overloaded, ServiceUnavailable
 from gateway.settings import BalancerSettings, PolicyName
 
-RETRY_BURST = 10.0
+MIN_RETRIES = 3  # retries in flight a pool always allows
 
 
 class Pool:
@@ -42,7 +48,7 @@ class Pool:
         self.policy_name = policy or settings.policies.get(model_id, settings.policy)
         self.policy = make_policy(self.policy_name, settings.load_factor)
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._retry_tokens = RETRY_BURST
+        self._retrying = 0  # attempts in flight that are retries
 
     @property
     def support(self) -> AdapterSupport | None:
@@ -92,20 +98,16 @@ class Pool:
         deadline: float | None = None
         while True:
             now = time.monotonic()
-            candidates = [
-                b
-                for b in self.backends
-                if b.routable(now) and b not in exclude and (placed is None or b.name in placed)
-            ]
+            placed_here = [b for b in self.backends if placed is None or b.name in placed]
+            untried = [b for b in placed_here if b not in exclude]
+            # Tried backends again only when none is left (a retry's last resort).
+            candidates = _choosable(untried, now) or _choosable(placed_here, now)
             if not candidates:
                 raise self._unavailable(now)
             free = [b for b in candidates if b.has_room()]
             if free:
                 backend = self.policy.choose(free, key)
                 backend.begin(key.adapter)
-                self._retry_tokens = min(
-                    RETRY_BURST, self._retry_tokens + self.settings.retry_budget
-                )
                 return backend
             if len(self._waiters) >= self.settings.queue_size:
                 raise Overloaded(
@@ -145,10 +147,20 @@ class Pool:
                     return
 
     def may_retry(self, retries_so_far: int) -> bool:
-        if retries_so_far + 1 >= self.settings.max_attempts or self._retry_tokens < 1:
+        if retries_so_far + 1 >= self.settings.max_attempts:
             return False
-        self._retry_tokens -= 1
-        return True
+        in_flight = sum(b.in_flight for b in self.backends)
+        return self._retrying < max(MIN_RETRIES, self.settings.retry_budget * in_flight)
+
+    @contextlib.contextmanager
+    def attempt(self, retry: bool) -> Iterator[None]:
+        """One attempt at a request, from choosing a backend to releasing it; a retry
+        counts against the budget meanwhile."""
+        self._retrying += retry
+        try:
+            yield
+        finally:
+            self._retrying -= retry
 
     def _unavailable(self, now: float) -> ServiceUnavailable:
         states = ", ".join(
@@ -158,6 +170,12 @@ class Pool:
             f"No backend can serve '{self.model_id}' right now ({states or 'all tried'}); "
             "retry shortly."
         )
+
+
+def _choosable(backends: list[Backend], now: float) -> list[Backend]:
+    """The routable ones; or, when every circuit among them is open, the ready and
+    healthy ones anyway (panic: breakers alone never refuse every request)."""
+    return [b for b in backends if b.routable(now)] or [b for b in backends if b.serving]
 
 
 def _why(backend: Backend, now: float) -> str:

@@ -100,12 +100,14 @@ def vllm_server_command(model: Path | str, served_name: str, port: int, *extra: 
 
 
 def lora_replica(
-    model: Path | str, served_name: str, port: int, core: int
+    model: Path | str, served_name: str, port: int, core: int, *, stats: bool = False
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of a `vllm serve` replica for routing tests: runtime
-    LoRA loading on, one LoRA slot (max_loras=1), pinned to one CPU core."""
+    LoRA loading on, one LoRA slot (max_loras=1), pinned to one CPU core. `stats`
+    keeps vLLM's scheduler gauges (`/metrics` running and waiting) up to date."""
     flags = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
-    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "4", "--disable-log-stats"]
+    flags += ["--max-lora-rank", "16", "--max-cpu-loras", "4"]
+    flags += [] if stats else ["--disable-log-stats"]
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",

@@ -12,13 +12,13 @@ one, the store is left alone for `retry_after_s`, so a dead Redis costs nothing.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from engines.types import GenerationRequest
+from gateway.backoff import Backoff
 from gateway.cache.entry import CorruptEntry, Entry
 from gateway.cache.flights import Flight, Item, Watch
 from gateway.cache.keys import Identity, cache_key, deterministic
@@ -52,7 +52,7 @@ class ResponseCache:
         self.store = store
         self.errors: Counter[str] = Counter()  # by operation: get, set, decode
         self._flights: dict[str, Flight[Any]] = {}
-        self._skip_until = 0.0
+        self._backoff = Backoff(settings.retry_after_s)
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> ResponseCache:
@@ -88,7 +88,7 @@ class ResponseCache:
 
     async def get(self, plan: Plan) -> Entry | None:
         """The stored answer, or None: missing, or the store failed (counted)."""
-        if self.store is None or not self._store_up():
+        if self.store is None or not self._backoff.up():
             return None
         try:
             stored = await self.store.get(plan.key)
@@ -136,7 +136,7 @@ class ResponseCache:
             self._forget(plan.key, flight)
 
     async def _set(self, key: str, value: bytes) -> None:
-        if self.store is None or not self._store_up():
+        if self.store is None or not self._backoff.up():
             return
         try:
             await self.store.set(key, value)
@@ -147,13 +147,10 @@ class ResponseCache:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    def _store_up(self) -> bool:
-        return time.monotonic() >= self._skip_until
-
     def _failed(self, operation: str, exc: Exception, skip_store: bool = True) -> None:
         self.errors[operation] += 1
         if skip_store:
-            self._skip_until = time.monotonic() + self.settings.retry_after_s
+            self._backoff.failed()
         log.warning("response cache %s failed, serving without it: %s", operation, exc)
 
 

@@ -1,7 +1,11 @@
-"""`GET /v1/models`: what can be served right now. A model whose backends are all
-down (or still loading) is left out rather than failing the listing; an adapter is
-listed while some healthy backend of its base holds it. A key sees only the models
-it may use."""
+"""`GET /v1/models`: every configured model and its loaded adapters, always, so a
+client that lists models before calling finds them while they load or while their
+backends are down. OpenAI's model objects (with vLLM's `root` and `parent`), plus
+`state`, the model's readiness as `/ready` words it: "ready" (something can serve
+it), "loading", "unavailable" (backends down or ejected), "failed" (did not start).
+An adapter is "ready" when a routable backend of its base holds it, else its base's
+state, or "unavailable" if its base is ready but none that holds it is. A key sees
+only the models it may use."""
 
 from __future__ import annotations
 
@@ -23,20 +27,22 @@ async def list_models(request: Request) -> dict[str, Any]:
     principal: Principal = request.state.principal
     created: int = request.app.state.started_at
     now = time.monotonic()
-    servable = {m.id for m in engines.models if m.pool.state() == "ready"}
-    models = [
-        _model(m.id, None, created, m.base.artifact) for m in engines.models if m.id in servable
-    ]
+    states = {m.id: m.pool.state() for m in engines.models}
+    models = [_model(m.id, None, states[m.id], created, m.base.artifact) for m in engines.models]
     for record in engines.adapters.records():
+        if record.state != "ready":
+            continue  # draining: new requests for it are refused
         routable = {b.name for b in record.pool.backends if b.routable(now)}
-        if record.state == "ready" and record.base in servable and record.placed & routable:
-            models.append(_model(record.adapter.name, record.base, created))
+        state = states[record.base]
+        if state == "ready" and not record.placed & routable:
+            state = "unavailable"
+        models.append(_model(record.adapter.name, record.base, state, created))
     visible = [m for m in models if principal.may_use(m["id"])]
     return {"object": "list", "data": visible}
 
 
 def _model(
-    model_id: str, parent: str | None, created: int, artifact: Artifact | None = None
+    model_id: str, parent: str | None, state: str, created: int, artifact: Artifact | None = None
 ) -> dict[str, Any]:
     model = {
         "id": model_id,
@@ -45,6 +51,7 @@ def _model(
         "owned_by": "switchyard",
         "root": model_id,
         "parent": parent,
+        "state": state,
     }
     if artifact:
         model["artifact"] = artifact.describe()

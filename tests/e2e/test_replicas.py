@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,87 +19,21 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.bench.process import lora_replica
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
-from tests.servers import free_port, serve, wait_until
+from tests.replicas import BASE_NAMES, MODEL, Replica
+from tests.servers import serve, wait_until
 from tests.settings import NO_AUTH
 
-MODEL = "smollm2"
 PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
 TIMEOUTS = {"connect_timeout_s": 2, "first_token_timeout_s": 8, "idle_timeout_s": 8}
 
 pytestmark = pytest.mark.vllm
 
 
-@dataclass
-class Replica:
-    """One `vllm serve` process group that we started, on a fixed port."""
-
-    name: str
-    port: int
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-
-    def healthy(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
-        return False
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        assert self.proc is not None
-        if not wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, 0.5):
-            raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        self.proc.wait()
-
-    def upstream_models(self) -> set[str]:
-        return {m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]}
-
-
 @pytest.fixture(scope="module")
-def replicas(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
-    logs = tmp_path_factory.mktemp("replicas")
-    started = []
-    try:
-        for i in range(2):
-            port = free_port()
-            command, env = lora_replica(demo_model, MODEL, port, core=i)
-            replica = Replica(f"r{i}", port, command, env, logs / f"r{i}.log")
-            replica.start()
-            started.append(replica)
-        for replica in started:
-            replica.wait_ready()
-        yield started
-    finally:
-        for replica in started:
-            if replica.proc is not None and replica.proc.poll() is None:
-                replica.signal(signal.SIGCONT)
-                replica.signal(signal.SIGTERM)
-                try:
-                    replica.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    replica.kill()
+def replicas(lora_replicas: list[Replica]) -> list[Replica]:
+    return lora_replicas
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +53,7 @@ def gateway(replicas: list[Replica], adapter_root: Path, policy: str) -> Iterato
             "model_id": MODEL,
             "options": {"url": r.url, "enable_lora": True, "max_loras": 1, **TIMEOUTS},
             "adapter_root": str(adapter_root),
-            "base_names": ["smollm2-135m-instruct-b179c9523d0e"],
+            "base_names": BASE_NAMES,
         }
         for r in replicas
     ]

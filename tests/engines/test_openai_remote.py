@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engines.errors import (
+    AdapterMissing,
     EngineUnavailable,
     EngineUnreachable,
     GenerationFailed,
@@ -20,9 +21,10 @@ from engines.errors import (
 )
 from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
 from engines.scripted import ScriptedConfig, ScriptedEngine
-from engines.types import Chunk, GenerationRequest, Message
+from engines.types import Adapter, Chunk, GenerationRequest, Message
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.doubles.vllm import VLLMServerDouble
 from tests.servers import free_port, serve, wait_until
 from tests.settings import NO_AUTH
 
@@ -140,9 +142,42 @@ async def test_first_token_and_idle_timeouts() -> None:
     with upstream(token_delay_s=5) as url:
         async with remote(url, idle_timeout_s=0.5) as engine:
             chunks: list[Chunk] = []
-            with pytest.raises(EngineUnavailable, match="silent"):
+            with pytest.raises(EngineUnavailable, match="idle_timeout_s"):
                 await collect_until_error(engine, GenerationRequest("r", CHAT), chunks)
             assert chunks  # the first token came, then nothing
+
+
+async def test_an_upstream_that_restarted_without_its_adapters_is_a_new_instance() -> None:
+    double = VLLMServerDouble()
+    adapter = Adapter("a1", "/adapters/a1", "f" * 64, 1)
+    request = GenerationRequest("r", CHAT, adapter=adapter)
+    with serve(double.app()) as url:
+        async with remote(url, enable_lora=True) as engine:
+            await engine.load_adapter(adapter)
+            before = await engine.health()
+            assert before.ok
+            assert (await engine.health()).instance == before.instance
+            double.restart()
+            after = await engine.health()
+            assert after.ok
+            assert after.instance != before.instance
+            with pytest.raises(AdapterMissing):  # vLLM's 404 for a model it lacks
+                await collect(engine, request)
+            await engine.load_adapter(adapter)  # what the gateway's restore does
+            assert (await engine.health()).instance == after.instance
+            assert text(await collect(engine, request)) == "hello there"
+
+
+@pytest.mark.parametrize("quiet", ["before_headers_s", "before_first_event_s"])
+async def test_the_first_token_timeout_governs_until_the_first_event(quiet: str) -> None:
+    """An upstream silent for longer than idle_timeout_s before its first event (its
+    queue, the prefill) is still within first_token_timeout_s, whether it sent its
+    headers or nothing at all; the idle timeout starts with the first event."""
+    double = VLLMServerDouble(**{quiet: 1.0})
+    with serve(double.app()) as url:
+        async with remote(url, first_token_timeout_s=5, idle_timeout_s=0.3) as engine:
+            chunks = await collect(engine, GenerationRequest("r", CHAT))
+    assert text(chunks) == "hello there"
 
 
 async def test_failure_mid_stream_is_generation_failed() -> None:

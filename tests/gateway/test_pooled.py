@@ -92,11 +92,11 @@ async def test_an_engine_without_the_capability_is_a_400() -> None:
         assert api in refused.value.message
 
 
-async def test_a_backend_that_failed_is_not_tried_again() -> None:
+async def test_a_lone_backend_that_keeps_failing_gets_max_attempts_then_its_error() -> None:
     down = Down("down", "m", scripted(serves=("embed",)).config)
     where = await route(down)
     outcome = Outcome()
     with pytest.raises(EngineUnavailable, match="upstream down"):
         await pooled.call(where, pooled.embed({"input": "a"}), outcome)
-    assert outcome.attempts == 1
+    assert outcome.attempts == where.pool.settings.max_attempts
     assert where.pool.backends[0].in_flight == 0

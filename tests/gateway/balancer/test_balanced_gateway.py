@@ -75,6 +75,23 @@ def stop(engine: ScriptedEngine) -> None:
     asyncio.run(engine.aclose())
 
 
+def restart(engine: ScriptedEngine) -> None:
+    """Stop a scripted engine and start it again at once, as a replica that restarts
+    between two probes (never seen down): it comes back without its adapters."""
+
+    async def again() -> None:
+        await engine.aclose()
+        await engine.start()
+
+    asyncio.run(again())
+
+
+def load_adapter(url: str, root: Path, name: str = "a1") -> None:
+    make_adapter(root / name, base=MODEL)
+    r = httpx.post(url + "/v1/adapters", json={"name": name, "path": name})
+    assert r.status_code == 200, r.text
+
+
 def test_round_robin_spreads_evenly() -> None:
     with gateway(pool(3), policy="round_robin") as (url, _):
         assert backends_of(url, 9) == {"b0": 3, "b1": 3, "b2": 3}
@@ -114,9 +131,10 @@ def test_a_dead_backend_is_retried_around_ejected_and_taken_back() -> None:
         assert backends_of(url, 4) == {"b0": 2, "b1": 2}
 
 
-def test_no_backend_left_is_503_and_models_list_still_answers() -> None:
+def test_no_backend_left_is_503_and_models_list_still_names_the_model(tmp_path: Path) -> None:
     engines = pool(2)
-    with gateway(engines) as (url, _app):
+    with gateway(engines, adapter_root=tmp_path) as (url, _app):
+        load_adapter(url, tmp_path)
         for engine in engines:
             stop(engine)
         with httpx.Client(base_url=url) as client:
@@ -126,7 +144,16 @@ def test_no_backend_left_is_503_and_models_list_still_answers() -> None:
             assert ready["models"] == {MODEL: "unavailable"}
             models = client.get("/v1/models")
             assert models.status_code == 200
-            assert models.json()["data"] == []
+            listed = {m["id"]: (m["parent"], m["state"]) for m in models.json()["data"]}
+            assert listed == {MODEL: (None, "unavailable"), "a1": (MODEL, "unavailable")}
+
+
+def test_models_are_listed_while_they_load() -> None:
+    engines = pool(1, start_delay_s=30)
+    app = create_app(Settings(engines=[], auth=NO_AUTH), engines=engines)
+    with serve(app) as url:
+        (model,) = httpx.get(url + "/v1/models").json()["data"]
+        assert (model["id"], model["object"], model["state"]) == (MODEL, "model", "loading")
 
 
 def test_full_backends_queue_then_429_with_retry_after() -> None:
@@ -160,3 +187,52 @@ def test_adapters_are_loaded_on_every_replica(tmp_path: Path) -> None:
             assert sum(seen.values()) == 6
             assert client.delete("/v1/adapters/a1").status_code == 200
             assert all(not e.adapters for e in engines)
+
+
+def test_a_replica_restarted_between_probes_gets_its_adapters_back(tmp_path: Path) -> None:
+    engines = pool(2)
+    with gateway(engines, adapter_root=tmp_path, policy="round_robin") as (url, _):
+        load_adapter(url, tmp_path)
+        restart(engines[0])
+        assert not engines[0].adapters
+        assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
+        assert backends_of(url, 4, model="a1") == {"b0": 2, "b1": 2}
+
+
+def test_an_adapter_a_replica_lost_is_retried_elsewhere_and_put_back(tmp_path: Path) -> None:
+    """A replica that lost an adapter (vLLM's 404; here the engine drops it behind the
+    gateway's back, and reports no restart) is not ejected for it: the request goes
+    to another replica, and the next probe loads the adapter there again."""
+    engines = pool(2)
+    with gateway(engines, adapter_root=tmp_path, policy="round_robin") as (url, app):
+        load_adapter(url, tmp_path)
+        (lost,) = engines[0].adapters.values()
+        asyncio.run(engines[0].unload_adapter(lost))
+        assert sum(backends_of(url, 4, model="a1").values()) == 4  # every one answered
+        backend = app.state.engines.models[0].pool.backends[0]
+        assert backend.breaker.failures == 0
+        assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
+
+
+def test_a_generation_that_broke_before_output_is_retried_a_client_error_never() -> None:
+    broken = ScriptedEngine("b0", MODEL, ScriptedConfig(fail_after_tokens=0))
+    engines = [broken, ScriptedEngine("b1", MODEL, ScriptedConfig())]
+    with gateway(engines, policy="round_robin") as (url, _):
+        assert backends_of(url, 4) == {"b1": 4}  # b0's failures answered by b1
+        assert broken.generations == 4  # tried first every time: not ejected for it
+        with httpx.Client(base_url=url) as client:
+            with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as r:
+                assert r.status_code == 200
+                assert r.headers["x-switchyard-backend"] == "b1"
+            retried = _retries(client)
+            too_long = {**BODY, "max_tokens": 10**6}
+            for _ in range(2):
+                assert_error(client.post("/v1/chat/completions", json=too_long), 400)
+            assert _retries(client) == retried
+
+
+def _retries(client: httpx.Client) -> float:
+    line = f'switchyard_retries_total{{model="{MODEL}"}} '
+    text = client.get("/metrics").text
+    (value,) = [x.removeprefix(line) for x in text.splitlines() if x.startswith(line)]
+    return float(value)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 
+import pytest
+
+from engines.errors import (
+    EngineOverloaded,
+    EngineUnavailable,
+    GenerationFailed,
+    InvalidGenerationRequest,
+)
 from engines.scripted import ScriptedConfig, ScriptedEngine
 from gateway.balancer.backend import Backend, Breaker
 from gateway.balancer.policies import (
@@ -13,6 +23,9 @@ from gateway.balancer.policies import (
     RoundRobin,
     RouteKey,
 )
+from gateway.balancer.pool import Pool
+from gateway.errors import ServiceUnavailable
+from gateway.settings import BalancerSettings
 
 
 def backends(n: int, max_loras: int = 1) -> list[Backend]:
@@ -108,3 +121,87 @@ def test_connect_failures_eject_at_once() -> None:
     breaker = Breaker(threshold=5)
     breaker.failed(0, at_once=True)
     assert breaker.state(0) == "open"
+
+
+def half_open() -> Backend:
+    """A backend whose ejection has just ended: one trial request may go."""
+    (backend,) = backends(1)
+    backend.breaker.failed(time.monotonic(), at_once=True)
+    backend.breaker.open_until = time.monotonic()
+    assert backend.breaker.state(time.monotonic()) == "half_open"
+    return backend
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        InvalidGenerationRequest("the client's mistake"),
+        asyncio.CancelledError(),  # the client left
+        EngineOverloaded("429"),
+        GenerationFailed("broke while generating"),
+    ],
+    ids=["400", "disconnect", "429", "generation-failed"],
+)
+def test_a_trial_that_ends_without_a_verdict_frees_the_slot(ending: BaseException) -> None:
+    backend = half_open()
+    backend.begin(None)  # the trial
+    assert not backend.routable(time.monotonic())  # one at a time
+    backend.end(None, ending)
+    assert backend.routable(time.monotonic())  # the next request may try
+    assert backend.breaker.state(time.monotonic()) == "half_open"
+
+
+def test_a_trial_that_fails_or_succeeds_decides() -> None:
+    failing = half_open()
+    failing.begin(None)
+    failing.end(None, EngineUnavailable("down"))
+    assert failing.breaker.state(time.monotonic()) == "open"
+    passing = half_open()
+    passing.begin(None)
+    passing.end(None, None)
+    assert passing.breaker.state(time.monotonic()) == "closed"
+
+
+async def test_panic_routing_when_every_circuit_is_open() -> None:
+    """Ejection steers traffic to the other backends; with none left, the healthy
+    ones are tried anyway rather than refusing everything. Unhealthy ones never are."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings())
+    now = time.monotonic()
+    for backend in (a, b):
+        backend.breaker.failed(now, at_once=True)
+        assert not backend.routable(now)
+    chosen = await pool.acquire(RouteKey())
+    assert chosen in (a, b)
+    pool.release(chosen, None, None)
+    a.healthy = b.healthy = False
+    with pytest.raises(ServiceUnavailable):
+        await pool.acquire(RouteKey())
+
+
+def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
+    """Envoy's retry budget: a quiet pool always has three retries; a busy one may
+    have `retry_budget` of its requests in flight retrying at once, no more."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings(retry_budget=0.2, max_attempts=3))
+    assert not pool.may_retry(2)  # max_attempts
+    with pool.attempt(retry=True), pool.attempt(retry=True):
+        assert pool.may_retry(0)
+        with pool.attempt(retry=True):
+            assert not pool.may_retry(0)  # three retrying already
+            a.in_flight = b.in_flight = 10
+            assert pool.may_retry(0)  # 20 % of 20 in flight: four
+            with pool.attempt(retry=True):
+                assert not pool.may_retry(0)
+    a.in_flight = b.in_flight = 0
+    assert pool.may_retry(0)  # each attempt gave its slot back
+
+
+async def test_a_retry_that_tried_every_backend_may_go_back_to_one() -> None:
+    """Another backend first; when every one has been tried, a tried one again (the
+    fault that failed the first attempt may be over)."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings())
+    assert await pool.acquire(RouteKey(), exclude=[a]) is b
+    pool.release(b, None, None)
+    assert await pool.acquire(RouteKey(), exclude=[a, b]) in (a, b)

