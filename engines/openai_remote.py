@@ -5,9 +5,13 @@ timeouts: connect; first token (request sent → first streamed event, which cov
 upstream's own queue and the prefill, with or without headers sent); idle (between
 events, from the first on); total (a stream, and every whole answer or admin call).
 aiohttp's own read timeout stays off: it would run from the request on, and cut a
-first event that comes later than the idle timeout. Every generation streams from the
-upstream (`stream: true` with usage) whatever the client asked, so TTFT, disconnects
-and retries work the same way as in-process.
+first event that comes later than the idle timeout. A streamed request streams from
+the upstream with usage; a non-streamed one is forwarded whole (so the upstream's own
+tool-call and reasoning parsing answers it as `vllm serve` would). A whole answer has
+no events to time, so while it is awaited the upstream must keep answering its
+`health_path`: asked each idle_timeout_s, it answers within idle_timeout_s or the
+answer is given up (EngineUnavailable, retried elsewhere). A frozen upstream is thus
+left after at most twice the idle timeout, not after total_timeout_s.
 
 Upstream failures map onto the engine error tree (engines/errors.py):
 
@@ -295,16 +299,17 @@ class OpenAIRemoteEngine:
             self._running -= 1
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST `body` for a whole (non-streamed) answer, within total_timeout_s."""
+        """POST `body` for a whole (non-streamed) answer."""
         payload = await self.post_json(path, body, "choices")
         if not isinstance(payload["choices"], list):
             raise EngineUnavailable(f"{self.root} sent a malformed answer: {str(payload)[:200]!r}")
         return payload
 
     async def post_json(self, path: str, body: dict[str, Any], expect: str) -> dict[str, Any]:
-        """POST `body` within total_timeout_s; the answer is a JSON object with a field
-        `expect`, else the upstream is broken (EngineUnavailable)."""
-        reply = await self._within(self._post(path, body), "total_timeout_s")
+        """POST `body` within total_timeout_s while the upstream stays alive; the answer
+        is a JSON object with a field `expect`, else the upstream is broken
+        (EngineUnavailable)."""
+        reply = await self._while_alive(self._post(path, body))
         if reply.status >= 400:
             raise self.refusal(reply, body)
         payload = reply.json
@@ -376,6 +381,30 @@ class OpenAIRemoteEngine:
             raise EngineUnavailable(f"{self.root} sent nothing within {limit}={seconds}") from None
         except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
+
+    async def _while_alive(self, step: Awaitable[T]) -> T:
+        """`step` within total_timeout_s, given up earlier if the upstream stops
+        answering `health_path` (asked each idle_timeout_s while `step` waits)."""
+        answer = asyncio.ensure_future(self._within(step, "total_timeout_s"))
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=self.config.idle_timeout_s)
+                if done:
+                    return answer.result()
+                await self._within(self._ping(), "idle_timeout_s")
+        finally:
+            if not answer.done():
+                answer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EngineError):
+                    await answer
+
+    async def _ping(self) -> None:
+        async with self._http().get(self.root + self.config.health_path) as response:
+            if response.status >= 500:
+                raise EngineUnavailable(
+                    f"{self.root} answered {response.status} on {self.config.health_path}"
+                    " while a whole answer was awaited"
+                )
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -10,12 +10,13 @@ cue.
   already loaded is vLLM's 400 "... has already been loaded".
   `POST /v1/unload_lora_adapter` {lora_name}.
 - `POST /v1/chat/completions` with `stream: true`: "hello there" in two events, a
-  usage event, `[DONE]`. A model it does not serve (an adapter it lost) is vLLM's 404
+  usage event, `[DONE]`; without it, the same answer whole. A model it does not serve (an adapter it lost) is vLLM's 404
   NotFoundError "The model `x` does not exist. Valid aliases: ...".
 
 On cue: `restart()` forgets the adapters, as a restarted server does;
 `before_headers_s` waits before answering a chat request at all (not one byte);
-`before_first_event_s` sends the headers at once, then waits before the first event.
+`before_first_event_s` sends the headers at once, then waits before the first event;
+`frozen` stops answering anything, /health included, as a process under SIGSTOP.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class VLLMServerDouble:
     before_headers_s: float = 0.0
     before_first_event_s: float = 0.0
     adapters: dict[str, str] = field(default_factory=dict)  # lora_name → lora_path
+    frozen: bool = False
     chats: int = 0  # chat requests received
 
     def restart(self) -> None:
@@ -55,7 +57,12 @@ class VLLMServerDouble:
         )
 
     async def _health(self, request: Request) -> Response:
+        await self._thaw()
         return Response(status_code=200)
+
+    async def _thaw(self) -> None:
+        while self.frozen:
+            await asyncio.sleep(0.05)
 
     async def _models(self, request: Request) -> Response:
         cards = [{"id": self.model, "object": "model", "root": self.model, "parent": None}]
@@ -86,6 +93,9 @@ class VLLMServerDouble:
             message = f"The model `{model}` does not exist. Valid aliases: {self.model}."
             return _error(404, "NotFoundError", message, param="model")
         await asyncio.sleep(self.before_headers_s)
+        await self._thaw()
+        if not body.get("stream"):
+            return JSONResponse(_whole(model))
         return StreamingResponse(self._events(model), media_type="text/event-stream")
 
     async def _events(self, model: str) -> AsyncIterator[bytes]:
@@ -97,6 +107,13 @@ class VLLMServerDouble:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
         yield _event({"object": "chat.completion.chunk", "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
+
+
+def _whole(model: str) -> dict[str, Any]:
+    message = {"role": "assistant", "content": "hello there"}
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {"object": "chat.completion", "model": model, "choices": [choice], "usage": usage}
 
 
 def _event(payload: dict[str, Any]) -> bytes:

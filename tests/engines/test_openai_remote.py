@@ -180,6 +180,27 @@ async def test_the_first_token_timeout_governs_until_the_first_event(quiet: str)
     assert text(chunks) == "hello there"
 
 
+async def test_a_whole_answer_may_take_longer_than_the_idle_timeout() -> None:
+    """A non-streamed answer comes in one piece after the whole generation; the
+    upstream answering its /health meanwhile is what keeps it waited for."""
+    double = VLLMServerDouble(before_headers_s=1.0)
+    with serve(double.app()) as url:
+        async with remote(url, idle_timeout_s=0.3) as engine:
+            chunks = await collect(engine, GenerationRequest("r", CHAT, incremental=False))
+    assert text(chunks) == "hello there"
+
+
+async def test_a_whole_answer_from_a_frozen_upstream_is_given_up() -> None:
+    """SIGSTOP: no answer and no /health either; given up after the idle timeout and
+    its health check, not after total_timeout_s (found by the frozen-replica test)."""
+    double = VLLMServerDouble(frozen=True)
+    with serve(double.app()) as url:
+        async with remote(url, idle_timeout_s=0.3, total_timeout_s=60) as engine:
+            with pytest.raises(EngineUnavailable, match="idle_timeout_s"):
+                await collect(engine, GenerationRequest("r", CHAT, incremental=False))
+        double.frozen = False
+
+
 async def test_failure_mid_stream_is_generation_failed() -> None:
     with upstream(fail_after_tokens=2) as url:
         async with remote(url) as engine:
