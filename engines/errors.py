@@ -9,6 +9,8 @@ EngineError
 ├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
 │   │                             the balancer retries elsewhere and counts a failure)
 │   ├── EngineUnreachable         could not connect at all (ejected at once)
+│   ├── ConnectionLost            the connection broke before the answer ended (it died
+│   │                             or restarted: its requests' retries are not budgeted)
 │   ├── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
 │   └── AdapterMissing            the backend lost an adapter it was given (it restarted;
 │                                 retried elsewhere, not a failure: the gateway restores it)
@@ -71,6 +73,10 @@ class EngineUnavailable(EngineError):
 
 
 class EngineUnreachable(EngineUnavailable):
+    pass
+
+
+class ConnectionLost(EngineUnavailable):
     pass
 
 

@@ -16,6 +16,7 @@ left after at most twice the idle timeout, not after total_timeout_s.
 Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
+    the connection broke (reset, closed)  → ConnectionLost     (retried elsewhere)
     429                                   → EngineOverloaded   (retried elsewhere)
     404 naming an adapter loaded there    → AdapterMissing     (it restarted: retried
                                                                 elsewhere, restored)
@@ -62,6 +63,7 @@ import orjson
 
 from engines.errors import (
     AdapterMissing,
+    ConnectionLost,
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
@@ -457,7 +459,7 @@ class Reply:
 def transport_error(exc: BaseException, where: str) -> EngineError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
-    return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
+    return ConnectionLost(f"the connection to {where} broke: {describe(exc)}")
 
 
 def status_error(reply: Reply, where: str) -> EngineError:

@@ -253,11 +253,10 @@ async def _balanced(
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """The requests' chunks from one backend of `pool`, retried on another while
     nothing was sent."""
-    tried: list[Backend] = []
-    last: EngineError | None = None
+    attempts = Attempts(pool)
     while True:
-        with pool.attempt(retry=bool(tried)):
-            backend = await acquire(pool, key, tried, placed, outcome, last)
+        with pool.attempt(retry=bool(attempts.tried)):
+            backend = await acquire(pool, key, attempts, placed, outcome)
             failure: BaseException | None = None
             sent = False
             try:
@@ -276,11 +275,8 @@ async def _balanced(
                 return
             except BaseException as exc:
                 failure = exc
-                if sent or not retryable(exc) or not pool.may_retry(len(tried)):
-                    raise
-                last = exc
-                log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-                tried.append(backend)
+                if sent or not attempts.again(backend, exc):
+                    raise attempts.verdict(exc) from None
             finally:
                 pool.release(backend, key.adapter, failure)
 
@@ -290,22 +286,53 @@ def retryable(failure: BaseException) -> TypeGuard[EngineUnavailable | Generatio
     return isinstance(failure, EngineUnavailable | GenerationFailed)
 
 
+@dataclass
+class Attempts:
+    """One request's attempts on a pool: the backends tried, how each failed, and
+    whether it may go on (`retryable`, `max_attempts`, the retry budget)."""
+
+    pool: Pool
+    tried: list[Backend] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "backend: why", in order
+    last: EngineUnavailable | GenerationFailed | None = None
+    spent: bool = False  # the pool's retry budget refused a retry
+
+    def again(self, backend: Backend, failure: BaseException) -> bool:
+        """Whether the request, `failure` on `backend` before any output, gets another
+        attempt."""
+        if not retryable(failure):
+            return False
+        self.failures.append(f"{backend.name}: {failure}")
+        if not self.pool.may_retry(len(self.tried), failure):
+            self.spent = len(self.failures) < self.pool.settings.max_attempts
+            return False
+        log.warning("backend %s failed (%s); retrying elsewhere", backend.name, failure)
+        self.last = failure
+        self.tried.append(backend)
+        return True
+
+    def verdict(self, failure: BaseException) -> BaseException:
+        """What the request ends on: `failure`, or after several attempts the same
+        kind of error saying how each went."""
+        if not retryable(failure) or (len(self.failures) < 2 and not self.spent):
+            return failure
+        why = "; ".join(self.failures)
+        if self.spent:
+            why += " (no retry: the pool's retry budget is spent, too many requests retrying)"
+        return type(failure)(f"{len(self.failures)} attempt(s) failed: {why}")
+
+
 async def acquire(
-    pool: Pool,
-    key: RouteKey,
-    tried: list[Backend],
-    placed: Collection[str] | None,
-    outcome: Outcome,
-    last: EngineError | None,
+    pool: Pool, key: RouteKey, attempts: Attempts, placed: Collection[str] | None, outcome: Outcome
 ) -> Backend:
-    """A backend of `pool` not yet `tried`, its wait and the attempt counted in
-    `outcome`; when none is left after a failure, that failure (`last`) is raised."""
+    """A backend of `pool` for the next attempt, its wait and the attempt counted in
+    `outcome`; when none is left after a failure, the attempts' verdict is raised."""
     waiting = time.perf_counter()
     try:
-        backend = await pool.acquire(key, tried, placed)
+        backend = await pool.acquire(key, attempts.tried, placed)
     except ServiceUnavailable:
-        if last is not None:
-            raise last from None
+        if attempts.last is not None:
+            raise attempts.verdict(attempts.last) from None
         raise
     finally:
         outcome.queue_wait_s += time.perf_counter() - waiting

@@ -22,14 +22,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engines.base import Embedder, Engine, Tokenizer
-from engines.errors import EngineError, InvalidGenerationRequest, UnsupportedEndpoint
+from engines.errors import InvalidGenerationRequest, UnsupportedEndpoint
 from engines.options import blame_body_field
 from engines.tasks import API_NAMES, require
 from engines.types import Adapter, Task
-from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey
 from gateway.engine_set import Route
-from gateway.pipeline import Outcome, acquire, retryable
+from gateway.pipeline import Attempts, Outcome, acquire
 
 log = logging.getLogger("switchyard")
 
@@ -62,24 +61,20 @@ async def call(
         serving(route, *need)
     key = RouteKey(outcome.adapter)
     placed = record.placed if record is not None else None
-    tried: list[Backend] = []
-    last: EngineError | None = None
+    attempts = Attempts(pool)
     if record is not None:
         record.acquire()
     try:
         while True:
-            with pool.attempt(retry=bool(tried)):
-                backend = await acquire(pool, key, tried, placed, outcome, last)
+            with pool.attempt(retry=bool(attempts.tried)):
+                backend = await acquire(pool, key, attempts, placed, outcome)
                 failure: BaseException | None = None
                 try:
                     return await operation(backend.engine, adapter)
                 except BaseException as exc:
                     failure = exc
-                    if not retryable(exc) or not pool.may_retry(len(tried)):
-                        raise
-                    last = exc
-                    log.warning("backend %s failed (%s); retrying elsewhere", backend.name, exc)
-                    tried.append(backend)
+                    if not attempts.again(backend, exc):
+                        raise attempts.verdict(exc) from None
                 finally:
                     pool.release(backend, key.adapter, failure)
     finally:

@@ -14,7 +14,11 @@ its retry budget.
 
 Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
 may be retrying at once (and always at least three), so a dying backend cannot turn
-every request into `max_attempts` requests, and a quiet pool still retries.
+every request into `max_attempts` requests, and a quiet pool still retries. The
+budget is for failures that may be the pool's load (a timeout, a 5xx, a 429); a
+backend that is gone (refused, its connection broke, restarted without its adapters)
+loaded nothing by failing, so its requests always get their retry: a replica killed
+under load fails half a pool's requests at once, and none of them is lost.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 
+from engines.errors import AdapterMissing, ConnectionLost, EngineUnreachable
 from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey, make_policy
@@ -32,6 +37,7 @@ from gateway.errors import Overloaded, ServiceUnavailable
 from gateway.settings import BalancerSettings, PolicyName
 
 MIN_RETRIES = 3  # retries in flight a pool always allows
+GONE = (EngineUnreachable, ConnectionLost, AdapterMissing)  # failures the budget spares
 
 
 class Pool:
@@ -146,9 +152,11 @@ class Pool:
                 if not everyone:
                     return
 
-    def may_retry(self, retries_so_far: int) -> bool:
+    def may_retry(self, retries_so_far: int, failure: BaseException) -> bool:
         if retries_so_far + 1 >= self.settings.max_attempts:
             return False
+        if isinstance(failure, GONE):
+            return True
         in_flight = sum(b.in_flight for b in self.backends)
         return self._retrying < max(MIN_RETRIES, self.settings.retry_budget * in_flight)
 

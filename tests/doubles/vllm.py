@@ -10,8 +10,9 @@ cue.
   already loaded is vLLM's 400 "... has already been loaded".
   `POST /v1/unload_lora_adapter` {lora_name}.
 - `POST /v1/chat/completions` with `stream: true`: "hello there" in two events, a
-  usage event, `[DONE]`; without it, the same answer whole. A model it does not serve (an adapter it lost) is vLLM's 404
-  NotFoundError "The model `x` does not exist. Valid aliases: ...".
+  usage event, `[DONE]`; without it, the same answer whole. A model it does not
+  serve (an adapter it lost) is vLLM's 404 NotFoundError "The model `x` does not
+  exist. Valid aliases: ...".
 
 On cue: `restart()` forgets the adapters, as a restarted server does;
 `before_headers_s` waits before answering a chat request at all (not one byte);
@@ -61,7 +62,7 @@ class VLLMServerDouble:
         return Response(status_code=200)
 
     async def _thaw(self) -> None:
-        while self.frozen:
+        while self.frozen:  # noqa: ASYNC110 (set from the test's thread)
             await asyncio.sleep(0.05)
 
     async def _models(self, request: Request) -> Response:

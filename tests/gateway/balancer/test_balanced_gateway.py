@@ -231,6 +231,16 @@ def test_a_generation_that_broke_before_output_is_retried_a_client_error_never()
             assert _retries(client) == retried
 
 
+def test_a_request_that_failed_every_attempt_says_how_each_went() -> None:
+    engines = pool(2, fail_after_tokens=0)
+    with gateway(engines, policy="round_robin", max_attempts=3) as (url, _):
+        r = httpx.post(url + "/v1/chat/completions", json=BODY)
+    message = str(assert_error(r, 500)["message"])
+    assert message.startswith("The engine failed while generating: 3 attempt(s) failed: b0: ")
+    assert [part.split(":")[0] for part in message.split("; ")[1:]] == ["b1", "b0"]
+    assert sum(e.generations for e in engines) == 3
+
+
 def _retries(client: httpx.Client) -> float:
     line = f'switchyard_retries_total{{model="{MODEL}"}} '
     text = client.get("/metrics").text

@@ -9,8 +9,10 @@ from collections import Counter
 import pytest
 
 from engines.errors import (
+    ConnectionLost,
     EngineOverloaded,
     EngineUnavailable,
+    EngineUnreachable,
     GenerationFailed,
     InvalidGenerationRequest,
 )
@@ -184,17 +186,22 @@ def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
     have `retry_budget` of its requests in flight retrying at once, no more."""
     a, b = backends(2)
     pool = Pool("m", [a, b], BalancerSettings(retry_budget=0.2, max_attempts=3))
-    assert not pool.may_retry(2)  # max_attempts
+    timeout = EngineUnavailable("timed out")
+    assert not pool.may_retry(2, timeout)  # max_attempts
     with pool.attempt(retry=True), pool.attempt(retry=True):
-        assert pool.may_retry(0)
+        assert pool.may_retry(0, timeout)
         with pool.attempt(retry=True):
-            assert not pool.may_retry(0)  # three retrying already
+            assert not pool.may_retry(0, timeout)  # three retrying already
             a.in_flight = b.in_flight = 10
-            assert pool.may_retry(0)  # 20 % of 20 in flight: four
+            assert pool.may_retry(0, timeout)  # 20 % of 20 in flight: four
             with pool.attempt(retry=True):
-                assert not pool.may_retry(0)
+                assert not pool.may_retry(0, timeout)
+                # A backend that is gone made no load: its requests still retry.
+                for gone in (ConnectionLost("reset"), EngineUnreachable("refused")):
+                    assert pool.may_retry(0, gone)
+                    assert not pool.may_retry(2, gone)  # max_attempts
     a.in_flight = b.in_flight = 0
-    assert pool.may_retry(0)  # each attempt gave its slot back
+    assert pool.may_retry(0, timeout)  # each attempt gave its slot back
 
 
 async def test_a_retry_that_tried_every_backend_may_go_back_to_one() -> None:
