@@ -7,8 +7,9 @@ gateway serving the scripted engine, both over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -30,11 +31,14 @@ ROLE = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "up
 
 
 def broken_upstream(kind: str) -> Starlette:
-    """`garbage`: 200 with bytes that are no SSE; `cut`: one event, then the end."""
+    """`garbage`: 200 with bytes that are no SSE; `cut`: one event, then the end;
+    `reset`: the headers, then after a moment the connection drops (a killed server)."""
 
     async def answer(request: Request) -> Response:
         if kind == "garbage":
             return PlainTextResponse("\x00<html>not json")
+        if kind == "reset":
+            return StreamingResponse(_dropped(), media_type="text/event-stream")
         frame = b"data: " + orjson.dumps(ROLE) + b"\n\n"
         return StreamingResponse(iter([frame]), media_type="text/event-stream")
 
@@ -43,6 +47,12 @@ def broken_upstream(kind: str) -> Starlette:
 
     routes = [Route("/v1/chat/completions", answer, methods=["POST"]), Route("/health", health)]
     return Starlette(routes=routes)
+
+
+async def _dropped() -> AsyncIterator[bytes]:
+    await asyncio.sleep(0.3)
+    raise ConnectionResetError("killed")  # the server drops the connection mid-body
+    yield b""
 
 
 @contextlib.contextmanager
@@ -88,3 +98,24 @@ def test_a_cut_answer_is_retried_before_output_and_an_error_after(kind: str) -> 
                 assert "cut" in errors[0]["error"]["message"]
             outcomes.add(backend)
         assert outcomes == ({"good", "broken"} if kind == "cut" else {"good"})
+
+
+def test_a_replica_dying_under_load_loses_none_of_its_requests() -> None:
+    """Half the requests in flight fail at once when one of two replicas dies: more
+    than the retry budget's three, and every one is retried (the budget is for
+    failures that may be load, not for a backend that is gone)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with (
+        serve(broken_upstream("reset")) as broken,
+        upstream(token_delay_s=0.2) as good,  # the retries stay in flight together
+        gateway(broken, good) as url,
+    ):
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                send = [client.post("/v1/chat/completions", json=body) for _ in range(10)]
+                return await asyncio.gather(*send)
+
+        answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers]
+    assert {r.headers["x-switchyard-backend"] for r in answers} == {"good"}
