@@ -303,7 +303,7 @@ class Attempts:
         if not retryable(failure):
             return False
         self.failures.append(f"{backend.name}: {failure}")
-        if not self.pool.may_retry(len(self.tried), failure):
+        if not self.pool.may_retry(len(self.tried), failure, backend):
             self.spent = len(self.failures) < self.pool.settings.max_attempts
             return False
         log.warning("backend %s failed (%s); retrying elsewhere", backend.name, failure)

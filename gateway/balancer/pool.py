@@ -15,10 +15,11 @@ its retry budget.
 Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
 may be retrying at once (and always at least three), so a dying backend cannot turn
 every request into `max_attempts` requests, and a quiet pool still retries. The
-budget is for failures that may be the pool's load (a timeout, a 5xx, a 429); a
+budget is for failures that may be the pool's load (a timeout, a 5xx, a 429). A
 backend that is gone (refused, its connection broke, restarted without its adapters)
-loaded nothing by failing, so its requests always get their retry: a replica killed
-under load fails half a pool's requests at once, and none of them is lost.
+or that its health checks already found down failed on its own, so its requests
+always get their retry: a replica killed or frozen under load fails half a pool's
+requests at once, and none of them is lost.
 """
 
 from __future__ import annotations
@@ -152,11 +153,11 @@ class Pool:
                 if not everyone:
                     return
 
-    def may_retry(self, retries_so_far: int, failure: BaseException) -> bool:
+    def may_retry(self, retries_so_far: int, failure: BaseException, backend: Backend) -> bool:
         if retries_so_far + 1 >= self.settings.max_attempts:
             return False
-        if isinstance(failure, GONE):
-            return True
+        if isinstance(failure, GONE) or not backend.serving:
+            return True  # that backend's own failure, not the pool's load
         in_flight = sum(b.in_flight for b in self.backends)
         return self._retrying < max(MIN_RETRIES, self.settings.retry_budget * in_flight)
 

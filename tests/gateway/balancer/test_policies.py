@@ -187,21 +187,23 @@ def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
     a, b = backends(2)
     pool = Pool("m", [a, b], BalancerSettings(retry_budget=0.2, max_attempts=3))
     timeout = EngineUnavailable("timed out")
-    assert not pool.may_retry(2, timeout)  # max_attempts
+    assert not pool.may_retry(2, timeout, a)  # max_attempts
     with pool.attempt(retry=True), pool.attempt(retry=True):
-        assert pool.may_retry(0, timeout)
+        assert pool.may_retry(0, timeout, a)
         with pool.attempt(retry=True):
-            assert not pool.may_retry(0, timeout)  # three retrying already
+            assert not pool.may_retry(0, timeout, a)  # three retrying already
             a.in_flight = b.in_flight = 10
-            assert pool.may_retry(0, timeout)  # 20 % of 20 in flight: four
+            assert pool.may_retry(0, timeout, a)  # 20 % of 20 in flight: four
             with pool.attempt(retry=True):
-                assert not pool.may_retry(0, timeout)
+                assert not pool.may_retry(0, timeout, a)
                 # A backend that is gone made no load: its requests still retry.
                 for gone in (ConnectionLost("reset"), EngineUnreachable("refused")):
-                    assert pool.may_retry(0, gone)
-                    assert not pool.may_retry(2, gone)  # max_attempts
+                    assert pool.may_retry(0, gone, a)
+                    assert not pool.may_retry(2, gone, a)  # max_attempts
+                a.healthy = False  # and one its probes found down
+                assert pool.may_retry(0, timeout, a)
     a.in_flight = b.in_flight = 0
-    assert pool.may_retry(0, timeout)  # each attempt gave its slot back
+    assert pool.may_retry(0, timeout, a)  # each attempt gave its slot back
 
 
 async def test_a_retry_that_tried_every_backend_may_go_back_to_one() -> None:
