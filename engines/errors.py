@@ -9,8 +9,8 @@ EngineError
 ├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
 │   │                             the balancer retries elsewhere and counts a failure)
 │   ├── EngineUnreachable         could not connect at all (ejected at once)
-│   ├── ConnectionLost            the connection broke before the answer ended (it died
-│   │                             or restarted: its requests' retries are not budgeted)
+│   ├── EngineTimedOut            said nothing within a timeout (may be load: its
+│   │                             retries draw on the pool's retry budget, as 429's)
 │   ├── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
 │   └── AdapterMissing            the backend lost an adapter it was given (it restarted;
 │                                 retried elsewhere, not a failure: the gateway restores it)
@@ -76,7 +76,7 @@ class EngineUnreachable(EngineUnavailable):
     pass
 
 
-class ConnectionLost(EngineUnavailable):
+class EngineTimedOut(EngineUnavailable):
     pass
 
 

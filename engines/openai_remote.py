@@ -16,7 +16,8 @@ left after at most twice the idle timeout, not after total_timeout_s.
 Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
-    the connection broke (reset, closed)  → ConnectionLost     (retried elsewhere)
+    a timeout (see above)                 → EngineTimedOut     (retried elsewhere,
+                                                                within the retry budget)
     429                                   → EngineOverloaded   (retried elsewhere)
     404 naming an adapter loaded there    → AdapterMissing     (it restarted: retried
                                                                 elsewhere, restored)
@@ -63,9 +64,9 @@ import orjson
 
 from engines.errors import (
     AdapterMissing,
-    ConnectionLost,
     EngineError,
     EngineOverloaded,
+    EngineTimedOut,
     EngineUnavailable,
     EngineUnreachable,
     GenerationFailed,
@@ -347,7 +348,7 @@ class OpenAIRemoteEngine:
                     yield payload
                     limit, until = "idle_timeout_s", None
                     if time.monotonic() > deadline:
-                        raise EngineUnavailable(
+                        raise EngineTimedOut(
                             f"{self.root} did not finish within total_timeout_s="
                             f"{config.total_timeout_s}"
                         )
@@ -380,7 +381,7 @@ class OpenAIRemoteEngine:
             if isinstance(exc, aiohttp.ClientError):  # aiohttp's own: connecting
                 raise transport_error(exc, self.root) from None
             seconds = getattr(self.config, limit)
-            raise EngineUnavailable(f"{self.root} sent nothing within {limit}={seconds}") from None
+            raise EngineTimedOut(f"{self.root} sent nothing within {limit}={seconds}") from None
         except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
 
@@ -459,7 +460,7 @@ class Reply:
 def transport_error(exc: BaseException, where: str) -> EngineError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
-    return ConnectionLost(f"the connection to {where} broke: {describe(exc)}")
+    return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
 
 
 def status_error(reply: Reply, where: str) -> EngineError:

@@ -13,13 +13,13 @@ its retry budget.
     release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
 
 Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
-may be retrying at once (and always at least three), so a dying backend cannot turn
-every request into `max_attempts` requests, and a quiet pool still retries. The
-budget is for failures that may be the pool's load (a timeout, a 5xx, a 429). A
-backend that is gone (refused, its connection broke, restarted without its adapters)
-or that its health checks already found down failed on its own, so its requests
-always get their retry: a replica killed or frozen under load fails half a pool's
-requests at once, and none of them is lost.
+may be retrying at once (and always at least three), so a pool slowed down by its
+load cannot turn every request into `max_attempts` requests, and a quiet pool still
+retries. The budget is for failures that may be load: a timeout, a 429. Any other
+failure (refused, the connection broke, a 500, garbage, a restart), or any failure on
+a backend its health checks already found down, is that backend's own: its requests
+always get their retry (its breaker ejects a backend that keeps failing), so a replica
+killed, frozen or failing under load loses none of the requests it held.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 
-from engines.errors import AdapterMissing, ConnectionLost, EngineUnreachable
+from engines.errors import EngineOverloaded, EngineTimedOut
 from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
 from gateway.balancer.policies import RouteKey, make_policy
@@ -38,7 +38,7 @@ from gateway.errors import Overloaded, ServiceUnavailable
 from gateway.settings import BalancerSettings, PolicyName
 
 MIN_RETRIES = 3  # retries in flight a pool always allows
-GONE = (EngineUnreachable, ConnectionLost, AdapterMissing)  # failures the budget spares
+LOAD = (EngineTimedOut, EngineOverloaded)  # failures whose retries the budget bounds
 
 
 class Pool:
@@ -156,7 +156,7 @@ class Pool:
     def may_retry(self, retries_so_far: int, failure: BaseException, backend: Backend) -> bool:
         if retries_so_far + 1 >= self.settings.max_attempts:
             return False
-        if isinstance(failure, GONE) or not backend.serving:
+        if not isinstance(failure, LOAD) or not backend.serving:
             return True  # that backend's own failure, not the pool's load
         in_flight = sum(b.in_flight for b in self.backends)
         return self._retrying < max(MIN_RETRIES, self.settings.retry_budget * in_flight)

@@ -32,13 +32,17 @@ ROLE = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "up
 
 def broken_upstream(kind: str) -> Starlette:
     """`garbage`: 200 with bytes that are no SSE; `cut`: one event, then the end;
-    `reset`: the headers, then after a moment the connection drops (a killed server)."""
+    `reset`: the headers, then after a moment the connection drops (a killed server);
+    `fail`: after a moment, a 500."""
 
     async def answer(request: Request) -> Response:
         if kind == "garbage":
             return PlainTextResponse("\x00<html>not json")
         if kind == "reset":
             return StreamingResponse(_dropped(), media_type="text/event-stream")
+        if kind == "fail":
+            await asyncio.sleep(0.3)
+            return PlainTextResponse("injected fault", status_code=500)
         frame = b"data: " + orjson.dumps(ROLE) + b"\n\n"
         return StreamingResponse(iter([frame]), media_type="text/event-stream")
 
@@ -100,13 +104,14 @@ def test_a_cut_answer_is_retried_before_output_and_an_error_after(kind: str) -> 
         assert outcomes == ({"good", "broken"} if kind == "cut" else {"good"})
 
 
-def test_a_replica_dying_under_load_loses_none_of_its_requests() -> None:
-    """Half the requests in flight fail at once when one of two replicas dies: more
-    than the retry budget's three, and every one is retried (the budget is for
-    failures that may be load, not for a backend that is gone)."""
+@pytest.mark.parametrize("kind", ["reset", "fail"])
+def test_a_replica_dying_under_load_loses_none_of_its_requests(kind: str) -> None:
+    """Half the requests in flight fail at once when one of two replicas dies or
+    fails: more than the retry budget's three, and every one is retried (the budget
+    is for failures that may be load, a timeout or a 429, not a backend's own)."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     with (
-        serve(broken_upstream("reset")) as broken,
+        serve(broken_upstream(kind)) as broken,
         upstream(token_delay_s=0.2) as good,  # the retries stay in flight together
         gateway(broken, good) as url,
     ):

@@ -9,10 +9,9 @@ from collections import Counter
 import pytest
 
 from engines.errors import (
-    ConnectionLost,
     EngineOverloaded,
+    EngineTimedOut,
     EngineUnavailable,
-    EngineUnreachable,
     GenerationFailed,
     InvalidGenerationRequest,
 )
@@ -186,7 +185,7 @@ def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
     have `retry_budget` of its requests in flight retrying at once, no more."""
     a, b = backends(2)
     pool = Pool("m", [a, b], BalancerSettings(retry_budget=0.2, max_attempts=3))
-    timeout = EngineUnavailable("timed out")
+    timeout = EngineTimedOut("timed out")
     assert not pool.may_retry(2, timeout, a)  # max_attempts
     with pool.attempt(retry=True), pool.attempt(retry=True):
         assert pool.may_retry(0, timeout, a)
@@ -196,10 +195,11 @@ def test_the_retry_budget_bounds_retries_in_flight_not_over_time() -> None:
             assert pool.may_retry(0, timeout, a)  # 20 % of 20 in flight: four
             with pool.attempt(retry=True):
                 assert not pool.may_retry(0, timeout, a)
-                # A backend that is gone made no load: its requests still retry.
-                for gone in (ConnectionLost("reset"), EngineUnreachable("refused")):
-                    assert pool.may_retry(0, gone, a)
-                    assert not pool.may_retry(2, gone, a)  # max_attempts
+                assert not pool.may_retry(0, EngineOverloaded("429"), a)
+                # A backend's own failure is no load: its requests still retry.
+                for own in (EngineUnavailable("500"), GenerationFailed("broke")):
+                    assert pool.may_retry(0, own, a)
+                    assert not pool.may_retry(2, own, a)  # max_attempts
                 a.healthy = False  # and one its probes found down
                 assert pool.may_retry(0, timeout, a)
     a.in_flight = b.in_flight = 0
