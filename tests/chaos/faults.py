@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.chaos.cluster import ADMIN, CHURNED, Cluster
+from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, Cluster
+from tests.replicas import Replica
 
 REPLICA_FAULTS = ("kill", "freeze", "error", "garbage", "cut")
 REDIS_FAULTS = ("redis_kill", "redis_stall")
@@ -62,6 +63,7 @@ class Faults:
         # for minutes in sched_setaffinity (the kill itself and the pause after it
         # happen under load).
         self.booting = threading.Event()
+        self.back_after_s: list[float] = []  # each restart: answering → routable, adapters on
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -109,6 +111,7 @@ class Faults:
                     replica.wait_ready()
                 finally:
                     self.booting.clear()
+                self.back_after_s.append(self._taken_back(replica))
                 target = replica.name
             elif kind == "freeze":
                 replica = rng.choice(replicas)
@@ -122,6 +125,28 @@ class Faults:
                 proxy.mode = "pass"
                 target = replicas[0].name
             self._record(kind, target, start)
+
+    def _taken_back(self, replica: Replica, timeout: float = 60) -> float:
+        """Seconds from a restarted replica answering until both gateways route to it
+        again and it holds the declared adapters (the gateways' restore)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                held = {m.split("@")[0] for m in replica.upstream_models()}
+                routable = all(
+                    b["routable"]
+                    for url in self.cluster.gateways
+                    for pool in self.cluster.ready(url).get("backends", {}).values()
+                    for b in pool
+                    if b["name"] == replica.name
+                )
+            except httpx.HTTPError:
+                held, routable = set(), False
+            if routable and set(DECLARED) <= held:
+                return time.monotonic() - start
+            time.sleep(0.05)
+        self.errors.append(f"{replica.name} not taken back within {timeout:g} s of restarting")
+        return timeout
 
     def _redis(self, rng: random.Random) -> None:
         kinds = _Kinds(rng, REDIS_FAULTS)

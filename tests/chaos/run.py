@@ -55,6 +55,7 @@ class Report:
             "p99_ms_during_faults": _p99(during),
             "p99_ms_without_faults": _p99(calm),
             "recovery_s": round(self.recovery_s, 2),
+            "restart_to_routable_s": [round(t, 2) for t in self.faults.back_after_s],
         }
 
     def dump(self, path: Path) -> None:
