@@ -7,7 +7,8 @@
     redis     kill -9 then restart, SIGSTOP/SIGCONT
     adapters  load and unload an adapter through gateway A during traffic
 
-Each lane plays every kind once (in a seeded order, even past the run's duration)
+The lanes start after a calm stretch (the load alone: the latency baseline). Each
+lane plays every kind once (in a seeded order, even past the run's duration)
 before drawing at random, so a short run still covers them all. Same seed, same
 schedule.
 """
@@ -27,6 +28,11 @@ from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, Cluster
 from tests.replicas import Replica
 
 REPLICA_FAULTS = ("kill", "freeze", "error", "garbage", "cut")
+
+
+def calm_s(duration_s: float) -> float:
+    """The fault-free stretch before the faults: a tenth of their duration, 10–60 s."""
+    return min(max(duration_s / 10, 10.0), 60.0)
 REDIS_FAULTS = ("redis_kill", "redis_stall")
 
 
@@ -63,11 +69,15 @@ class Faults:
         # for minutes in sched_setaffinity (the kill itself and the pause after it
         # happen under load).
         self.booting = threading.Event()
+        self.calm = (0.0, 0.0)  # monotonic span with the load and no fault
         self.back_after_s: list[float] = []  # each restart: answering → routable, adapters on
         self._lock = threading.Lock()
 
     def run(self) -> None:
-        """All lanes, until `duration_s` has passed and every fault is undone."""
+        """A calm stretch (the same load with no fault: the latency baseline), then all
+        lanes, until `duration_s` of faults has passed and every fault is undone."""
+        self.calm = (time.monotonic(), time.monotonic() + calm_s(self.duration_s))
+        time.sleep(self.calm[1] - self.calm[0])
         self.deadline = time.monotonic() + self.duration_s
         lanes = [self._replicas, self._redis, self._adapters]
         threads = [
@@ -182,6 +192,10 @@ class Faults:
                 elif r.status_code not in (409, 503):  # busy, or no replica could take it
                     self.errors.append(f"adapter {kind}: {r.status_code} {r.text[:300]}")
                 self._record(f"adapter_{kind}", CHURNED, start)
+
+    def calm_at(self, t: float) -> bool:
+        """Was `t` in the calm stretch before any fault?"""
+        return self.calm[0] <= t <= self.calm[1]
 
     def during(self, t: float) -> bool:
         """Was a replica or Redis fault under way at `t`?"""

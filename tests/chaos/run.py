@@ -37,7 +37,7 @@ class Report:
     def summary(self) -> dict[str, Any]:
         done = [r for r in self.records if not r.left and not r.hung]
         during = [r for r in done if r.status == 200 and self.faults.during(r.sent)]
-        calm = [r for r in done if r.status == 200 and not self.faults.during(r.sent)]
+        calm = [r for r in done if r.status == 200 and self.faults.calm_at(r.sent)]
         return {
             "seed": self.seed,
             "duration_s": round(self.duration_s, 1),
@@ -53,7 +53,8 @@ class Report:
             "violations": self.violations,
             "violations_by_invariant": {c.name: len(c.violations) for c in self.checks},
             "p99_ms_during_faults": _p99(during),
-            "p99_ms_without_faults": _p99(calm),
+            "p99_ms_without_faults": _p99(calm),  # the calm stretch before the faults
+            "calm_s": round(self.faults.calm[1] - self.faults.calm[0], 1),
             "recovery_s": round(self.recovery_s, 2),
             "restart_to_routable_s": [round(t, 2) for t in self.faults.back_after_s],
         }
