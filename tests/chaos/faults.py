@@ -28,12 +28,12 @@ from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, Cluster
 from tests.replicas import Replica
 
 REPLICA_FAULTS = ("kill", "freeze", "error", "garbage", "cut")
+REDIS_FAULTS = ("redis_kill", "redis_stall")
 
 
 def calm_s(duration_s: float) -> float:
-    """The fault-free stretch before the faults: a tenth of their duration, 10–60 s."""
+    """The fault-free stretch before the faults: a tenth of their duration, 10 to 60 s."""
     return min(max(duration_s / 10, 10.0), 60.0)
-REDIS_FAULTS = ("redis_kill", "redis_stall")
 
 
 @dataclass(frozen=True)
