@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.chaos import invariants
 from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, Cluster
 from tests.replicas import Replica
 
@@ -139,24 +140,9 @@ class Faults:
     def _taken_back(self, replica: Replica, timeout: float = 60) -> float:
         """Seconds from a restarted replica answering until both gateways route to it
         again and it holds the declared adapters (the gateways' restore)."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            try:
-                held = {m.split("@")[0] for m in replica.upstream_models()}
-                routable = all(
-                    b["routable"]
-                    for url in self.cluster.gateways
-                    for pool in self.cluster.ready(url).get("backends", {}).values()
-                    for b in pool
-                    if b["name"] == replica.name
-                )
-            except httpx.HTTPError:
-                held, routable = set(), False
-            if routable and set(DECLARED) <= held:
-                return time.monotonic() - start
-            time.sleep(0.05)
-        self.errors.append(f"{replica.name} not taken back within {timeout:g} s of restarting")
-        return timeout
+        late, seconds = invariants.recovered(self.cluster, set(DECLARED), timeout, [replica])
+        self.errors += [f"{replica.name} not taken back after restarting: {m}" for m in late]
+        return seconds
 
     def _redis(self, rng: random.Random) -> None:
         kinds = _Kinds(rng, REDIS_FAULTS)

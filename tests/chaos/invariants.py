@@ -14,6 +14,7 @@ import httpx
 
 from tests.chaos.cluster import DECLARED, LIMITS, PROBE, Cluster
 from tests.chaos.load import Record
+from tests.replicas import Replica
 
 # Statuses a client may get under faults, by the README: its own mistakes aside, a
 # limit (429), nothing could serve it (503) or in time (504).
@@ -139,30 +140,33 @@ def _most_at_once(records: list[Record]) -> int:
     return most
 
 
-def recovered(cluster: Cluster, adapters: set[str], timeout: float) -> tuple[list[str], float]:
+def recovered(
+    cluster: Cluster, adapters: set[str], timeout: float, replicas: list[Replica] | None = None
+) -> tuple[list[str], float]:
     """Once every replica answers, within `timeout` every gateway routes to every
-    replica again (ready, healthy, circuit closed or letting a trial through: no
-    breaker stuck) and every replica holds every
-    adapter loaded through the gateways. Also says how long that took."""
+    replica (or to those of `replicas`) again (ready, healthy, circuit closed or
+    letting a trial through: no breaker stuck) and each holds every adapter loaded
+    through the gateways. Also says how long that took."""
     start = time.monotonic()
     missing: list[str] = []
     while True:
-        missing = _not_recovered(cluster, adapters)
+        missing = _not_recovered(cluster, adapters, replicas or cluster.replicas)
         elapsed = time.monotonic() - start
         if not missing or elapsed > timeout:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     return [f"after {elapsed:.1f} s: {m}" for m in missing], elapsed
 
 
-def _not_recovered(cluster: Cluster, adapters: set[str]) -> list[str]:
+def _not_recovered(cluster: Cluster, adapters: set[str], replicas: list[Replica]) -> list[str]:
     missing = []
+    names = {r.name for r in replicas}
     for name, url in zip("ab", cluster.gateways, strict=True):
         (backends,) = cluster.ready(url).get("backends", {"?": []}).values()
         for b in backends:
-            if not b["routable"]:
+            if b["name"] in names and not b["routable"]:
                 missing.append(f"gateway {name}: {b['name']} is {b}")
-    for replica in cluster.replicas:
+    for replica in replicas:
         try:
             held = {m.split("@")[0] for m in replica.upstream_models()}
         except httpx.HTTPError as exc:

@@ -28,4 +28,6 @@ def test_the_promises_hold_under_seeded_faults(
     assert summary["faults"].keys() >= {"kill", "freeze", "error", "garbage", "cut"}
     assert summary["faults"].keys() >= {"redis_kill", "redis_stall"}
     failed = {c.name: c.violations[:5] for c in report.checks if c.violations}
-    assert not failed, f"seed {SEED}: invariants violated: {failed}"
+    if failed:
+        report.dump(tmp_path / "chaos.jsonl")
+    assert not failed, f"seed {SEED}: invariants violated (every request: {tmp_path}): {failed}"
