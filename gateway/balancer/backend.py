@@ -25,7 +25,11 @@ class Breaker:
     `base_s * 2**(ejections - 1)` seconds (at most `max_s`). Then it is half-open:
     one trial request at a time; success closes it and forgets past ejections, failure
     opens it again for twice as long, and a trial that ends without a verdict on the
-    backend (`blames_backend`) frees the slot for the next one."""
+    backend (`blames_backend`) frees the slot for the next one. A health check that
+    passes while it is open makes it half-open at once (as Envoy's
+    `successful_active_health_check_uneject_host`, but by a trial rather than
+    closed): a backend that recovered is back within a probe interval, not after an
+    ejection that doubled while it was failing."""
 
     threshold: int = 3
     base_s: float = 5.0
@@ -63,6 +67,13 @@ class Breaker:
             self.ejections += 1
             self.open_until = now + min(self.base_s * 2 ** (self.ejections - 1), self.max_s)
             self.trial = False
+
+    def probe_passed(self, now: float) -> bool:
+        """A health check passed; whether that ended an ejection (half-open now)."""
+        if self.state(now) != "open":
+            return False
+        self.open_until = now
+        return True
 
     def reset(self) -> None:
         self.failures = self.ejections = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,8 @@ class Prober:
                 await self._recover(pool, backend, health)
             elif backend.healthy and (backend.lost_adapters or health.instance != streak.instance):
                 await self._restore(pool, backend, health, "had lost its adapters: restored")
+            elif backend.healthy and backend.breaker.probe_passed(time.monotonic()):
+                pool.wake()  # a trial request may go to it now
         else:
             backend.probe_failures += 1
             streak.ok, streak.failed = 0, streak.failed + 1

@@ -124,6 +124,25 @@ def test_connect_failures_eject_at_once() -> None:
     assert breaker.state(0) == "open"
 
 
+def test_a_passing_health_check_ends_an_ejection_with_a_trial() -> None:
+    """The ejection grows while the backend fails; once its probes pass, one trial
+    request decides at once, instead of the rest of a doubled ejection."""
+    breaker = Breaker(threshold=1, base_s=2, max_s=60)
+    for now in (0, 2, 6):  # ejected for 2, then 4, then 8 s
+        breaker.failed(now)
+    assert breaker.state(13) == "open"
+    assert not Breaker().probe_passed(13)  # closed: nothing to end
+    assert breaker.probe_passed(7)
+    assert breaker.state(7) == "half_open"
+    assert breaker.allows(7)
+    breaker.leased(7)
+    assert not breaker.probe_passed(8)  # the trial is under way
+    breaker.failed(8)  # still failing: ejected again, for longer
+    assert breaker.open_until == 8 + 16
+    breaker.succeeded()
+    assert breaker.state(9) == "closed"
+
+
 def half_open() -> Backend:
     """A backend whose ejection has just ended: one trial request may go."""
     (backend,) = backends(1)
