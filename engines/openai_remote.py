@@ -116,6 +116,9 @@ class OpenAIRemoteConfig:
     max_lora_rank: int = 16
     lora_target_modules: tuple[str, ...] = tuple(sorted(LORA_TARGETS))
     serves: tuple[Task, ...] = ("generate",)  # ("embed",) for `vllm serve --runner pooling`
+    # Ask streams for their token ids (vLLM's `return_token_ids`), which resuming a
+    # cut stream elsewhere needs; off for a server that refuses fields it lacks.
+    token_ids: bool = True
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -271,7 +274,8 @@ class OpenAIRemoteEngine:
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""
         model = self.upstream_model(request.adapter)
-        return *openai_body(request, model), EventReader(chat=request.is_chat)
+        path, body = openai_body(request, model, self.config.token_ids)
+        return path, body, EventReader(chat=request.is_chat)
 
     def upstream_model(self, adapter: Adapter | None) -> str:
         if adapter is not None:

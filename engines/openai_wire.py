@@ -26,14 +26,27 @@ from engines.types import (
     ToolCallDelta,
 )
 
+# The `vllm_xargs` key of a resumed generation: how many of its prompt's last tokens
+# are its own output (the plugin advances a seeded sampler past them).
+RESUMED = "switchyard_resumed"
 
-def openai_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+
+def openai_body(
+    request: GenerationRequest, model: str, token_ids: bool = True
+) -> tuple[str, dict[str, Any]]:
     """The OpenAI body for `request`: its options verbatim, then the core fields.
-    Incremental requests stream (with usage); whole ones do not."""
+    Incremental requests stream (with usage) and, with `token_ids`, ask for the token
+    ids (vLLM's `return_token_ids`; not with `echo`, whose text it empties); whole ones
+    do not. A resumed generation tells the switchyard vLLM plugin (engines/vllm_plugin.py)
+    how many of its prompt's tokens it sampled already, through `vllm_xargs`."""
     body: dict[str, Any] = {**request.options, "model": model, "n": request.n}
     if request.incremental:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        if token_ids and not request.options.get("echo"):
+            body["return_token_ids"] = True
+    if request.resumed:
+        body["vllm_xargs"] = {**body.get("vllm_xargs", {}), RESUMED: request.resumed}
     optional = {
         "temperature": request.temperature,
         "top_p": request.top_p,
@@ -89,12 +102,25 @@ class EventReader:
         chunks = []
         for choice in payload.get("choices") or ():
             chunk = _choice_chunk(choice, self.chat, whole=False, index=choice.get("index", 0))
+            ids = _token_ids(choice.get("token_ids"))
+            prompt_ids = _token_ids(
+                choice.get("prompt_token_ids") or payload.get("prompt_token_ids")
+            )
             finish = chunk.finish_reason
-            if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish):
+            if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish or ids):
+                if prompt_ids:  # the role chunk (chat) carries the prompt's ids alone
+                    chunks.append(dataclasses.replace(chunk, prompt_token_ids=prompt_ids))
                 continue
-            tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
+            if choice.get("token_ids") is not None:
+                tokens = len(ids)
+            else:
+                tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
             self.counted += tokens
-            chunks.append(dataclasses.replace(chunk, token_count=tokens))
+            chunks.append(
+                dataclasses.replace(
+                    chunk, token_count=tokens, token_ids=ids, prompt_token_ids=prompt_ids or None
+                )
+            )
         return chunks
 
     def finish(self) -> list[Chunk]:
@@ -153,6 +179,10 @@ def _choice_chunk(choice: dict[str, Any], chat: bool, whole: bool, index: int) -
         logprobs = _visible(logprobs, text)
     calls = tool_call_deltas(part.get("tool_calls"))
     return Chunk(index, text, 0, 0, logprobs, finish, calls, _reasoning(part), stop)
+
+
+def _token_ids(value: Any) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, list) else ()
 
 
 def _visible(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:

@@ -231,7 +231,7 @@ def native_body(request: GenerationRequest, adapter: str | None) -> dict[str, An
 def chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
     """The Messages API body: openai_body's core fields TGI reads, the conversation as
     TGI's Message reads it, and the options mapped onto TGI's shapes."""
-    _, openai = openai_body(request, model)
+    _, openai = openai_body(request, model, token_ids=False)
     body = {key: value for key, value in openai.items() if key in CHAT_CORE}
     if request.top_p is not None and request.top_p >= 1:
         del body["top_p"]

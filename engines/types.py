@@ -89,6 +89,11 @@ class GenerationRequest:
     one. `incremental` False says the caller wants the answer whole (not streamed): an
     engine may then produce it in one piece, as vLLM's server parses tool calls
     differently for whole answers. It never changes what is generated.
+
+    `resumed` k > 0 says the last k tokens of the token-id `prompt` are this
+    generation's own output, already relayed by a backend that then failed: the
+    engine continues the generation after them (a seeded sampler draws as if it had
+    sampled them itself) and `max_tokens` counts what is still to come.
     """
 
     request_id: str
@@ -105,6 +110,7 @@ class GenerationRequest:
     adapter: Adapter | None = None
     options: Options = field(default_factory=dict)
     incremental: bool = True
+    resumed: int = 0
 
     @property
     def is_chat(self) -> bool:
@@ -145,6 +151,9 @@ class Chunk:
     are parsed tool-call pieces. `stop_reason` is the stop string or token id that ended
     the choice, where one did, and `prompt_logprobs` vLLM's logprobs of the prompt's
     tokens (whole answers only); both vLLM's extensions, relayed as its server sends them.
+    `token_ids` are the ids of the tokens this chunk adds, and `prompt_token_ids` the
+    prompt's on a choice's first chunk, where the engine says them (vLLM's
+    `return_token_ids`): what a stream cut by its backend resumes from elsewhere.
     """
 
     index: int
@@ -157,6 +166,8 @@ class Chunk:
     reasoning: str = ""
     stop_reason: str | int | None = None
     prompt_logprobs: list[Any] | None = None
+    token_ids: tuple[int, ...] = ()
+    prompt_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

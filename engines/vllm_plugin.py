@@ -14,18 +14,71 @@ problems:
 
 Same signatures and results as vLLM's ops, except that rows with index -1 get no
 LoRA term.
+
+It also lets a **resumed generation** sample as the cut one would have: a request
+whose `vllm_xargs` say `switchyard_resumed: k` (its prompt ends with k tokens it
+sampled itself on a backend that then failed; gateway/resume.py) gets its seeded
+generator advanced by the k draws those tokens took, so a seeded stream resumed on
+another replica goes on with the same tokens. vLLM seeds a request's generator once
+and draws from it once per sampled token: one `randint` on its CPU sampler
+(`forward_cpu`), one row of exponentials of the vocabulary's size elsewhere
+(`random_sample`). Verified on the CPU build; the other path follows its code.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+RESUMED = "switchyard_resumed"  # engines.openai_wire.RESUMED; vLLM imports this module alone
+
 
 def register() -> None:
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
+    _advance_resumed_generators()
+    if current_platform.is_cpu():
+        _group_lora_ops()
+
+
+def _advance_resumed_generators() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    update = GPUModelRunner._update_states
+    if getattr(update, "_switchyard_resumed", False):
         return
+
+    def _update_states(runner: Any, scheduler_output: Any) -> Any:
+        result = update(runner, scheduler_output)
+        for new in scheduler_output.scheduled_new_reqs:
+            params = new.sampling_params
+            state = runner.requests.get(new.req_id)
+            draws = (params.extra_args or {}).get(RESUMED) if params is not None else None
+            if draws and state is not None and state.generator is not None:
+                advance(state.generator, int(draws), runner)
+        return result
+
+    _update_states._switchyard_resumed = True  # type: ignore[attr-defined]
+    GPUModelRunner._update_states = _update_states
+
+
+def advance(generator: Any, draws: int, runner: Any) -> None:
+    """Take from `generator` what `draws` sampling steps of this runner's sampler
+    take (vllm/v1/sample/ops/topk_topp_sampler.py)."""
+    import torch
+
+    sampler = runner.sampler.topk_topp_sampler
+    fp64 = getattr(sampler, "use_fp64_gumbel", False)
+    if sampler.forward == sampler.forward_cpu and not fp64:
+        for _ in range(draws):
+            torch.randint(0, 2**31, (1,), generator=generator, dtype=torch.long)
+        return
+    dtype = torch.float64 if fp64 else torch.float32
+    row = torch.empty(runner.model_config.get_vocab_size(), dtype=dtype, device=runner.device)
+    for _ in range(draws):
+        row.exponential_(generator=generator)
+
+
+def _group_lora_ops() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 

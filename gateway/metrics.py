@@ -106,6 +106,14 @@ class Metrics:
         self.retries = Counter(
             "switchyard_retries", "Requests retried on another backend.", ("model",), registry=r
         )
+        self.resumes = Counter(
+            "switchyard_resumes",
+            "Streams cut by their backend after their first chunk, by what followed: resumed"
+            " on another backend, failed (a resume was tried and did not finish), or refused"
+            " (the answer cannot go on from its tokens, e.g. constrained decoding).",
+            ("model", "result"),
+            registry=r,
+        )
         self.cache = Counter(
             "switchyard_cache_lookups",
             "Generation requests by what the response cache did: hit (no generation of"
@@ -191,6 +199,8 @@ class Observation:
             m.key_requests.labels(key, str(status)).inc()
         if outcome.attempts > 1:
             m.retries.labels(model).inc(outcome.attempts - 1)
+        for result in outcome.resumes:
+            m.resumes.labels(model, result).inc()
         if outcome.attempts:
             m.queue_wait.labels(model).observe(outcome.queue_wait_s)
         facts: dict[str, object] = {"duration_ms": round(elapsed * 1000, 2)}

@@ -70,6 +70,7 @@ def record(
         "adapter": outcome.adapter,
         "backend": outcome.backend,
         "attempts": outcome.attempts,
+        "resumes": outcome.resumes,
         "stream": end.stream,
         "cache": outcome.cache,
         "status": end.status,

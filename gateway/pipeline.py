@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from engines.base import Engine
-from engines.errors import EngineError, EngineUnavailable, GenerationFailed
+from engines.errors import EngineError, EngineTimedOut, EngineUnavailable, GenerationFailed
 from engines.types import Chunk, GenerationRequest
 from gateway.adapters import AdapterRecord
 from gateway.balancer.backend import Backend
@@ -43,6 +43,7 @@ from gateway.cache.responses import ResponseCache, Result
 from gateway.engine_set import EngineSet, Route
 from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
 from gateway.openai.render import Renderer
+from gateway.resume import NotResumable, Stops, Strand, Transcript, continuation, owed
 
 log = logging.getLogger("switchyard")
 
@@ -58,6 +59,7 @@ class Outcome:
     attempts: int = 0
     queue_wait_s: float = 0.0
     failed_mid_stream: bool = False
+    resumes: list[str] = field(default_factory=list)  # each resume's result (_resumed)
     cache: Result = "bypass"
     watch: Watch | None = None
 
@@ -202,6 +204,7 @@ async def _answer(
             if new:
                 outcome.attempts = flight.context.attempts
                 outcome.queue_wait_s = flight.context.queue_wait_s
+                outcome.resumes = flight.context.resumes
 
 
 @contextlib.contextmanager
@@ -252,8 +255,9 @@ async def _balanced(
     buffered: bool,
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """The requests' chunks from one backend of `pool`, retried on another while
-    nothing was sent."""
+    nothing was sent; a stream cut after its first chunk is resumed (`_resumed`)."""
     attempts = Attempts(pool)
+    transcript = Transcript(requests)
     while True:
         with pool.attempt(retry=bool(attempts.tried)):
             backend = await acquire(pool, key, attempts, placed, outcome)
@@ -271,14 +275,150 @@ async def _balanced(
                     else:
                         async for item in stream:
                             sent = True
+                            transcript.record(item[1])
                             yield item
                 return
             except BaseException as exc:
                 failure = exc
-                if sent or not attempts.again(backend, exc):
+                if not sent and attempts.again(backend, exc):
+                    continue
+                if buffered or not sent or not retryable(exc) or not resumes(pool):
                     raise attempts.verdict(exc) from None
+                cut = (backend, exc)
             finally:
                 pool.release(backend, key.adapter, failure)
+        break
+    rest = _resumed(pool, key, placed, transcript, cut, attempts, outcome)
+    async with contextlib.aclosing(rest) as resumed:
+        async for item in resumed:
+            yield item
+
+
+def resumes(pool: Pool) -> bool:
+    """Whether streams of `pool`'s model cut by their backend are resumed."""
+    settings = pool.settings
+    return settings.resume_models.get(pool.model_id, settings.resume)
+
+
+async def _resumed(
+    pool: Pool,
+    key: RouteKey,
+    placed: Collection[str] | None,
+    transcript: Transcript,
+    cut: tuple[Backend, EngineUnavailable | GenerationFailed],
+    attempts: Attempts,
+    outcome: Outcome,
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The rest of a stream `cut` by its backend, continued on others (gateway/resume.py)
+    within `resume_attempts`, the retry budget and, for each, `resume_deadline_s` from
+    the cut to the continuation's first chunk. What cannot go on ends the stream with
+    the cut's kind of error, saying why."""
+    settings = pool.settings
+    backend, failure = cut
+    for resume in range(1, settings.resume_attempts + 2):
+        why = transcript.refusal()
+        if why is None and resume > settings.resume_attempts:
+            why = f"resume_attempts={settings.resume_attempts} spent"
+        if why is None and not attempts.again(backend, failure):
+            why = "the pool's retry budget is spent"
+        if why is not None:
+            outcome.resumes.append("refused" if resume == 1 else "failed")
+            raise type(failure)(
+                f"The answer was cut after {transcript.tokens} token(s) ({failure}) and "
+                f"cannot be resumed: {why}."
+            )
+        deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
+        with pool.attempt(retry=True):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    backend = await acquire(pool, key, attempts, placed, outcome)
+            except (TimeoutError, ServiceUnavailable, EngineError) as exc:
+                outcome.resumes.append("failed")
+                raise type(failure)(
+                    f"The answer was cut after {transcript.tokens} token(s) ({failure}); no "
+                    f"backend could resume it within resume_deadline_s="
+                    f"{settings.resume_deadline_s}: {exc or 'timed out'}"
+                ) from None
+            log.warning("stream cut on %s (%s); resuming on %s", cut[0].name, failure, backend.name)
+            failed: BaseException | None = None
+            try:
+                stream = _watched(_continued(backend.engine, transcript, resume), outcome.watch)
+                async with contextlib.aclosing(stream):
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            first = await anext(stream, None)
+                    except TimeoutError:
+                        raise EngineTimedOut(
+                            f"{backend.name} sent nothing within resume_deadline_s="
+                            f"{settings.resume_deadline_s}"
+                        ) from None
+                    if first is not None:
+                        transcript.record(first[1])
+                        yield first
+                    async for item in stream:
+                        transcript.record(item[1])
+                        yield item
+                outcome.resumes.append("resumed")
+                return
+            except NotResumable as exc:
+                failed = exc
+                outcome.resumes.append("refused")
+                raise type(failure)(
+                    f"The answer was cut after {transcript.tokens} token(s) ({failure}) and "
+                    f"cannot be resumed: {exc}."
+                ) from None
+            except BaseException as exc:
+                failed = exc
+                if not retryable(exc):
+                    raise
+                outcome.resumes.append("failed")
+                failure = exc
+            finally:
+                pool.release(backend, key.adapter, failed)
+
+
+async def _continued(
+    engine: Engine, transcript: Transcript, resume: int
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The unfinished choices of `transcript`, continued on `engine`, one request each;
+    then every prompt's length (the cut stream never got to its usage; the renderer
+    counts a prompt once)."""
+    strands = transcript.unfinished()
+    held = await asyncio.gather(*(owed(engine, strand) for strand in strands))
+    streams = [
+        _strand(engine, s, Stops.of(s, h), resume) for s, h in zip(strands, held, strict=True)
+    ]
+    async with contextlib.aclosing(_merged(streams)) as chunks:
+        async for item in chunks:
+            yield item
+    for strand in list(transcript.strands.values()):
+        if strand.prompt_ids is not None:
+            yield strand.slot, Chunk(strand.index, "", 0, len(strand.prompt_ids))
+
+
+async def _strand(
+    engine: Engine, strand: Strand, stops: Stops, resume: int
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """One choice's continuation, as that choice: its index, its prompt's length, its
+    stop strings matched across the break."""
+    request = continuation(strand, resume)
+    prompt = len(strand.prompt_ids or ())
+    sent = len(strand.output_ids)
+    if request.max_tokens is not None and request.max_tokens <= 0:
+        yield (
+            strand.slot,
+            stops.feed(Chunk(strand.index, "", 0, prompt, finish_reason="length"), sent),
+        )
+        return
+    async with contextlib.aclosing(_to_the_end(engine, request)) as chunks:
+        async for chunk in chunks:
+            sent += len(chunk.token_ids)
+            moved = dataclasses.replace(
+                chunk, index=strand.index, prompt_tokens=prompt, prompt_token_ids=None
+            )
+            yield strand.slot, stops.feed(moved, sent)
+            if stops.stopped is not None:
+                return  # closing the continuation aborts its generation
 
 
 def retryable(failure: BaseException) -> TypeGuard[EngineUnavailable | GenerationFailed]:
@@ -368,33 +508,51 @@ async def _to_the_end(engine: Engine, request: GenerationRequest) -> AsyncGenera
 async def _generate(
     engine: Engine, requests: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
-    if len(requests) == 1:
-        async with contextlib.aclosing(_to_the_end(engine, requests[0])) as stream:
-            async for chunk in stream:
-                yield 0, chunk
+    streams = [_slotted(i, engine, r) for i, r in enumerate(requests)]
+    async with contextlib.aclosing(_merged(streams)) as chunks:
+        async for item in chunks:
+            yield item
+
+
+async def _slotted(
+    slot: int, engine: Engine, request: GenerationRequest
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    async with contextlib.aclosing(_to_the_end(engine, request)) as stream:
+        async for chunk in stream:
+            yield slot, _shift(chunk, slot * request.n)
+
+
+async def _merged(
+    streams: list[AsyncGenerator[tuple[int, Chunk], None]],
+) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The items of `streams` as they come; the first failure ends them all."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]) as only:
+            async for item in only:
+                yield item
         return
     queue: asyncio.Queue[tuple[int, Chunk] | BaseException | None] = asyncio.Queue()
 
-    async def pump(slot: int, request: GenerationRequest) -> None:
+    async def pump(stream: AsyncGenerator[tuple[int, Chunk], None]) -> None:
         try:
-            async with contextlib.aclosing(_to_the_end(engine, request)) as stream:
-                async for chunk in stream:
-                    await queue.put((slot, _shift(chunk, slot * request.n)))
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    await queue.put(item)
         except Exception as exc:
             await queue.put(exc)
         await queue.put(None)
 
-    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
     try:
         remaining = len(tasks)
         while remaining:
-            item = await queue.get()
-            if item is None:
+            got = await queue.get()
+            if got is None:
                 remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
+            elif isinstance(got, BaseException):
+                raise got
             else:
-                yield item
+                yield got
     finally:
         for task in tasks:
             task.cancel()

@@ -60,6 +60,13 @@ class BalancerSettings(BaseModel):
     prefix_chars: int = Field(256, ge=1)
     max_attempts: int = Field(3, ge=1)
     retry_budget: float = Field(0.2, ge=0.0, le=1.0)  # share of in-flight requests retrying
+    # A stream cut after its first chunk goes on on another backend (gateway/resume.py):
+    # `resume` for every model, `resume_models` per model id; each resume within the
+    # retry budget, and from the cut to its first chunk within resume_deadline_s.
+    resume: bool = True
+    resume_models: dict[str, bool] = Field(default_factory=dict)
+    resume_attempts: int = Field(1, ge=0)
+    resume_deadline_s: float = Field(30.0, gt=0)
     queue_size: int = Field(256, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
     probe_interval_s: float = Field(5.0, gt=0)

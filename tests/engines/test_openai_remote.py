@@ -42,7 +42,10 @@ def upstream(**options: Any) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def remote(url: str, **options: Any) -> AsyncIterator[OpenAIRemoteEngine]:
-    config = OpenAIRemoteConfig(url=url, upstream_model="up-model", **options)
+    # The upstream is a gateway, which relays no token ids.
+    config = OpenAIRemoteConfig(
+        url=url, upstream_model="up-model", **{"token_ids": False, **options}
+    )
     engine = OpenAIRemoteEngine("remote", "gw-model", config)
     await engine.start()
     try:
@@ -115,7 +118,7 @@ async def test_upstream_400_is_the_clients_error(echo_url: str) -> None:
 
 
 async def test_unknown_upstream_model_is_unavailable_not_client_error(echo_url: str) -> None:
-    config = OpenAIRemoteConfig(url=echo_url, upstream_model="nope")
+    config = OpenAIRemoteConfig(url=echo_url, upstream_model="nope", token_ids=False)
     engine = OpenAIRemoteEngine("remote", "gw-model", config)
     await engine.start()
     try:

@@ -61,9 +61,10 @@ async def _dropped() -> AsyncIterator[bytes]:
 
 @contextlib.contextmanager
 def gateway(broken: str, good: str) -> Iterator[str]:
+    # The good upstream is a gateway, which relays no token ids (`token_ids: false`).
     engines = [
         {"name": name, "kind": "openai_remote", "model_id": "m",
-         "options": {"url": url, "upstream_model": "up-model"}}
+         "options": {"url": url, "upstream_model": "up-model", "token_ids": False}}
         for name, url in (("broken", broken), ("good", good))
     ]  # fmt: skip
     balancer = BalancerSettings(policy="round_robin")
