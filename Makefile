@@ -8,7 +8,7 @@ GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONFIG  ?= $(if $(GPU),configs/demo-gpu.yaml,configs/demo.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: serve test chaos system-deps check venv model adapters format lint types clients-venv bench-engine bench-embeddings bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead
+.PHONY: serve test chaos system-deps check venv model adapters format lint types clients-venv bench-engine bench-embeddings bench-adapters bench-routing bench-metrics bench-cache bench-auth build-venv artifacts bench-artifacts bench-venv bench bench-overhead bench-resume
 
 ## serve: set everything up (venv, vLLM, demo model) and serve the demo model
 serve: model
@@ -105,6 +105,10 @@ bench-adapters: model
 ## bench-routing: adapter_affinity vs round_robin on two vLLM replicas; gateway-added latency
 bench-routing: model
 	$(VENV)/bin/switchyard bench routing
+
+## bench-resume: streams whose replica is killed, resumed on the other (resume on vs off)
+bench-resume: model
+	$(VENV)/bin/switchyard bench resume $(BENCH_ARGS)
 
 ## bench-metrics: requests/s through the gateway with metrics on vs off (scripted engine)
 bench-metrics: venv

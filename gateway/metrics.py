@@ -144,6 +144,8 @@ class Metrics:
             self.retries.labels(model.id)
             for result in ("hit", "miss", "bypass"):
                 self.cache.labels(model.id, result)
+            for result in ("resumed", "failed", "refused"):
+                self.resumes.labels(model.id, result)
 
     def start(self, stream: bool) -> Observation:
         return Observation(self, stream)

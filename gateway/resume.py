@@ -81,6 +81,8 @@ class Transcript:
     def __init__(self, requests: list[GenerationRequest]) -> None:
         self.requests = requests
         self.strands: dict[int, Strand] = {}
+        self.prompts: dict[int, tuple[int, ...]] = {}  # by slot: a choice cut before
+        # its first chunk has its prompt's ids from a sibling's
 
     def strand(self, index: int) -> Strand:
         found = self.strands.get(index)
@@ -88,10 +90,15 @@ class Transcript:
             n = self.requests[0].n
             slot, choice = divmod(index, n)
             found = self.strands[index] = Strand(slot, index, choice, self.requests[slot])
+        if found.prompt_ids is None:
+            found.prompt_ids = self.prompts.get(found.slot)
         return found
 
     def record(self, chunk: Chunk) -> None:
-        self.strand(chunk.index).record(chunk)
+        strand = self.strand(chunk.index)
+        strand.record(chunk)
+        if strand.prompt_ids is not None:
+            self.prompts[strand.slot] = strand.prompt_ids
 
     def unfinished(self) -> list[Strand]:
         n = self.requests[0].n

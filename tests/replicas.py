@@ -83,12 +83,14 @@ class Replica:
 
 
 @contextlib.contextmanager
-def started_replicas(demo_model: Path, logs: Path, count: int = 2) -> Iterator[list[Replica]]:
+def started_replicas(
+    demo_model: Path, logs: Path, count: int = 2, dtype: str | None = None
+) -> Iterator[list[Replica]]:
     replicas = []
     try:
         for i in range(count):
             port = free_port()
-            command, env = lora_replica(demo_model, MODEL, port, core=i, stats=True)
+            command, env = lora_replica(demo_model, MODEL, port, core=i, stats=True, dtype=dtype)
             replica = Replica(f"r{i}", port, command, env, logs / f"r{i}.log")
             replica.start()
             replicas.append(replica)

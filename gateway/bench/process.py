@@ -100,14 +100,22 @@ def vllm_server_command(model: Path | str, served_name: str, port: int, *extra: 
 
 
 def lora_replica(
-    model: Path | str, served_name: str, port: int, core: int, *, stats: bool = False
+    model: Path | str,
+    served_name: str,
+    port: int,
+    core: int,
+    *,
+    stats: bool = False,
+    dtype: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of a `vllm serve` replica for routing tests: runtime
     LoRA loading on, one LoRA slot (max_loras=1), pinned to one CPU core. `stats`
-    keeps vLLM's scheduler gauges (`/metrics` running and waiting) up to date."""
+    keeps vLLM's scheduler gauges (`/metrics` running and waiting) up to date; `dtype`
+    overrides the model's (bf16)."""
     flags = ["--max-model-len", "1024", "--enable-lora", "--max-loras", "1"]
     flags += ["--max-lora-rank", "16", "--max-cpu-loras", "4"]
     flags += [] if stats else ["--disable-log-stats"]
+    flags += ["--dtype", dtype] if dtype else []
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",

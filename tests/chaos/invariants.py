@@ -201,9 +201,22 @@ def no_orphans(cluster: Cluster, timeout: float) -> list[str]:
     return busy
 
 
+def cut_streams_resume(records: list[Record]) -> list[str]:
+    """Faults hit one replica at a time, so a stream cut by a replica fault after its
+    first text goes on on the other one (gateway/resume.py): no error event after
+    text. Every request of the load can resume (no constrained decoding)."""
+    out = []
+    for r in records:
+        if r.stream and r.error_after_text and not r.left:
+            message = (r.error or {}).get("error", {}).get("message", "")
+            out.append(f"#{r.index} {r.path} on {r.backend}: cut: {message[:300]}")
+    return out
+
+
 RECORD_CHECKS: list[Callable[[list[Record]], list[str]]] = [
     every_request_ends,
     nothing_lost_before_the_first_byte,
+    cut_streams_resume,
     no_duplicated_text,
     cache_is_faithful,
     limits_hold,

@@ -120,3 +120,10 @@ def test_vllm_stream_events_give_their_token_ids() -> None:
         ("", (7,), 1, None),
         ("Hi", (8, 9), 2, None),
     ]
+
+
+def test_a_choice_cut_before_its_first_chunk_has_its_prompt_from_a_sibling() -> None:
+    transcript = Transcript([GenerationRequest("r", "Once", n=2)])
+    transcript.record(Chunk(0, "A", 1, 0, token_ids=(3,), prompt_token_ids=PROMPT))
+    assert [s.prompt_ids for s in transcript.unfinished()] == [PROMPT, PROMPT]
+    assert transcript.refusal() is None
