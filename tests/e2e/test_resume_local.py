@@ -12,11 +12,12 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from engines.types import Chunk, GenerationRequest, Message
 from gateway.resume import Stops, Transcript, continuation, owed
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import MODEL_ID, Gateway
 
 pytestmark = pytest.mark.vllm
 T = TypeVar("T")
@@ -24,7 +25,11 @@ CUT_AFTER = 5
 
 
 def on_engine_loop(gateway: Gateway, step: Coroutine[Any, Any, T]) -> T:
-    loop = gateway.engine._llm.output_handler.get_loop()  # AsyncLLM's own loop
+    llm = gateway.engine._llm
+    if llm.output_handler is None:  # AsyncLLM starts it with its first request
+        body = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1}
+        httpx.post(gateway.url + "/v1/completions", json=body, timeout=60).raise_for_status()
+    loop = llm.output_handler.get_loop()
     return asyncio.run_coroutine_threadsafe(step, loop).result(timeout=120)
 
 
@@ -38,7 +43,7 @@ async def collect(gateway: Gateway, request: GenerationRequest) -> list[Chunk]:
 
 @pytest.mark.parametrize(
     "prompt",
-    [(Message("user", "Tell me about the sea in a few lines."),), "A story about a lighthouse:"],
+    [(Message("user", "Tell me about the sea in a few lines."),), "Once upon a time, the old lighthouse keeper"],
     ids=["chat", "completions"],
 )
 def test_the_in_process_engine_continues_a_cut_generation(
