@@ -309,40 +309,46 @@ async def _resumed(
     attempts: Attempts,
     outcome: Outcome,
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
-    """The rest of a stream `cut` by its backend, continued on others (gateway/resume.py)
-    within `resume_attempts`, the retry budget and, for each, `resume_deadline_s` from
-    the cut to the continuation's first chunk. What cannot go on ends the stream with
-    the cut's kind of error, saying why."""
+    """The rest of a stream `cut` by its backend, continued on others (gateway/resume.py).
+    Each cut, up to `resume_attempts`, is resumed on a backend not yet tried (waited
+    for, if need be) within `resume_deadline_s` from the cut to the continuation's
+    first chunk; a continuation that fails before that is a retry, within the deadline
+    and the retry budget. Each cut counts once in `outcome.resumes`: resumed, failed
+    (tried, nothing went on) or refused (not tried). What cannot go on ends the stream
+    with the cut's kind of error, saying why."""
     settings = pool.settings
     backend, failure = cut
-    for resume in range(1, settings.resume_attempts + 2):
+    cuts, tried = 1, False
+    deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
+
+    def ended(why: str) -> BaseException:
+        outcome.resumes.append("failed" if tried else "refused")
+        return type(failure)(
+            f"The answer was cut after {transcript.tokens} token(s) ({failure}) and cannot "
+            f"be resumed: {why}."
+        )
+
+    while True:
         why = transcript.refusal()
-        if why is None and resume > settings.resume_attempts:
+        if why is None and cuts > settings.resume_attempts:
             why = f"resume_attempts={settings.resume_attempts} spent"
         if why is None and not attempts.again(backend, failure):
             why = "the pool's retry budget is spent"
         if why is not None:
-            outcome.resumes.append("refused" if resume == 1 else "failed")
-            raise type(failure)(
-                f"The answer was cut after {transcript.tokens} token(s) ({failure}) and "
-                f"cannot be resumed: {why}."
-            )
-        deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
+            raise ended(why)
         with pool.attempt(retry=True):
             try:
                 async with asyncio.timeout_at(deadline):
-                    backend = await acquire(pool, key, attempts, placed, outcome)
+                    backend = await acquire(pool, key, attempts, placed, outcome, others=True)
             except (TimeoutError, ServiceUnavailable, EngineError) as exc:
-                outcome.resumes.append("failed")
-                raise type(failure)(
-                    f"The answer was cut after {transcript.tokens} token(s) ({failure}); no "
-                    f"backend could resume it within resume_deadline_s="
-                    f"{settings.resume_deadline_s}: {exc or 'timed out'}"
-                ) from None
+                why = f"no backend took it within resume_deadline_s={settings.resume_deadline_s}"
+                raise ended(f"{why} ({exc or 'none was free'})") from None
             log.warning("stream cut on %s (%s); resuming on %s", cut[0].name, failure, backend.name)
+            tried, started = True, False
             failed: BaseException | None = None
             try:
-                stream = _watched(_continued(backend.engine, transcript, resume), outcome.watch)
+                rest = _continued(backend.engine, transcript, outcome.attempts)
+                stream = _watched(rest, outcome.watch)
                 async with contextlib.aclosing(stream):
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -352,33 +358,33 @@ async def _resumed(
                             f"{backend.name} sent nothing within resume_deadline_s="
                             f"{settings.resume_deadline_s}"
                         ) from None
+                    started = True
+                    outcome.resumes.append("resumed")
                     if first is not None:
                         transcript.record(first[1])
                         yield first
                     async for item in stream:
                         transcript.record(item[1])
                         yield item
-                outcome.resumes.append("resumed")
                 return
             except NotResumable as exc:
                 failed = exc
-                outcome.resumes.append("refused")
-                raise type(failure)(
-                    f"The answer was cut after {transcript.tokens} token(s) ({failure}) and "
-                    f"cannot be resumed: {exc}."
-                ) from None
+                raise ended(str(exc)) from None
             except BaseException as exc:
                 failed = exc
                 if not retryable(exc):
                     raise
-                outcome.resumes.append("failed")
                 failure = exc
+                if started:  # cut again: a new resume, with its own deadline
+                    cuts, tried = cuts + 1, False
+                    cut = (backend, exc)
+                    deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
             finally:
                 pool.release(backend, key.adapter, failed)
 
 
 async def _continued(
-    engine: Engine, transcript: Transcript, resume: int
+    engine: Engine, transcript: Transcript, attempt: int
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """The unfinished choices of `transcript`, continued on `engine`, one request each;
     then every prompt's length (the cut stream never got to its usage; the renderer
@@ -386,7 +392,7 @@ async def _continued(
     strands = transcript.unfinished()
     held = await asyncio.gather(*(owed(engine, strand) for strand in strands))
     streams = [
-        _strand(engine, s, Stops.of(s, h), resume) for s, h in zip(strands, held, strict=True)
+        _strand(engine, s, Stops.of(s, h), attempt) for s, h in zip(strands, held, strict=True)
     ]
     async with contextlib.aclosing(_merged(streams)) as chunks:
         async for item in chunks:
@@ -397,11 +403,11 @@ async def _continued(
 
 
 async def _strand(
-    engine: Engine, strand: Strand, stops: Stops, resume: int
+    engine: Engine, strand: Strand, stops: Stops, attempt: int
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
     """One choice's continuation, as that choice: its index, its prompt's length, its
     stop strings matched across the break."""
-    request = continuation(strand, resume)
+    request = continuation(strand, attempt)
     prompt = len(strand.prompt_ids or ())
     sent = len(strand.output_ids)
     if request.max_tokens is not None and request.max_tokens <= 0:
@@ -463,13 +469,19 @@ class Attempts:
 
 
 async def acquire(
-    pool: Pool, key: RouteKey, attempts: Attempts, placed: Collection[str] | None, outcome: Outcome
+    pool: Pool,
+    key: RouteKey,
+    attempts: Attempts,
+    placed: Collection[str] | None,
+    outcome: Outcome,
+    others: bool = False,
 ) -> Backend:
-    """A backend of `pool` for the next attempt, its wait and the attempt counted in
-    `outcome`; when none is left after a failure, the attempts' verdict is raised."""
+    """A backend of `pool` for the next attempt (`others`: see Pool.acquire), its wait
+    and the attempt counted in `outcome`; when none is left after a failure, the
+    attempts' verdict is raised."""
     waiting = time.perf_counter()
     try:
-        backend = await pool.acquire(key, attempts.tried, placed)
+        backend = await pool.acquire(key, attempts.tried, placed, others)
     except ServiceUnavailable:
         if attempts.last is not None:
             raise attempts.verdict(attempts.last) from None

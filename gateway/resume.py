@@ -133,9 +133,9 @@ class Transcript:
         return None
 
 
-def continuation(strand: Strand, resume: int) -> GenerationRequest:
+def continuation(strand: Strand, attempt: int) -> GenerationRequest:
     """The request that goes on with `strand` where it was cut, as a completion of its
-    prompt's and output's token ids."""
+    prompt's and output's token ids (`attempt`: the request's, for a unique id)."""
     original = strand.request
     assert strand.prompt_ids is not None
     sent = len(strand.output_ids)
@@ -146,7 +146,7 @@ def continuation(strand: Strand, resume: int) -> GenerationRequest:
     seed = original.seed
     return dataclasses.replace(
         original,
-        request_id=f"{original.request_id}-resume{resume}-{strand.index}",
+        request_id=f"{original.request_id}-{attempt}-{strand.index}",
         prompt=(*strand.prompt_ids, *strand.output_ids),
         max_tokens=None if original.max_tokens is None else original.max_tokens - sent,
         n=1,

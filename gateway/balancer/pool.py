@@ -39,6 +39,7 @@ from gateway.settings import BalancerSettings, PolicyName
 
 MIN_RETRIES = 3  # retries in flight a pool always allows
 LOAD = (EngineTimedOut, EngineOverloaded)  # failures whose retries the budget bounds
+POLL_S = 0.2  # how often a resume waiting for an untried backend looks again
 
 
 class Pool:
@@ -100,15 +101,23 @@ class Pool:
         key: RouteKey,
         exclude: Collection[Backend] = (),
         placed: Collection[str] | None = None,
+        others: bool = False,
     ) -> Backend:
+        """A backend for `key`, not one in `exclude` while another is choosable (tried
+        ones again only as a retry's last resort). With `others` (a resume: what was
+        tried just cut a stream), wait for an untried one while there is any, rather
+        than go back; the caller bounds that wait."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
             now = time.monotonic()
             placed_here = [b for b in self.backends if placed is None or b.name in placed]
             untried = [b for b in placed_here if b not in exclude]
-            # Tried backends again only when none is left (a retry's last resort).
-            candidates = _choosable(untried, now) or _choosable(placed_here, now)
+            candidates = _choosable(untried, now)
+            if not candidates and others and untried:
+                await asyncio.sleep(POLL_S)
+                continue
+            candidates = candidates or _choosable(placed_here, now)
             if not candidates:
                 raise self._unavailable(now)
             free = [b for b in candidates if b.has_room()]

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.chaos import invariants
 from tests.chaos.cluster import CHURNED, PROBE, Cluster, cluster
 from tests.chaos.faults import Faults
@@ -29,6 +32,7 @@ class Report:
     faults: Faults
     checks: list[Check]
     recovery_s: float
+    resumes: dict[str, int]  # switchyard_resumes_total by result, both gateways
 
     @property
     def violations(self) -> int:
@@ -49,6 +53,7 @@ class Report:
             ),
             "error_events": sum(r.status == 200 and r.error is not None for r in done),
             "cache_hits": sum(r.cache == "hit" for r in done),
+            "resumes": self.resumes,
             "faults": dict(Counter(f.kind for f in self.faults.log)),
             "violations": self.violations,
             "violations_by_invariant": {c.name: len(c.violations) for c in self.checks},
@@ -118,4 +123,16 @@ def _check(c: Cluster, faults: Faults, records: list[Record], seed: int, duratio
         late.insert(0, f"routable with its adapters after {recovery_s:.1f} s (> {timeout:g} s)")
     checks.append(Check("replicas_routable_again", late))
     checks.append(Check("no_orphan_generations", invariants.no_orphans(c, timeout=15)))
-    return Report(seed, duration, records, faults, checks, recovery_s)
+    return Report(seed, duration, records, faults, checks, recovery_s, _resumes(c.gateways))
+
+
+def _resumes(gateways: list[str]) -> dict[str, int]:
+    """How the cut streams went, from the gateways' own counter: shows that
+    cut_streams_resume had streams to judge."""
+    out: Counter[str] = Counter()
+    for url in gateways:
+        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+            for sample in family.samples:
+                if sample.name == "switchyard_resumes_total":
+                    out[sample.labels["result"]] += int(sample.value)
+    return dict(out)

@@ -43,7 +43,10 @@ async def collect(gateway: Gateway, request: GenerationRequest) -> list[Chunk]:
 
 @pytest.mark.parametrize(
     "prompt",
-    [(Message("user", "Tell me about the sea in a few lines."),), "Once upon a time, the old lighthouse keeper"],
+    [
+        (Message("user", "Tell me about the sea in a few lines."),),
+        "Once upon a time, the old lighthouse keeper",
+    ],
     ids=["chat", "completions"],
 )
 def test_the_in_process_engine_continues_a_cut_generation(

@@ -24,7 +24,7 @@ from gateway.balancer.policies import (
     RoundRobin,
     RouteKey,
 )
-from gateway.balancer.pool import Pool
+from gateway.balancer.pool import POLL_S, Pool
 from gateway.errors import ServiceUnavailable
 from gateway.settings import BalancerSettings
 
@@ -233,3 +233,19 @@ async def test_a_retry_that_tried_every_backend_may_go_back_to_one() -> None:
     assert await pool.acquire(RouteKey(), exclude=[a]) is b
     pool.release(b, None, None)
     assert await pool.acquire(RouteKey(), exclude=[a, b]) in (a, b)
+
+
+async def test_a_resume_waits_for_a_backend_it_has_not_tried() -> None:
+    """A resume (`others`) does not go back to the backend that just cut its stream
+    while another may come back: it waits for that one, its caller bounding the wait.
+    With every backend tried, a tried one again, as a retry."""
+    a, b = backends(2)
+    pool = Pool("m", [a, b], BalancerSettings())
+    b.healthy = False
+    waiting = asyncio.create_task(pool.acquire(RouteKey(), exclude=[a], others=True))
+    await asyncio.sleep(3 * POLL_S)
+    assert not waiting.done()  # `a` is routable, yet not taken
+    b.healthy = True
+    assert await asyncio.wait_for(waiting, timeout=10) is b
+    pool.release(b, None, None)
+    assert await pool.acquire(RouteKey(), exclude=[a, b], others=True) in (a, b)
