@@ -367,8 +367,8 @@ async def _resumed(
                         transcript.record(item[1])
                         yield item
                 return
-            except NotResumable as exc:
-                failed = exc
+            except NotResumable as exc:  # found on the backend: refused all the same
+                failed, tried = exc, False
                 raise ended(str(exc)) from None
             except BaseException as exc:
                 failed = exc

@@ -3,8 +3,8 @@
 Two `vllm serve` replicas of the demo model (one core each) behind a `switchyard
 serve` gateway; a steady load of streamed greedy requests (chat and completions,
 `--concurrency` at once) runs for `--duration` seconds while, every `--kill-every`
-seconds, the replica serving the most streams is killed (`kill -9`) and started again
-(the next kill waits for it: one replica is always up). The same seeded load and kill
+seconds, the replica streaming the most answers is killed (`kill -9`) and started
+again (the next kill waits for it: one replica is always up). The same seeded load and kill
 schedule runs twice: with resume on (the default) and with `resume: false`.
 
 Measured on the client: the share of streams that completed without an error event
@@ -13,7 +13,7 @@ last text before the kill and the first after it (p50, p99; side by side with th
 inter-chunk gap of uncut streams), and the share whose text is byte-identical to an
 uninterrupted answer of the same request (the reference, taken before the kills).
 
-    switchyard bench resume [--duration 150] [--kill-every 40] [--concurrency 6] [--dtype D]
+    switchyard bench resume [--duration 300] [--kill-every 20] [--concurrency 8] [--dtype D]
 """
 
 from __future__ import annotations
@@ -111,8 +111,12 @@ def body(path: str, prompt: str, max_tokens: int) -> dict[str, Any]:
     return out
 
 
-async def one(client: httpx.AsyncClient, key: tuple[str, str], max_tokens: int) -> Stream:
+async def one(
+    client: httpx.AsyncClient, key: tuple[str, str], max_tokens: int, into: list[Stream]
+) -> Stream:
+    """One stream, in `into` from its start (the killer looks for live ones)."""
     seen = Stream(key, started=time.monotonic())
+    into.append(seen)
     path, prompt = key
     async with client.stream("POST", path, json=body(path, prompt, max_tokens)) as r:
         seen.backend = r.headers.get("x-switchyard-backend", "")
@@ -136,38 +140,41 @@ async def one(client: httpx.AsyncClient, key: tuple[str, str], max_tokens: int) 
 
 async def phase(
     url: str, replicas: list[Replica], keys: list[tuple[str, str]], args: argparse.Namespace
-) -> tuple[list[Stream], list[tuple[float, str]]]:
-    """The load for `args.duration` seconds with a kill every `args.kill_every`."""
+) -> tuple[list[Stream], list[tuple[float, str]], list[float]]:
+    """The load for `args.duration` seconds; every `args.kill_every` seconds (or once
+    the last victim is back, if later) the replica streaming the most text is killed."""
     streams: list[Stream] = []
     kills: list[tuple[float, str]] = []
+    restarts: list[float] = []
     rng = random.Random(args.seed)
-    end = time.monotonic() + args.duration
+    start = time.monotonic()
+    end = start + args.duration
     async with httpx.AsyncClient(base_url=url, timeout=180) as client:
 
         async def worker() -> None:
             while time.monotonic() < end:
-                streams.append(await one(client, rng.choice(keys), args.max_tokens))
+                await one(client, rng.choice(keys), args.max_tokens, streams)
 
         async def killer() -> None:
-            await asyncio.sleep(args.kill_every / 2)
-            while time.monotonic() < end - 10:
-                live = [s for s in streams if not s.ended] or streams
+            due = start + args.kill_every / 2
+            while due < end - 10:
+                await asyncio.sleep(due - time.monotonic())
                 busy = {r.name: 0 for r in replicas}
-                for s in live:
-                    busy[s.backend] = busy.get(s.backend, 0) + 1
+                for s in streams:
+                    if not s.ended and s.chunks:
+                        busy[s.backend] = busy.get(s.backend, 0) + 1
                 victim = max(replicas, key=lambda r: busy[r.name])
                 victim.kill()
-                kills.append((time.monotonic(), victim.name))
+                killed = time.monotonic()
+                kills.append((killed, victim.name))
                 victim.start()
                 await asyncio.to_thread(_wait_ready, victim)
-                await asyncio.sleep(args.kill_every)
+                restarts.append(time.monotonic() - killed)
+                due = max(due + args.kill_every, time.monotonic() + 1)
 
-        workers = [
-            asyncio.create_task(one_loop)
-            for one_loop in (worker() for _ in range(args.concurrency))
-        ]
+        workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
         await asyncio.gather(killer(), *workers)
-    return streams, kills
+    return streams, kills, restarts
 
 
 def analyse(
@@ -187,6 +194,8 @@ def analyse(
     ]
     completed = [s for s in streams if not s.error]
     identical = [s for s in cut if not s.error and s.text == references[s.key]]
+    uncut = [s for s in completed if s not in cut]
+    uncut_identical = [s for s in uncut if s.text == references[s.key]]
     return {
         "streams": len(streams),
         "kills": len(kills),
@@ -194,6 +203,7 @@ def analyse(
         "completed_share": round(len(completed) / max(len(streams), 1), 4),
         "cut_completed_share": round(sum(not s.error for s in cut) / max(len(cut), 1), 4),
         "identical_share": round(len(identical) / max(len(cut), 1), 4),
+        "uncut_identical_share": round(len(uncut_identical) / max(len(uncut), 1), 4),
         "gap_p50_ms": round(percentile(gaps, 0.5) * 1000, 1) if gaps else None,
         "gap_p99_ms": round(percentile(gaps, 0.99) * 1000, 1) if gaps else None,
         "chunk_gap_p50_ms": round(percentile(steady, 0.5) * 1000, 1) if steady else None,
@@ -206,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
-    parser.add_argument("--duration", type=float, default=150.0)
-    parser.add_argument("--kill-every", type=float, default=40.0)
-    parser.add_argument("--concurrency", type=int, default=6)
+    parser.add_argument("--duration", type=float, default=300.0)
+    parser.add_argument("--kill-every", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default=None, help="the replicas' dtype (default: the model's)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="the replicas' dtype; in bfloat16 a prefill's logits differ from the decode's "
+        "(and a batch's from another's), so greedy answers part on near ties",
+    )
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--port", type=int, default=8780)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
@@ -246,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(">>> references: every request once, uninterrupted", file=sys.stderr)
                     references = asyncio.run(_references(url, keys, args.max_tokens))
                 print(f">>> {mode}: {args.duration:.0f} s of load, kills", file=sys.stderr)
-                streams, kills = asyncio.run(phase(url, replicas, keys, args))
+                streams, kills, restarts = asyncio.run(phase(url, replicas, keys, args))
                 results[mode] = analyse(streams, kills, references)
+                results[mode]["restart_s_p50"] = (
+                    round(percentile(restarts, 0.5), 1) if restarts else None
+                )
     finally:
         for replica in replicas:
             replica.kill()
@@ -271,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
     }
-    write(args.out, "resume", report, _markdown(report))
+    stem = "resume" if args.dtype == "float32" else f"resume-{args.dtype}"
+    write(args.out, stem, report, _markdown(report))
     return 0
 
 
@@ -287,7 +306,7 @@ async def _references(url: str, keys: list[tuple[str, str]], max_tokens: int) ->
     async with httpx.AsyncClient(base_url=url, timeout=180) as client:
         out = {}
         for key in keys:
-            seen = await one(client, key, max_tokens)
+            seen = await one(client, key, max_tokens, [])
             if seen.error:
                 raise RuntimeError(f"reference {key} failed: {seen.error}")
             out[key] = seen.text
@@ -299,14 +318,15 @@ def _markdown(report: dict[str, Any]) -> str:
     rows = ["| | resume on | resume off |", "| --- | --- | --- |"]
     on, off = report["results"]["resume"], report["results"]["no_resume"]
     for name in ("streams", "kills", "cut_streams", "completed_share", "cut_completed_share",
-                 "identical_share", "gap_p50_ms", "gap_p99_ms", "chunk_gap_p50_ms"):  # fmt: skip
+                 "identical_share", "uncut_identical_share", "gap_p50_ms", "gap_p99_ms",
+                 "chunk_gap_p50_ms", "restart_s_p50"):  # fmt: skip
         rows.append(f"| {name} | {on[name]} | {off[name]} |")
     lines = [
         "# Resume: streams that lose their replica",
         "",
         f"`{report['command']}` on {m['cpus']} CPUs ({m['cpu']}), vLLM {m['vllm']}, "
         f"{report['when']}. Two `vllm serve` replicas of the demo model (one core each), "
-        "streamed greedy chat and completions; the replica serving the most streams "
+        "streamed greedy chat and completions; the replica streaming the most answers "
         "killed with `kill -9` and restarted, one at a time. Same seeded load and kill "
         "schedule with resume on and off.",
         f"Load: {report['load']}",
@@ -316,13 +336,14 @@ def _markdown(report: dict[str, Any]) -> str:
         *(f"- {k}: **{v}**" for k, v in report["ratios"].items()),
         "",
         "`identical_share`: of the cut streams, those whose text is byte-identical to an "
-        "uninterrupted answer of the same request. `gap`: from the last text before the "
+        "uninterrupted answer of the same request (`uncut_identical_share`: the same for "
+        "the streams no kill cut, the control). `gap`: from the last text before the "
         "kill to the first after it; `chunk_gap`: between two chunks of an uncut stream.",
         "",
     ]
-    if on["errors"] or off["errors"]:
-        lines += ["Errors seen (resume on):", "", *(f"- {e}" for e in on["errors"]), ""]
-        lines += ["Errors seen (resume off):", "", *(f"- {e}" for e in off["errors"]), ""]
+    for mode, seen in (("on", on), ("off", off)):
+        if seen["errors"]:
+            lines += [f"Errors seen (resume {mode}):", "", *(f"- {e}" for e in seen["errors"]), ""]
     return "\n".join(lines)
 
 
