@@ -520,6 +520,11 @@ async def _to_the_end(engine: Engine, request: GenerationRequest) -> AsyncGenera
 async def _generate(
     engine: Engine, requests: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, Chunk], None]:
+    if len(requests) == 1:  # the hot path: no slot to shift, nothing to merge
+        async with contextlib.aclosing(_to_the_end(engine, requests[0])) as stream:
+            async for chunk in stream:
+                yield 0, chunk
+        return
     streams = [_slotted(i, engine, r) for i, r in enumerate(requests)]
     async with contextlib.aclosing(_merged(streams)) as chunks:
         async for item in chunks:

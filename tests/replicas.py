@@ -5,16 +5,16 @@ module (`lora_replicas`), for the replica tests and the chaos suite."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.bench import process
 from gateway.bench.process import lora_replica
 from tests.servers import free_port, wait_until
 
@@ -22,50 +22,14 @@ MODEL = "smollm2"
 BASE_NAMES = ["smollm2-135m-instruct-b179c9523d0e"]  # the demo artifact's id
 
 
-@dataclass
-class Replica:
+class Replica(process.Replica):
     """One `vllm serve` process group that we started, on a fixed port."""
-
-    name: str
-    port: int
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-
-    def healthy(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
-        return False
 
     def wait_ready(self, timeout: float = 300) -> None:
         assert self.proc is not None
         if not wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, 0.5):
             raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        self.proc.wait()
 
     def stop(self) -> None:
         if not self.alive:
@@ -80,6 +44,24 @@ class Replica:
 
     def upstream_models(self) -> set[str]:
         return {m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]}
+
+
+def remote_engines(
+    upstreams: list[tuple[str, str]], adapter_root: Path, timeouts: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Gateway engine settings for replicas at (name, url): `openai_remote` with
+    runtime LoRA loading and one slot, as `lora_replica` starts them."""
+    return [
+        {
+            "name": name,
+            "kind": "openai_remote",
+            "model_id": MODEL,
+            "options": {"url": url, "enable_lora": True, "max_loras": 1, **timeouts},
+            "adapter_root": str(adapter_root),
+            "base_names": BASE_NAMES,
+        }
+        for name, url in upstreams
+    ]
 
 
 @contextlib.contextmanager

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +35,13 @@ import orjson
 
 from gateway.bench.engine import MODEL_ID, ROOT, machine
 from gateway.bench.load import percentile
-from gateway.bench.process import answers, gateway_command, server_process, vllm_server_command
+from gateway.bench.process import (
+    Replica,
+    answers,
+    gateway_command,
+    server_process,
+    vllm_server_command,
+)
 from gateway.bench.process import write_report as write
 
 PROMPTS = [
@@ -53,39 +56,6 @@ PROMPTS = [
 ]
 PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
 TIMEOUTS = {"connect_timeout_s": 2, "first_token_timeout_s": 30, "idle_timeout_s": 5}
-
-
-@dataclass
-class Replica:
-    """A `vllm serve` process group this benchmark started, killed and restarted."""
-
-    name: str
-    port: int
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def ready(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
-        return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @dataclass
@@ -296,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _wait_ready(replica: Replica, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while not replica.ready():
+    while not replica.healthy():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{replica.name} did not start: see {replica.log}")
         time.sleep(0.5)

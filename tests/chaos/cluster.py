@@ -19,7 +19,7 @@ import httpx
 from gateway.bench.process import answers, gateway_command, server_process
 from tests.chaos.proxy import FaultProxy
 from tests.redis_server import RedisServer
-from tests.replicas import BASE_NAMES, MODEL, Replica
+from tests.replicas import MODEL, Replica, remote_engines
 from tests.servers import free_port
 
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
@@ -76,18 +76,8 @@ class Cluster:
 
 def _engines(upstreams: list[tuple[str, str]], adapter_root: Path) -> list[dict[str, Any]]:
     adapters = [{"name": n, "path": str(adapter_root / n)} for n in DECLARED]
-    return [
-        {
-            "name": name,
-            "kind": "openai_remote",
-            "model_id": MODEL,
-            "options": {"url": url, "enable_lora": True, "max_loras": 1, **TIMEOUTS},
-            "adapter_root": str(adapter_root),
-            "base_names": BASE_NAMES,
-            "adapters": adapters,
-        }
-        for name, url in upstreams
-    ]
+    engines = remote_engines(upstreams, adapter_root, TIMEOUTS)
+    return [{**engine, "adapters": adapters} for engine in engines]
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
-from tests.replicas import BASE_NAMES, MODEL, Replica
+from tests.replicas import MODEL, Replica, remote_engines
 from tests.servers import serve, wait_until
 from tests.settings import NO_AUTH
 
@@ -46,17 +46,7 @@ def adapter_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def gateway(replicas: list[Replica], adapter_root: Path, policy: str) -> Iterator[tuple[str, Any]]:
-    engines = [
-        {
-            "name": r.name,
-            "kind": "openai_remote",
-            "model_id": MODEL,
-            "options": {"url": r.url, "enable_lora": True, "max_loras": 1, **TIMEOUTS},
-            "adapter_root": str(adapter_root),
-            "base_names": BASE_NAMES,
-        }
-        for r in replicas
-    ]
+    engines = remote_engines([(r.name, r.url) for r in replicas], adapter_root, TIMEOUTS)
     app = create_app(Settings(engines=engines, balancer={"policy": policy, **PROBE}, auth=NO_AUTH))
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=30)

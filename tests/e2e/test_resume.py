@@ -28,7 +28,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
-from tests.replicas import BASE_NAMES, MODEL, Replica, started_replicas
+from tests.replicas import MODEL, Replica, remote_engines, started_replicas
 from tests.servers import serve, wait_until
 from tests.settings import NO_AUTH
 
@@ -57,17 +57,7 @@ def gateway(
 ) -> Iterator[tuple[str, Any]]:
     root = tmp_path_factory.mktemp("resume-adapters")
     shutil.copytree(ADAPTERS / "shout", root / "shout")
-    engines = [
-        {
-            "name": r.name,
-            "kind": "openai_remote",
-            "model_id": MODEL,
-            "options": {"url": r.url, "enable_lora": True, "max_loras": 1, **TIMEOUTS},
-            "adapter_root": str(root),
-            "base_names": BASE_NAMES,
-        }
-        for r in replicas
-    ]
+    engines = remote_engines([(r.name, r.url) for r in replicas], root, TIMEOUTS)
     balancer = {"policy": "round_robin", "resume_deadline_s": DEADLINE_S, **PROBE}
     settings = Settings(engines=engines, balancer=balancer, auth=NO_AUTH, cache={"mode": "off"})
     app = create_app(settings)
