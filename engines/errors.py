@@ -9,6 +9,8 @@ EngineError
 ├── EngineUnavailable             not started, shutting down, dead, timed out, 5xx (503;
 │   │                             the balancer retries elsewhere and counts a failure)
 │   ├── EngineUnreachable         could not connect at all (ejected at once)
+│   ├── EngineDisconnected        the connection broke mid-request: the backend went
+│   │                             away (ejected at once)
 │   ├── EngineTimedOut            said nothing within a timeout (may be load: its
 │   │                             retries draw on the pool's retry budget, as 429's)
 │   ├── EngineOverloaded          the backend said 429 (retried elsewhere, not a failure)
@@ -73,6 +75,10 @@ class EngineUnavailable(EngineError):
 
 
 class EngineUnreachable(EngineUnavailable):
+    pass
+
+
+class EngineDisconnected(EngineUnavailable):
     pass
 
 

@@ -16,6 +16,8 @@ left after at most twice the idle timeout, not after total_timeout_s.
 Upstream failures map onto the engine error tree (engines/errors.py):
 
     connect refused or timed out          → EngineUnreachable  (ejected at once)
+    the server hung up or reset           → EngineDisconnected (ejected at once: the
+                                                                process went away)
     a timeout (see above)                 → EngineTimedOut     (retried elsewhere,
                                                                 within the retry budget)
     429                                   → EngineOverloaded   (retried elsewhere)
@@ -64,6 +66,7 @@ import orjson
 
 from engines.errors import (
     AdapterMissing,
+    EngineDisconnected,
     EngineError,
     EngineOverloaded,
     EngineTimedOut,
@@ -464,6 +467,8 @@ class Reply:
 def transport_error(exc: BaseException, where: str) -> EngineError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return EngineUnreachable(f"cannot connect to {where}: {describe(exc)}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return EngineDisconnected(f"the connection to {where} broke: {describe(exc)}")
     return EngineUnavailable(f"the connection to {where} broke: {describe(exc)}")
 
 

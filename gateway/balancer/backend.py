@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engines.base import Engine
-from engines.errors import AdapterMissing, EngineOverloaded, EngineUnavailable, EngineUnreachable
+from engines.errors import (
+    AdapterMissing,
+    EngineDisconnected,
+    EngineOverloaded,
+    EngineUnavailable,
+    EngineUnreachable,
+)
 
 State = Literal["loading", "ready", "failed"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -21,8 +27,9 @@ BreakerState = Literal["closed", "open", "half_open"]
 class Breaker:
     """Passive ejection (outlier detection), per backend.
 
-    `threshold` consecutive failures, or one connect failure, open it for
-    `base_s * 2**(ejections - 1)` seconds (at most `max_s`). Then it is half-open:
+    `threshold` consecutive failures, or one that says the backend is gone (it
+    refused a connection or hung up on one), open it for `base_s * 2**(ejections - 1)`
+    seconds (at most `max_s`). Then it is half-open:
     one trial request at a time; success closes it and forgets past ejections, failure
     opens it again for twice as long, and a trial that ends without a verdict on the
     backend (`blames_backend`) frees the slot for the next one. A health check that
@@ -138,7 +145,7 @@ class Backend:
         if failure is None:
             self.breaker.succeeded()
         elif blames_backend(failure):
-            at_once = isinstance(failure, EngineUnreachable)
+            at_once = isinstance(failure, EngineUnreachable | EngineDisconnected)
             self.breaker.failed(time.monotonic(), at_once=at_once)
         else:
             self.breaker.released()

@@ -6,7 +6,8 @@ its retry budget.
                    adapter), or, when every circuit left is open, among the ready
                    and healthy ones anyway (panic routing: ejection steers traffic
                    to other backends, and there are none); a retry that has tried
-                   every backend may try them again; none has room → wait in
+                   every backend may try them again, the one that failed last only
+                   when no other is left; none has room → wait in
                    a bounded FIFO queue (`queue_size`, `queue_timeout_s`); queue
                    full or wait too long →
                    Overloaded (429 + Retry-After); nothing routable → 503
@@ -99,14 +100,14 @@ class Pool:
     async def acquire(
         self,
         key: RouteKey,
-        exclude: Collection[Backend] = (),
+        exclude: Sequence[Backend] = (),
         placed: Collection[str] | None = None,
         others: bool = False,
     ) -> Backend:
-        """A backend for `key`, not one in `exclude` while another is choosable (tried
-        ones again only as a retry's last resort). With `others` (a resume: what was
-        tried just cut a stream), wait for an untried one while there is any, rather
-        than go back; the caller bounds that wait."""
+        """A backend for `key`, not one in `exclude` (those tried, in order) while
+        another is choosable; tried ones again only as a retry's last resort. With
+        `others` (a resume: what was tried just cut a stream), wait for an untried one
+        while there is any, rather than go back; the caller bounds that wait."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -117,7 +118,7 @@ class Pool:
             if not candidates and others and untried:
                 await asyncio.sleep(POLL_S)
                 continue
-            candidates = candidates or _choosable(placed_here, now)
+            candidates = candidates or _last_resort(placed_here, exclude[-1:], now)
             if not candidates:
                 raise self._unavailable(now)
             free = [b for b in candidates if b.has_room()]
@@ -194,6 +195,16 @@ def _choosable(backends: list[Backend], now: float) -> list[Backend]:
     """The routable ones; or, when every circuit among them is open, the ready and
     healthy ones anyway (panic: breakers alone never refuse every request)."""
     return [b for b in backends if b.routable(now)] or [b for b in backends if b.serving]
+
+
+def _last_resort(backends: list[Backend], last: Sequence[Backend], now: float) -> list[Backend]:
+    """A retry that has tried every backend: the routable ones, else (panic) the
+    serving ones; of either, not the one that failed last while another is there (the
+    fault that failed an earlier attempt may be over; the last one's may not)."""
+    for group in ([b for b in backends if b.routable(now)], [b for b in backends if b.serving]):
+        if group:
+            return [b for b in group if b not in last] or group
+    return []
 
 
 def _why(backend: Backend, now: float) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from engines.errors import (
     AdapterMissing,
+    EngineDisconnected,
     EngineUnavailable,
     EngineUnreachable,
     GenerationFailed,
@@ -132,6 +133,20 @@ async def test_connection_refused_is_unreachable() -> None:
     async with remote(f"http://127.0.0.1:{free_port()}", connect_timeout_s=1) as engine:
         assert not (await engine.health()).ok
         with pytest.raises(EngineUnreachable):
+            await collect(engine, GenerationRequest("r", CHAT))
+
+
+async def test_an_upstream_that_hangs_up_is_disconnected() -> None:
+    """A killed replica's connections close without an answer: ejected at once."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, remote(f"http://127.0.0.1:{port}") as engine:
+        with pytest.raises(EngineDisconnected, match="broke"):
             await collect(engine, GenerationRequest("r", CHAT))
 
 

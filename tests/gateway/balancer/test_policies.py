@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from engines.errors import (
+    EngineDisconnected,
     EngineOverloaded,
     EngineTimedOut,
     EngineUnavailable,
@@ -249,3 +250,23 @@ async def test_a_resume_waits_for_a_backend_it_has_not_tried() -> None:
     assert await asyncio.wait_for(waiting, timeout=10) is b
     pool.release(b, None, None)
     assert await pool.acquire(RouteKey(), exclude=[a, b], others=True) in (a, b)
+
+
+async def test_a_retry_that_tried_every_backend_goes_back_to_the_earlier_one() -> None:
+    """Chaos seed 1811: r0 answered 500s (a fault since over, its circuit open), then
+    r1, tried again as the only routable one, hung up (killed). The last attempt goes
+    to r0, open circuit and all, not back to r1."""
+    r0, r1 = backends(2)
+    pool = Pool("m", [r0, r1], BalancerSettings(max_attempts=4))
+    for _ in range(3):
+        r0.begin(None)
+        r0.end(None, EngineUnavailable("500"))
+    r1.begin(None)
+    r1.end(None, EngineUnavailable("500"))
+    assert not r0.routable(time.monotonic())
+    assert r1.routable(time.monotonic())
+    # Routable first: ejection steers retries, even back to the one that failed last.
+    assert await pool.acquire(RouteKey(), exclude=[r0, r1]) is r1
+    pool.release(r1, None, EngineDisconnected("the connection broke: Server disconnected"))
+    assert not r1.routable(time.monotonic())  # a hang-up ejects at once
+    assert await pool.acquire(RouteKey(), exclude=[r0, r1, r1]) is r0
