@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import orjson
 
 from engines.errors import EngineError
+from gateway.auth import limits
 from gateway.errors import GatewayError, from_engine_error
 from gateway.metrics import Metrics, Observation
 from gateway.pipeline import Call, Outcome
@@ -93,6 +94,8 @@ class Recorder:
     log_prompts: bool = False
     key: str | None = None  # the API key's label
     charge: Callable[[int], Awaitable[None]] | None = None  # tokens to the key's limit
+    reserved: int = 0  # tokens the key's limit took at admission
+    status: int = 0
 
     @classmethod
     def start(
@@ -107,6 +110,7 @@ class Recorder:
         self.finish(status_of(exc))
 
     def finish(self, status: int) -> None:
+        self.status = status
         call = self.call
         usage = call.renderer.usage
         prompts = [str(r.prompt) for r in call.requests] if self.log_prompts else None
@@ -119,11 +123,22 @@ class Recorder:
         )
 
     async def settle(self) -> None:
-        """Charge the tokens used to the key's limit, once."""
+        """Settle the key's reservation with the tokens used, once. A client that left
+        is charged what the engine may have spent: the prompt by its bound where the
+        engine never said its length, the whole reservation where nothing was counted
+        (an answer awaited whole)."""
         charge, self.charge = self.charge, None
-        if charge is not None:
-            usage = self.call.renderer.usage
-            await charge(usage.prompt_tokens + usage.completion_tokens)
+        if charge is None:
+            return
+        usage = self.call.renderer.usage
+        used = usage.prompt_tokens + usage.completion_tokens
+        if self.status == DISCONNECTED:
+            bound = sum(limits.prompt_bound(r) for r in self.call.requests)
+            if not used:  # an answer awaited whole: its engine never said
+                used = max(self.reserved, bound)
+            elif not usage.prompt_tokens:
+                used += bound
+        await charge(used - self.reserved)
 
     async def watch_stream(
         self, events: AsyncGenerator[bytes, None]

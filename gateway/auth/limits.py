@@ -1,19 +1,24 @@
 """Per-key rate limits: a token bucket for requests (`rpm`) and one for tokens (`tpm`),
 each refilled continuously over a minute.
 
-A request is admitted when its key has a request left and is not in token debt; its
-tokens (prompt + completion) are charged when it ends, so one long answer may push
-the key into debt, and the next requests wait until the bucket has refilled. In
-memory by default; in Redis when gateway replicas share limits, where one Lua
-script checks and takes both buckets atomically on Redis's own clock, and a bucket's
-key expires only once the bucket would be full again (a missing key is a full
-bucket), so a debt lasts as long as it does in memory.
+A request is admitted when its key has a request left and is not in token debt, and
+its worst case (`worst_case`: the prompt at one token per byte, plus max_tokens for
+each choice of each prompt) is taken from the tokens bucket at once: a key cannot
+start a minute's budget of long answers in parallel, only run into debt by one
+request's worst case. When the request ends, what it really used is settled
+(`charge` of used minus reserved: a refund, or more debt where the estimate fell
+short), so the bucket holds what was used. In memory by default; in Redis when
+gateway replicas share limits, where one Lua script checks and takes both buckets
+atomically on Redis's own clock, and a bucket's key expires only once the bucket
+would be full again (a missing key is a full bucket), so a debt lasts as long as it
+does in memory.
 
 Redis failing is counted and, by `on_redis_error`, lets requests through (allow) or
 refuses them with 503 (deny); after a failure Redis is left alone for
-`retry_after_s`, as the response cache does. A charge Redis did not take is kept
-here (`deferred_tokens`) and added to the key's next charge: a failure forgives no
-debt.
+`retry_after_s`, as the response cache does. A request admitted without Redis
+reserved nothing (`Verdict.reserved` 0), so it is charged in full when it ends; a
+charge Redis did not take is kept here (`deferred_tokens`) and added to the key's
+next charge: a failure forgives no debt.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 import redis.asyncio as redis
 
+from engines.types import GenerationRequest
+from gateway import redis_client
 from gateway.auth.keys import Principal
 from gateway.backoff import Backoff
 from gateway.settings import RateLimitSettings
@@ -46,6 +54,7 @@ class Verdict:
     retry_after_s: float = 0.0
     limit: str = ""  # which one refused: "requests" or "tokens"
     unavailable: bool = False  # the shared store failed
+    reserved: int = 0  # tokens taken at admission, settled when the request ends
 
 
 class Limiter(Protocol):
@@ -56,9 +65,13 @@ class Limiter(Protocol):
         """Tokens charged while the store failed, held for their key's next charge."""
         ...
 
-    async def admit(self, principal: Principal) -> Verdict: ...
+    async def admit(self, principal: Principal, reserve: int = 0) -> Verdict:
+        """Take one request and `reserve` tokens, or refuse (nothing taken)."""
+        ...
 
-    async def charge(self, principal: Principal, tokens: int) -> None: ...
+    async def charge(self, principal: Principal, tokens: int) -> None:
+        """Take `tokens` more from the key's bucket (fewer than 0: give them back)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -90,7 +103,7 @@ class MemoryLimiter:
     def deferred_tokens(self) -> int:
         return 0
 
-    async def admit(self, principal: Principal) -> Verdict:
+    async def admit(self, principal: Principal, reserve: int = 0) -> Verdict:
         now = self.clock()
         requests = self._bucket(principal.label, "requests", principal.rpm, now)
         tokens = self._bucket(principal.label, "tokens", principal.tpm, now)
@@ -102,12 +115,16 @@ class MemoryLimiter:
             return _refused("tokens", requests, tokens, wait)
         if requests is not None:
             requests.level -= 1
-        return Verdict(True, _level(requests), _level(tokens))
+        if tokens is not None:
+            tokens.level -= reserve
+        return Verdict(
+            True, _level(requests), _level(tokens), reserved=reserve if tokens is not None else 0
+        )
 
     async def charge(self, principal: Principal, tokens: int) -> None:
         bucket = self._bucket(principal.label, "tokens", principal.tpm, self.clock())
         if bucket is not None:
-            bucket.level -= tokens
+            bucket.level = min(bucket.capacity, bucket.level - tokens)
 
     async def aclose(self) -> None:
         return None
@@ -130,11 +147,12 @@ def _refused(limit: str, requests: _Bucket | None, tokens: _Bucket | None, wait:
     return Verdict(False, _level(requests), _level(tokens), wait, limit)
 
 
-# KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit),
-# tokens to charge (charge mode) or -1 (admit mode). Buckets are hashes {level, at}
-# (at in ms of Redis's clock); every write sets the key to expire a second after the
-# bucket would be full again, so no debt expires with it.
-# Returns {allowed, requests left * 1000, tokens left * 1000, wait ms, refused by}.
+# KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit), mode
+# ("admit" or "charge"), tokens (to reserve on admission; to charge, fewer than 0 a
+# refund). Buckets are hashes {level, at} (at in ms of Redis's clock); every write
+# sets the key to expire a second after the bucket would be full again, so no debt
+# expires with it. Returns {allowed, requests left * 1000, tokens left * 1000,
+# wait ms, refused by}.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -146,12 +164,13 @@ local function load(key, capacity)
   return math.min(capacity, level + (now - at) * capacity / 60000)
 end
 local function store(key, level, capacity)
+  level = math.min(capacity, level)
   redis.call('HSET', key, 'level', tostring(level), 'at', now)
   redis.call('PEXPIRE', key, math.ceil((capacity - level) * 60000 / capacity) + 1000)
 end
-local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm, tpm, mode, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local requests, tokens = load(KEYS[1], rpm), load(KEYS[2], tpm)
-if cost >= 0 then
+if mode == 'charge' then
   if tokens then store(KEYS[2], tokens - cost, tpm) end
   return {1, 0, 0, 0, ''}
 end
@@ -164,7 +183,7 @@ if tokens and tokens <= 0 then
   return {0, r, k, math.ceil((1 - tokens) * 60000 / tpm), 'tokens'}
 end
 if requests then store(KEYS[1], requests - 1, rpm); r = r - 1000 end
-if tokens then store(KEYS[2], tokens, tpm) end
+if tokens then store(KEYS[2], tokens - cost, tpm); k = k - cost * 1000 end
 return {1, r, k, 0, ''}
 """
 
@@ -175,14 +194,11 @@ class RedisLimiter:
         self.errors = 0
         self._deferred: Counter[str] = Counter()  # tokens by key label
         self._backoff = Backoff(settings.retry_after_s)
-        timeout = settings.timeout_s
-        self._client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
+        self._client = redis_client.connect(settings.redis_url, settings.timeout_s)
         self._script = self._client.register_script(_SCRIPT)
 
-    async def admit(self, principal: Principal) -> Verdict:
-        reply = await self._run(principal, -1)
+    async def admit(self, principal: Principal, reserve: int = 0) -> Verdict:
+        reply = await self._run(principal, "admit", reserve)
         if reply is None:
             return Verdict(self.settings.on_redis_error == "allow", unavailable=True)
         allowed, requests, tokens, wait_ms, limit = reply
@@ -192,6 +208,7 @@ class RedisLimiter:
             None if principal.tpm is None else int(tokens) / 1000,
             int(wait_ms) / 1000,
             limit.decode() if isinstance(limit, bytes) else str(limit),
+            reserved=reserve if allowed and principal.tpm is not None else 0,
         )
 
     @property
@@ -202,13 +219,13 @@ class RedisLimiter:
         if principal.tpm is None:
             return
         owed = tokens + self._deferred.pop(principal.label, 0)
-        if await self._run(principal, owed) is None:
+        if await self._run(principal, "charge", owed) is None:
             self._deferred[principal.label] += owed
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _run(self, principal: Principal, cost: int) -> list[Any] | None:
+    async def _run(self, principal: Principal, mode: str, tokens: int) -> list[Any] | None:
         """The script's reply; None when Redis failed, or failed lately (`retry_after_s`)."""
         if not self._backoff.up():
             return None
@@ -217,7 +234,7 @@ class RedisLimiter:
             async with asyncio.timeout(self.settings.timeout_s):
                 reply = await self._script(
                     keys=[base + "requests", base + "tokens"],
-                    args=[principal.rpm or 0, principal.tpm or 0, cost],
+                    args=[principal.rpm or 0, principal.tpm or 0, mode, tokens],
                 )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
@@ -225,6 +242,28 @@ class RedisLimiter:
             log.warning("rate limiter: redis failed (%s: %s)", type(exc).__name__, exc)
             return None
         return list(reply)
+
+
+TEMPLATE_TOKENS = 64  # a chat template's own words, per conversation and per message
+
+
+def prompt_bound(request: GenerationRequest) -> int:
+    """At least as many tokens as `request`'s prompt can take, without a tokenizer:
+    one per byte of text (byte-level BPE never does worse; a message as its JSON,
+    tool calls and all) or per token id, and `TEMPLATE_TOKENS` for the chat
+    template's scaffolding around the conversation and each message."""
+    prompt = request.prompt
+    if not request.is_chat:
+        return len(prompt) if isinstance(prompt, tuple) else len(str(prompt).encode())
+    text = sum(len(orjson.dumps(m.wire())) for m in request.messages)
+    tools = len(orjson.dumps(request.options["tools"])) if "tools" in request.options else 0
+    return text + tools + TEMPLATE_TOKENS * (1 + len(request.messages))
+
+
+def worst_case(requests: Sequence[GenerationRequest]) -> int:
+    """The most tokens `requests` (one call's prompts) may take: each prompt, and its
+    max_tokens for each of its n choices (none: only the prompt is known)."""
+    return sum(prompt_bound(r) + (r.max_tokens or 0) * r.n for r in requests)
 
 
 def build_limiter(settings: RateLimitSettings) -> Limiter:

@@ -11,6 +11,8 @@ import zlib
 
 import redis.asyncio as redis
 
+from gateway import redis_client
+
 
 class CacheUnavailable(Exception):
     pass
@@ -23,9 +25,7 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
+        self._client = redis_client.connect(url, timeout_s)
 
     async def get(self, key: str) -> bytes | None:
         try:

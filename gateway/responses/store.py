@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 import redis.asyncio as redis
 
+from gateway import redis_client
 from gateway.settings import ResponseStoreSettings
 
 
@@ -122,11 +123,7 @@ class RedisStore:
         self.prefix = settings.prefix
         self.timeout_s = settings.timeout_s
         self.max_record_bytes = settings.max_record_bytes
-        self._client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=settings.timeout_s,
-            socket_timeout=settings.timeout_s,
-        )
+        self._client = redis_client.connect(settings.redis_url, settings.timeout_s)
 
     async def put(self, response_id: str, record: Stored) -> None:
         data = zlib.compress(record.encode())

@@ -33,7 +33,7 @@ async def answer(
     name = model if model is not None else _only_model(engines, principal)
     if not principal.may_use(name):
         raise ModelNotFound(name)  # the same answer as for a model that is not here
-    rate_headers = await admit(state.limiter, principal, state.metrics)
+    rate_headers, _ = await admit(state.limiter, principal, state.metrics)
     observation = state.metrics.start(stream=False) if state.metrics is not None else None
     outcome = Outcome()
 

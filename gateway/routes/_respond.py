@@ -99,11 +99,13 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
     _bounded(call, state.settings.max_messages)
     call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
-    rate_headers = await admit(state.limiter, principal, state.metrics)
+    reserve = limits.worst_case(call.requests) if principal.tpm is not None else 0
+    rate_headers, reserved = await admit(state.limiter, principal, state.metrics, reserve)
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
     recorder.key = principal.label
     if principal.tpm is not None and state.limiter is not None:
         recorder.charge = functools.partial(state.limiter.charge, principal)
+        recorder.reserved = reserved
     try:
         if stream:
             opened = pipeline.open_stream(engines, state.cache, call)
@@ -122,17 +124,18 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
 
 
 async def admit(
-    limiter: Limiter | None, principal: Principal, metrics: Metrics | None
-) -> dict[str, str]:
-    """Take the request from its key's limits; its `x-ratelimit-*` headers, or 429."""
+    limiter: Limiter | None, principal: Principal, metrics: Metrics | None, reserve: int = 0
+) -> tuple[dict[str, str], int]:
+    """Take the request and `reserve` tokens from its key's limits: its
+    `x-ratelimit-*` headers and the tokens reserved, or 429."""
     if limiter is None or not principal.limited:
-        return {}
-    verdict = await limiter.admit(principal)
+        return {}, 0
+    verdict = await limiter.admit(principal, reserve)
     if verdict.unavailable and not verdict.allowed:
         raise ServiceUnavailable("The rate limiter's store is unreachable; retry shortly.")
     headers = limits.headers(principal, verdict)
     if verdict.allowed:
-        return headers
+        return headers, verdict.reserved
     if metrics is not None:
         metrics.rate_limited.labels(principal.label, verdict.limit).inc()
     per = f"{principal.rpm} requests" if verdict.limit == "requests" else f"{principal.tpm} tokens"

@@ -1,5 +1,6 @@
-"""The Redis rate limiter against a real redis-server: a token debt outlives the
-key's idle minutes, and charges Redis missed are not forgiven."""
+"""The rate limiters, the Redis one against a real redis-server: a token debt
+outlives the key's idle minutes, charges Redis missed are not forgiven, and a
+request's worst case is reserved at admission and settled when it ends."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.auth.keys import Principal
-from gateway.auth.limits import RedisLimiter
+from gateway.auth.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.settings import RateLimitSettings
 from tests.redis_server import RedisServer
 
@@ -64,3 +65,31 @@ async def test_charges_redis_missed_are_charged_later(
     left = (await limiter.admit(key)).tokens_left
     assert left is not None
     assert 6000 - 1001 <= left < 6000 - 1000 + 10
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_reservation_is_taken_at_admission_and_settled_at_the_end(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    if store == "memory":
+        either: Limiter = MemoryLimiter()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        either = RedisLimiter(RateLimitSettings(backend="redis", redis_url=server.url))
+    key = Principal("r", tpm=1000)
+    first = await either.admit(key, 600)
+    assert first.allowed
+    assert first.reserved == 600
+    assert first.tokens_left == pytest.approx(400, abs=2)
+    second = await either.admit(key, 600)  # not in debt yet: admitted, into debt
+    assert second.allowed
+    refused = await either.admit(key, 1)
+    assert not refused.allowed
+    assert refused.reserved == 0  # nothing taken
+    for _ in range(2):
+        await either.charge(key, 50 - 600)  # each used 50: the rest back
+    left = (await either.admit(key)).tokens_left
+    assert left == pytest.approx(900, abs=2)
+    await either.charge(key, -5000)  # a refund never fills the bucket past its size
+    assert (await either.admit(key)).tokens_left == pytest.approx(1000, abs=2)
+    await either.aclose()
