@@ -105,7 +105,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.cache = cache
     app.state.responses = store
     app.state.limiter = limiter
-    app.state.metrics = Metrics(engine_set, cache, limiter) if settings.metrics else None
+    app.state.metrics = Metrics(engine_set, cache, limiter, keys) if settings.metrics else None
     app.state.started_at = int(time.time())
 
     routes = (chat, completions, responses, embeddings, tokenize, models, adapters, health, metrics)

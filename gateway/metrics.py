@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engines.types import Chunk
+from gateway.auth.keys import KeyRing
 from gateway.auth.limits import Limiter
 from gateway.cache.memory import MemoryCache
 from gateway.cache.responses import ResponseCache
@@ -45,6 +46,7 @@ class Metrics:
         engines: EngineSet,
         cache: ResponseCache | None = None,
         limiter: Limiter | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -138,6 +140,8 @@ class Metrics:
             r.register(_CacheCollector(cache))
         if limiter is not None:
             r.register(_LimiterCollector(limiter))
+        if keys is not None and keys.settings.keys_file is not None:
+            r.register(_KeysCollector(keys))
         # Series that may stay at zero exist from the start, so rates and ratios over
         # them answer 0 rather than nothing.
         for model in engines.models:
@@ -356,4 +360,19 @@ class _LimiterCollector(Collector):
             "Tokens the rate limiter's store (Redis) failed to charge, held for their "
             "key's next charge.",
             self.limiter.deferred_tokens,
+        )
+
+
+class _KeysCollector(Collector):
+    def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "switchyard_keys_file_errors",
+            "Changes of the keys file that could not be used; its keys were dropped.",
+            self.keys.errors,
+        )
+        yield GaugeMetricFamily(
+            "switchyard_keys_loaded", "API keys accepted now (config and file).", self.keys.loaded
         )

@@ -119,14 +119,15 @@ class ResponseStoreSettings(BaseModel):
 class KeySettings(BaseModel):
     """One API key, by the sha256 of its text (`switchyard hash-key`) or the name of the
     environment variable holding it. `models` lists the model ids and adapter names it
-    may use (shell patterns; "*" = all); an adapter is not implied by its base."""
+    may use (shell patterns; "*" = all); an adapter is not implied by its base. There
+    is no default: a key names what it may use, if only `["*"]`."""
 
     model_config = ConfigDict(extra="forbid")
 
     label: str = Field(min_length=1)  # in metrics and logs, never the key
     key_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
     key_env: str | None = None
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] | None = None  # required (see _complete)
     admin: bool = False  # may manage adapters and see backend details
     rpm: int | None = Field(None, ge=1)  # requests per minute
     tpm: int | None = Field(None, ge=1)  # prompt + completion tokens per minute
@@ -134,9 +135,14 @@ class KeySettings(BaseModel):
     revoked: bool = False
 
     @model_validator(mode="after")
-    def _one_source(self) -> KeySettings:
+    def _complete(self) -> KeySettings:
         if (self.key_sha256 is None) == (self.key_env is None):
             raise ValueError(f"key {self.label!r}: give exactly one of key_sha256, key_env")
+        if self.models is None:
+            raise ValueError(
+                f"key {self.label!r} names no models: list the model ids and adapters it "
+                "may use (shell patterns), e.g. models: ['*'] for all"
+            )
         return self
 
 

@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-auth-"))
     url = f"http://127.0.0.1:{args.port}"
     engine = {"name": "s", "kind": "scripted", "model_id": "scripted", "options": {"reply": REPLY}}
-    limited = {"label": "bench", "key_sha256": digest(KEY), "rpm": 10**9, "tpm": 10**12}
+    limited = {
+        "label": "bench",
+        "key_sha256": digest(KEY),
+        "models": ["*"],
+        "rpm": 10**9,
+        "tpm": 10**12,
+    }
     samples: dict[str, list[Sample]] = {side: [] for side in SIDES}
     with redis_server(work) as redis_url:
         settings: dict[str, dict[str, Any]] = {

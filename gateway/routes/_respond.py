@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -71,10 +73,34 @@ def openapi_schemas() -> dict[str, Any]:
 async def parse(request: Request, model: type[M]) -> M:
     """The body as `model`, parsed as JSON whatever the Content-Type says (curl -d
     sends form encoding by default)."""
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        parsed = model.model_validate_json(body)
     except pydantic.ValidationError as exc:
         raise invalid_body(exc.errors()) from None
+    if _LONG_NUMBER.search(body) and _beyond_64_bits(body):
+        raise InvalidRequest(
+            "The body holds an integer beyond 64 bits; numbers must lie within "
+            f"{INT_RANGE[0]} and {INT_RANGE[1]} (what JSON tools and engines carry)."
+        )
+    return parsed
+
+
+INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes, and so every engine's wire
+_LONG_NUMBER = re.compile(rb"\d{19}")  # the cheap look; a hit may be inside a string
+
+
+def _beyond_64_bits(body: bytes) -> bool:
+    beyond = False
+
+    def check(text: str) -> int:
+        nonlocal beyond
+        value = int(text)
+        beyond |= not INT_RANGE[0] <= value <= INT_RANGE[1]
+        return value
+
+    json.loads(body, parse_int=check)
+    return beyond
 
 
 def bounds(request: Request) -> Bounds:

@@ -44,7 +44,13 @@ class Key:
 
     def settings(self) -> dict[str, Any]:
         limits = LIMITS if self.limited else {}
-        return {"label": self.label, "key_env": self.env, "admin": self.admin, **limits}
+        return {
+            "label": self.label,
+            "key_env": self.env,
+            "models": ["*"],
+            "admin": self.admin,
+            **limits,
+        }
 
     @property
     def headers(self) -> dict[str, str]:

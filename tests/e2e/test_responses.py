@@ -159,7 +159,9 @@ def replicas(
     """Two `switchyard serve` processes sharing one response store on redis-server: the
     first in front of `vllm serve`, the second in front of the in-process gateway."""
     work = tmp_path_factory.mktemp("replicas")
-    keys = [{"label": name.split("_")[0].lower(), "key_env": name} for name in KEYS]
+    keys = [
+        {"label": name.split("_")[0].lower(), "key_env": name, "models": ["*"]} for name in KEYS
+    ]
     settings = {
         "responses": {"backend": "redis", "redis_url": session_redis.url},
         "auth": {"enabled": True, "keys": keys},

@@ -265,3 +265,13 @@ def test_engine_failure_mid_stream_ends_with_error_event() -> None:
         # The same failure before any output keeps its status.
         r = httpx.post(url + CHAT, json={"model": "scripted", "messages": MSG})
         assert_error(r, 500)
+
+
+@pytest.mark.parametrize("number", [-(2**63) - 1, 2**64])
+def test_an_integer_beyond_64_bits_is_a_400(base_url: str, number: int) -> None:
+    """Found by the fuzzer: orjson (the engines' wire) carries -2**63 .. 2**64-1."""
+    body = {"model": "scripted", "prompt": "x", "guided_json": {"type": "object", "x": number}}
+    error = assert_error(httpx.post(base_url + "/v1/completions", json=body), 400)
+    assert "64 bits" in str(error["message"])
+    body["guided_json"] = {"type": "object", "description": str(10**30)}  # in a string: fine
+    assert httpx.post(base_url + "/v1/completions", json=body).status_code != 500

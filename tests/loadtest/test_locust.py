@@ -23,7 +23,9 @@ KEY = "sk-locust-test"
 
 
 def test_a_bounded_locust_run_has_no_failures_and_reports_its_metrics(tmp_path: Path) -> None:
-    auth = AuthSettings(keys=[KeySettings(label="load", key_sha256=digest(KEY), rpm=100_000)])
+    auth = AuthSettings(
+        keys=[KeySettings(label="load", key_sha256=digest(KEY), models=["*"], rpm=100_000)]
+    )
     engines = [scripted(reply=" ".join(f"w{i}" for i in range(24)), token_delay_s=0.002)]
     app = create_app(Settings(auth=auth), engines=engines)
     with serve(app) as url:

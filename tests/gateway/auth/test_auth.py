@@ -30,7 +30,7 @@ CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "t
 
 
 def key(secret: str, label: str, **fields: Any) -> dict[str, Any]:
-    return {"label": label, "key_sha256": digest(secret), **fields}
+    return {"label": label, "key_sha256": digest(secret), "models": ["*"], **fields}
 
 
 KEYS = [
@@ -136,10 +136,11 @@ def test_max_tokens_cap_bounds_and_defaults(url: str) -> None:
 
 def test_revoked_by_editing_the_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.yaml"
-    keys.write_text(f"- {{label: file-key, key_sha256: {digest('sy-file')}}}\n")
+    keys.write_text(f"- {{label: file-key, key_sha256: {digest('sy-file')}, models: ['*']}}\n")
     with gateway(keys_file=keys) as url:
         assert chat(url, "sy-file").status_code == 200
-        keys.write_text(f"- {{label: file-key, key_sha256: {digest('sy-file')}, revoked: true}}\n")
+        entry = f"label: file-key, key_sha256: {digest('sy-file')}, models: ['*']"
+        keys.write_text(f"- {{{entry}, revoked: true}}\n")
         assert wait_until(lambda: chat(url, "sy-file").status_code == 401, timeout=5)
         assert chat(url, USER).status_code == 200  # the config's keys stay
 

@@ -25,7 +25,15 @@ EXAMPLES = 150  # per operation
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[str]:
-    keys = [{"label": "fuzz", "key_sha256": digest(KEY), "admin": True, "max_tokens": 64}]
+    keys = [
+        {
+            "label": "fuzz",
+            "key_sha256": digest(KEY),
+            "models": ["*"],
+            "admin": True,
+            "max_tokens": 64,
+        }
+    ]
     app = create_app(Settings(auth={"keys": keys}), engines=[scripted()])
     with serve(app) as url:
         assert wait_until(lambda: app.state.engines.ready, timeout=10)

@@ -42,7 +42,7 @@ HEADERS = {"Authorization": f"Bearer {SECRET}"}
 def gateway(
     rate_limit: dict[str, Any] | None = None, tpm: int = TPM
 ) -> Iterator[tuple[str, FastAPI]]:
-    keys = [{"label": "burst", "key_sha256": digest(SECRET), "tpm": tpm}]
+    keys = [{"label": "burst", "key_sha256": digest(SECRET), "models": ["*"], "tpm": tpm}]
     settings = Settings(
         auth={"keys": keys, "rate_limit": rate_limit or {}}, cache={"backend": "none"}
     )
@@ -94,7 +94,10 @@ def test_a_burst_is_held_to_the_budget_in_redis_and_its_debt_outlives_a_restart(
     redis = RedisServer(tmp_path, persistent=True)
     redis.start()
     try:
-        shared = {"backend": "redis", "redis_url": redis.url}
+        # Redis answering late must not admit a request unreserved (on_redis_error:
+        # allow would, as configured): a generous timeout, and deny past it.
+        shared = {"backend": "redis", "redis_url": redis.url, "timeout_s": 2.0}
+        shared["on_redis_error"] = "deny"
         with gateway(shared) as (a, _), gateway(shared) as (b, _):
             answers, elapsed = burst(a, 12)
             more, more_elapsed = burst(b, 12)
