@@ -23,6 +23,11 @@ from __future__ import annotations
 
 
 class EngineError(Exception):
+    """`public`, where set, says the same as `message` without the backends' details
+    (URLs, names, their own words): what callers who are not admins read."""
+
+    public: str | None = None
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message

@@ -37,6 +37,7 @@ from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
+    for_caller,
     from_engine_error,
     internal_error,
     invalid_body,
@@ -213,12 +214,18 @@ def _error_response(error: GatewayError) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return _error_response(exc)
+    return _error_response(_for_caller(request, exc))
 
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EngineError)
-    return _error_response(from_engine_error(exc))
+    return _error_response(_for_caller(request, from_engine_error(exc)))
+
+
+def _for_caller(request: Request, error: GatewayError) -> GatewayError:
+    principal = getattr(request.state, "principal", None)
+    admin = principal is not None and principal.admin
+    return for_caller(error, getattr(request.state, "request_id", None), admin)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

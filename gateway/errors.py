@@ -15,11 +15,16 @@
 
 Engine errors (`engines.errors`) are translated by `from_engine_error`; anything else
 becomes a bare 500 whose body carries the request id but never a stack trace.
-Every body is `{"error": {"message", "type", "param", "code"}}`.
+Every body is `{"error": {"message", "type", "param", "code"}}`. Callers without an
+admin key read server-side failures through `for_caller`: what happened and the
+request id, never upstream URLs, bodies, exception text or backend names (those are
+logged under the request id).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,12 +32,16 @@ import orjson
 
 from engines import errors as engine_errors
 
+log = logging.getLogger("switchyard")
+
 
 class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
     headers: dict[str, str] = {}  # replaced, never mutated
+    internal = False  # the message tells of backends: admins only (`for_caller`)
+    public: str | None = None  # what others read then (else a word on what happened)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -141,11 +150,39 @@ class ServiceUnavailable(GatewayError):
 def from_engine_error(exc: engine_errors.EngineError) -> GatewayError:
     if isinstance(exc, engine_errors.InvalidGenerationRequest):
         return InvalidRequest(exc.message, param=exc.param, code=exc.code)
+    error: GatewayError
     if isinstance(exc, engine_errors.EngineOverloaded):
-        return Overloaded(exc.message)
-    if isinstance(exc, engine_errors.EngineUnavailable):
-        return ServiceUnavailable(exc.message)
-    return GatewayError(f"The engine failed while generating: {exc.message}")
+        error = Overloaded(exc.message)
+    elif isinstance(exc, engine_errors.EngineUnavailable):
+        error = ServiceUnavailable(exc.message)
+    else:
+        error = GatewayError(f"The engine failed while generating: {exc.message}")
+    error.internal, error.public = True, exc.public
+    return error
+
+
+_TOLD = {
+    429: "The model's backends are at capacity",
+    500: "The engine failed while generating",
+    503: "No backend could serve this request",
+    504: "No backend answered in time",
+}
+
+
+def for_caller(error: GatewayError, request_id: str | None, admin: bool) -> GatewayError:
+    """`error` as a caller may read it: whole for admins, and unless it tells of
+    backends (`internal`: an engine's failure, a pool's account of its backends);
+    then what happened and the request id, the detail logged under that id."""
+    if admin or not error.internal:
+        return error
+    log.warning("request %s failed: %s", request_id, error.message)
+    said = copy.copy(error)
+    if error.public:
+        said.message = f"{error.public} (request id {request_id})"
+    else:
+        told = _TOLD.get(error.status, "The request failed")
+        said.message = f"{told} (request id {request_id}); retry shortly."
+    return said
 
 
 def internal_error(request_id: str | None) -> GatewayError:

@@ -41,7 +41,7 @@ from gateway.balancer.pool import Pool
 from gateway.cache.flights import Item, Watch
 from gateway.cache.responses import ResponseCache, Result
 from gateway.engine_set import EngineSet, Route
-from gateway.errors import ServiceUnavailable, from_engine_error, internal_error
+from gateway.errors import ServiceUnavailable, for_caller, from_engine_error, internal_error
 from gateway.openai.render import Renderer
 from gateway.resume import NotResumable, Stops, Strand, Transcript, continuation, owed
 
@@ -79,6 +79,7 @@ class Call:
     cache_control: str = ""
     outcome: Outcome = field(default_factory=Outcome)
     endpoint: str = ""  # the API's name for metrics and logs; empty: the prompt's kind
+    show_backends: bool = False  # error events may tell of backends (an admin asks)
 
     @property
     def kind(self) -> str:
@@ -137,7 +138,8 @@ async def _events(
             yield tail
     except EngineError as exc:
         call.outcome.failed_mid_stream = True
-        for failure in renderer.failure(from_engine_error(exc)):
+        error = for_caller(from_engine_error(exc), call.request_id, call.show_backends)
+        for failure in renderer.failure(error):
             yield failure
     except Exception:
         call.outcome.failed_mid_stream = True
@@ -321,12 +323,13 @@ async def _resumed(
     cuts, tried = 1, False
     deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
 
-    def ended(why: str) -> BaseException:
+    def ended(why: str, public: str | None = None) -> BaseException:
         outcome.resumes.append("failed" if tried else "refused")
-        return type(failure)(
-            f"The answer was cut after {transcript.tokens} token(s) ({failure}) and cannot "
-            f"be resumed: {why}."
-        )
+        cut = f"The answer was cut after {transcript.tokens} token(s)"
+        error = type(failure)(f"{cut} ({failure}) and cannot be resumed: {why}.")
+        if isinstance(error, EngineError):
+            error.public = f"{cut} and cannot be resumed: {public or why}."
+        return error
 
     while True:
         why = transcript.refusal()
@@ -369,7 +372,7 @@ async def _resumed(
                 return
             except NotResumable as exc:  # found on the backend: refused all the same
                 failed, tried = exc, False
-                raise ended(str(exc)) from None
+                raise ended(str(exc), "no backend can continue it") from None
             except BaseException as exc:
                 failed = exc
                 if not retryable(exc):

@@ -185,10 +185,12 @@ class Pool:
         states = ", ".join(
             f"{b.name}: {_why(b, now)}" for b in self.backends if not b.routable(now)
         )
-        return ServiceUnavailable(
+        error = ServiceUnavailable(
             f"No backend can serve '{self.model_id}' right now ({states or 'all tried'}); "
             "retry shortly."
         )
+        error.internal = True  # names the backends
+        return error
 
 
 def _choosable(backends: list[Backend], now: float) -> list[Backend]:

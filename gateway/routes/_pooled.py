@@ -56,7 +56,9 @@ async def answer(
         await state.limiter.charge(principal, tokens)
     if "model" in body:
         body["model"] = name
-    headers = {**rate_headers, "x-switchyard-backend": outcome.backend or ""}
+    headers = dict(rate_headers)
+    if principal.admin and outcome.backend:
+        headers["x-switchyard-backend"] = outcome.backend
     return JSONResponse(body, headers=headers)
 
 

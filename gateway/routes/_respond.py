@@ -124,7 +124,12 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     if not principal.may_use(call.model):
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
     _bounded(call, state.settings.max_messages)
-    call = dataclasses.replace(call, requests=_capped(call, principal), scope=principal.label)
+    call = dataclasses.replace(
+        call,
+        requests=_capped(call, principal),
+        scope=principal.label,
+        show_backends=principal.admin,
+    )
     reserve = limits.worst_case(call.requests) if principal.tpm is not None else 0
     rate_headers, reserved = await admit(state.limiter, principal, state.metrics, reserve)
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
@@ -202,9 +207,10 @@ def _capped(call: Call, principal: Principal) -> list[GenerationRequest]:
 
 
 def _headers(call: Call) -> dict[str, str]:
+    """The cache's verdict; which backend answered, for admin keys only."""
     outcome = call.outcome
     headers: dict[str, str] = {"x-switchyard-cache": outcome.cache}
-    if outcome.backend:
+    if outcome.backend and call.show_backends:
         headers["x-switchyard-backend"] = outcome.backend
     return headers
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from starlette.responses import Response
 
 from gateway.errors import NotFound
@@ -11,8 +14,23 @@ router = APIRouter()
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text format (see gateway/metrics.py for what is measured)."""
+    """Prometheus text format (see gateway/metrics.py for what is measured). Series
+    labelled by API key only for admin keys: a public scrape, or another key's, does
+    not learn which keys exist and how they are used."""
     collected = request.app.state.metrics
     if collected is None:
         raise NotFound("Metrics are off: set `metrics: true` to serve /metrics.")
-    return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)
+    principal = getattr(request.state, "principal", None)
+    admin = principal is not None and principal.admin
+    registry = collected.registry if admin else _WithoutKeys(collected.registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _WithoutKeys:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            if not any("key" in sample.labels for sample in metric.samples):
+                yield metric

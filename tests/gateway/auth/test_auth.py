@@ -146,7 +146,7 @@ def test_revoked_by_editing_the_keys_file(tmp_path: Path) -> None:
 
 
 def test_requests_per_minute() -> None:
-    with gateway(keys=[key(USER, "rpm", rpm=30)]) as url:
+    with gateway(keys=[key(USER, "rpm", rpm=30), key(ADMIN, "ops", admin=True)]) as url:
         for _ in range(30):
             r = chat(url, USER)
             assert r.status_code == 200
@@ -162,7 +162,7 @@ def test_requests_per_minute() -> None:
         assert chat(url, USER).status_code == 200  # one request refilled
         assert (
             'switchyard_rate_limited_total{key="rpm",limit="requests"} 1.0'
-            in httpx.get(url + "/metrics").text
+            in httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
         )
 
 
@@ -206,7 +206,8 @@ def test_redis_down_fails_open_or_closed(
 def test_labels_not_keys_in_metrics_and_logs(url: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="switchyard.access"):
         chat(url, USER)
-    text = httpx.get(url + "/metrics").text
+    assert 'key="team-a"' not in httpx.get(url + "/metrics").text  # a public scrape
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     assert 'switchyard_key_requests_total{key="team-a",status="200"}' in text
     assert USER not in text
     assert USER not in caplog.text
