@@ -28,7 +28,7 @@ from engines.errors import EngineError
 from engines.registry import build_engine
 from gateway.adapters import Artifact, Base, identities
 from gateway.auth.keys import KeyRing
-from gateway.auth.limits import build_limiter
+from gateway.auth.limits import InFlight, build_limiter
 from gateway.balancer.backend import Backend, Breaker
 from gateway.balancer.pool import Pool
 from gateway.cache.responses import ResponseCache
@@ -106,6 +106,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.state.cache = cache
     app.state.responses = store
     app.state.limiter = limiter
+    app.state.in_flight = InFlight()
     app.state.metrics = Metrics(engine_set, cache, limiter, keys) if settings.metrics else None
     app.state.started_at = int(time.time())
 

@@ -95,6 +95,7 @@ class Recorder:
     key: str | None = None  # the API key's label
     charge: Callable[[int], Awaitable[None]] | None = None  # tokens to the key's limit
     reserved: int = 0  # tokens the key's limit took at admission
+    leave: Callable[[], None] | None = None  # the key's request in flight ends
     status: int = 0
 
     @classmethod
@@ -123,10 +124,14 @@ class Recorder:
         )
 
     async def settle(self) -> None:
-        """Settle the key's reservation with the tokens used, once. A client that left
+        """The key's request is no longer in flight; settle its reservation with the
+        tokens used, once. A client that left
         is charged what the engine may have spent: the prompt by its bound where the
         engine never said its length, the whole reservation where nothing was counted
         (an answer awaited whole)."""
+        leave, self.leave = self.leave, None
+        if leave is not None:
+            leave()
         charge, self.charge = self.charge, None
         if charge is None:
             return

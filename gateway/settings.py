@@ -93,6 +93,7 @@ class CacheSettings(BaseModel):
     modes: dict[str, CacheMode] = Field(default_factory=dict)
     ttl_s: float = Field(3600.0, gt=0)
     max_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory backend
+    max_entry_bytes: int = Field(1024 * 1024, gt=0)  # a larger answer is not stored
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:"
     timeout_s: float = Field(0.05, gt=0)  # per Redis call; past it the cache is skipped
@@ -132,6 +133,7 @@ class KeySettings(BaseModel):
     rpm: int | None = Field(None, ge=1)  # requests per minute
     tpm: int | None = Field(None, ge=1)  # prompt + completion tokens per minute
     max_tokens: int | None = Field(None, ge=1)  # cap, and the default when unset
+    max_concurrent: int | None = Field(None, ge=1)  # in flight; None: the auth default
     revoked: bool = False
 
     @model_validator(mode="after")
@@ -171,6 +173,7 @@ class AuthSettings(BaseModel):
     keys_file: Path | None = None  # YAML list of keys; re-read when it changes
     allow_public_without_auth: bool = False
     public_metrics: bool = True  # /metrics without a key (Prometheus scrapes it)
+    max_concurrent_per_key: int | None = Field(64, ge=1)  # requests in flight, per process
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
 
@@ -184,6 +187,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     max_n: int = Field(16, ge=1)
+    max_prompts: int = Field(256, ge=1)  # prompts in one /v1/completions batch
+    max_generations: int = Field(256, ge=1)  # n times prompts: generations one request starts
+    stream_send_timeout_s: float = Field(30.0, gt=0)  # a client not reading is cut
     shutdown_grace_s: int = Field(30, ge=0)
     metrics: bool = True  # /metrics and request metrics
     access_log: bool = True  # one JSON line per generation request

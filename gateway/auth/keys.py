@@ -54,6 +54,7 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     max_tokens: int | None = None
+    max_concurrent: int | None = None  # requests in flight at once (None: no bound)
 
     def may_use(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -73,7 +74,7 @@ class KeyRing:
         self.settings = settings
         self.clock = clock
         self.errors = 0  # keys file changes that could not be used (fail closed)
-        self._static = [_entry(k) for k in settings.keys]
+        self._static = [_entry(k, settings.max_concurrent_per_key) for k in settings.keys]
         self._entries = list(self._static)
         self._applied: _Stamp | None = None  # the file the entries come from
         self._pending: tuple[_Stamp, float] | None = None  # a change, and since when
@@ -122,7 +123,7 @@ class KeyRing:
             if stamp.missing:
                 raise KeyConfigError("the file is missing")
             keys = _KEY_LIST.validate_python(yaml.safe_load(stamp.text) or [])
-            entries = [_entry(k) for k in keys]
+            entries = [_entry(k, self.settings.max_concurrent_per_key) for k in keys]
         except (yaml.YAMLError, ValidationError, KeyConfigError) as exc:
             if force:
                 raise KeyConfigError(f"keys file {path}: {exc}") from None
@@ -171,7 +172,7 @@ def _stamp(path: Path) -> _Stamp:
     return _Stamp(inode, size, mtime, hashlib.sha256(data).hexdigest(), text)
 
 
-def _entry(key: KeySettings) -> tuple[str, Principal | None]:
+def _entry(key: KeySettings, default_concurrency: int | None) -> tuple[str, Principal | None]:
     if key.key_env is not None:
         value = os.environ.get(key.key_env)
         if not value:
@@ -185,6 +186,12 @@ def _entry(key: KeySettings) -> tuple[str, Principal | None]:
     if key.revoked:
         return stored, None
     principal = Principal(
-        key.label, key.admin, tuple(key.models or ()), key.rpm, key.tpm, key.max_tokens
+        key.label,
+        key.admin,
+        tuple(key.models or ()),
+        key.rpm,
+        key.tpm,
+        key.max_tokens,
+        key.max_concurrent or default_concurrency,
     )
     return stored, principal

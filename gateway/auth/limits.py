@@ -266,6 +266,27 @@ def worst_case(requests: Sequence[GenerationRequest]) -> int:
     return sum(prompt_bound(r) + (r.max_tokens or 0) * r.n for r in requests)
 
 
+class InFlight:
+    """Requests in flight per key label, in this process (each gateway replica bounds
+    its own): at most the key's `max_concurrent` at once, so a key whose streams are
+    read slowly, or never, cannot hold every backend slot."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def enter(self, principal: Principal) -> bool:
+        bound = principal.max_concurrent
+        if bound is not None and self.counts[principal.label] >= bound:
+            return False
+        self.counts[principal.label] += 1
+        return True
+
+    def leave(self, principal: Principal) -> None:
+        self.counts[principal.label] -= 1
+        if self.counts[principal.label] <= 0:
+            del self.counts[principal.label]
+
+
 def build_limiter(settings: RateLimitSettings) -> Limiter:
     return RedisLimiter(settings) if settings.backend == "redis" else MemoryLimiter()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 
 import redis.asyncio as redis
 
@@ -38,7 +39,7 @@ class RedisCache:
         if not isinstance(stored, bytes):
             raise CacheUnavailable("redis returned a value that is not a cache entry")
         try:
-            return zlib.decompress(stored)
+            return await _off_loop(zlib.decompress, stored)
         except zlib.error:
             raise CacheUnavailable("redis returned a value that is not a cache entry") from None
 
@@ -46,9 +47,20 @@ class RedisCache:
         ttl_ms = int((ttl_s or self.ttl_s) * 1000)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._client.set(self.prefix + key, zlib.compress(value), px=ttl_ms)
+                packed = await _off_loop(zlib.compress, value)
+                await self._client.set(self.prefix + key, packed, px=ttl_ms)
         except (redis.RedisError, TimeoutError, OSError) as exc:
             raise CacheUnavailable(f"redis set failed: {type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+OFF_LOOP_BYTES = 64 * 1024  # (de)compressing more than this runs in a worker thread
+
+
+async def _off_loop(work: Callable[[bytes], bytes], data: bytes) -> bytes:
+    """`work(data)`, off the event loop when `data` is large enough to stall it."""
+    if len(data) < OFF_LOOP_BYTES:
+        return work(data)
+    return await asyncio.to_thread(work, data)

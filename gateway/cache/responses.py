@@ -49,6 +49,7 @@ class Plan:
 class ResponseCache:
     def __init__(self, settings: CacheSettings, store: Store | None) -> None:
         self.settings = settings
+        self.oversized = 0  # answers over max_entry_bytes, not stored
         self.store = store
         self.errors: Counter[str] = Counter()  # by operation: get, set, decode
         self._flights: dict[str, Flight[Any]] = {}
@@ -137,6 +138,9 @@ class ResponseCache:
 
     async def _set(self, key: str, value: bytes) -> None:
         if self.store is None or not self._backoff.up():
+            return
+        if len(value) > self.settings.max_entry_bytes:
+            self.oversized += 1  # a bound on what one request keeps: not stored
             return
         try:
             await self.store.set(key, value)

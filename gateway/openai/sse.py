@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -12,6 +14,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
+
+log = logging.getLogger("switchyard")
 
 
 def event(payload: Any) -> bytes:
@@ -34,13 +38,22 @@ class EventStreamResponse(Response):
     """Streams `body` as `text/event-stream`, one send per item, without buffering.
 
     A client disconnect cancels the iteration at once (not at the next write) and the
-    iterator is closed, which aborts the generation behind it.
+    iterator is closed, which aborts the generation behind it. So does a client that
+    reads nothing for `send_timeout_s` (a send waits while the socket's buffers are
+    full): its generation, its backend slot and its key's place are released, and
+    its connection is closed unfinished.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str] | None = None,
+        send_timeout_s: float | None = None,
+    ):
         self.body_iterator = body
+        self.send_timeout_s = send_timeout_s
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache", **(headers or {})})
@@ -56,6 +69,15 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async with contextlib.aclosing(self.body_iterator) as body:
                 async for data in body:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    message = {"type": "http.response.body", "body": data, "more_body": True}
+                    try:
+                        async with asyncio.timeout(self.send_timeout_s):
+                            await send(message)
+                    except TimeoutError:  # the client stopped reading: cut it loose
+                        log.warning(
+                            "a stream's client read nothing for %gs; cut", self.send_timeout_s
+                        )
+                        tg.cancel_scope.cancel()
+                        return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()

@@ -20,7 +20,7 @@ from engines.types import GenerationRequest
 from gateway import pipeline
 from gateway.auth import limits
 from gateway.auth.keys import Principal
-from gateway.auth.limits import Limiter
+from gateway.auth.limits import InFlight, Limiter
 from gateway.engine_set import EngineSet
 from gateway.errors import (
     ClientClosedRequest,
@@ -35,6 +35,7 @@ from gateway.observe import Recorder
 from gateway.openai.convert import Bounds
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
+from gateway.settings import Settings
 
 T = TypeVar("T")
 
@@ -123,17 +124,29 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     principal: Principal = request.state.principal
     if not principal.may_use(call.model):
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
-    _bounded(call, state.settings.max_messages)
+    _bounded(call, state.settings)
     call = dataclasses.replace(
         call,
         requests=_capped(call, principal),
         scope=principal.label,
         show_backends=principal.admin,
     )
+    in_flight: InFlight = state.in_flight
+    if not in_flight.enter(principal):
+        raise RateLimited(
+            f"This API key has {principal.max_concurrent} requests in flight, as many as it "
+            "may; retry once one has finished (streams count until they are read to the end).",
+            {"retry-after": "1"},
+        )
     reserve = limits.worst_case(call.requests) if principal.tpm is not None else 0
-    rate_headers, reserved = await admit(state.limiter, principal, state.metrics, reserve)
+    try:
+        rate_headers, reserved = await admit(state.limiter, principal, state.metrics, reserve)
+    except Exception:
+        in_flight.leave(principal)
+        raise
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
     recorder.key = principal.label
+    recorder.leave = functools.partial(in_flight.leave, principal)
     if principal.tpm is not None and state.limiter is not None:
         recorder.charge = functools.partial(state.limiter.charge, principal)
         recorder.reserved = reserved
@@ -142,7 +155,11 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
             opened = pipeline.open_stream(engines, state.cache, call)
             events = await cancel_on_disconnect(request.receive, opened)
             headers = {**_headers(call), **rate_headers}
-            return EventStreamResponse(recorder.watch_stream(events), headers=headers)
+            return EventStreamResponse(
+                recorder.watch_stream(events),
+                headers=headers,
+                send_timeout_s=state.settings.stream_send_timeout_s,
+            )
         answer = pipeline.complete(engines, state.cache, call)
         body = await cancel_on_disconnect(request.receive, answer)
     except Exception as exc:
@@ -177,18 +194,29 @@ async def admit(
     )
 
 
-def _bounded(call: Call, limit: int) -> None:
-    """At most `limit` messages in a conversation, or prompts in a batch."""
+def _bounded(call: Call, settings: Settings) -> None:
+    """At most `max_messages` messages in a conversation, `max_prompts` prompts in a
+    batch, and `max_generations` generations (n for each prompt) in all."""
     prompt = call.requests[0].prompt
-    if not isinstance(prompt, str) and len(prompt) > limit:
+    if call.requests[0].is_chat and len(prompt) > settings.max_messages:
         raise InvalidRequest(
-            f"{len(prompt)} messages is more than this gateway takes ({limit}).",
+            f"{len(prompt)} messages is more than this gateway takes (max_messages: "
+            f"{settings.max_messages}).",
             param="messages",
         )
-    if len(call.requests) > limit:
+    if len(call.requests) > settings.max_prompts:
         raise InvalidRequest(
-            f"{len(call.requests)} prompts is more than this gateway takes ({limit}).",
+            f"{len(call.requests)} prompts is more than this gateway takes in one request "
+            f"(max_prompts: {settings.max_prompts}); send them in smaller batches.",
             param="prompt",
+        )
+    generations = sum(r.n for r in call.requests)
+    if generations > settings.max_generations:
+        raise InvalidRequest(
+            f"n={call.requests[0].n} for {len(call.requests)} prompts is {generations} "
+            f"generations, more than this gateway starts for one request (max_generations: "
+            f"{settings.max_generations}); lower n or send fewer prompts at once.",
+            param="n",
         )
 
 
