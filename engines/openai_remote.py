@@ -63,6 +63,7 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from engines.errors import (
     AdapterMissing,
@@ -167,7 +168,7 @@ class OpenAIRemoteEngine:
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(limit=config.max_connections),
-            read_bufsize=2**20,  # SSE lines (one event each) up to ~2 MiB
+            read_bufsize=READ_BUFFER,  # SSE lines (one event each) up to twice this
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=config.first_token_timeout_s,  # waiting for a pooled connection
@@ -199,7 +200,7 @@ class OpenAIRemoteEngine:
         if not loaded:
             return False
         async with self._http().get(self.root + "/v1/models") as response:
-            listing = Reply(response.status, await response.read())
+            listing = Reply(response.status, await read_bounded(response, MAX_ERROR_BYTES * 16))
         payload = listing.json if listing.status == 200 else None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             return False
@@ -242,7 +243,11 @@ class OpenAIRemoteEngine:
         async with self._http().post(
             self.root + path, data=orjson.dumps(body), headers=_JSON
         ) as response:
-            return Reply(response.status, await response.read())
+            limit = MAX_ERROR_BYTES if response.status >= 400 else MAX_ANSWER_BYTES
+            content = await read_bounded(response, limit)
+            if len(content) > limit and response.status < 400:
+                raise EngineUnavailable(f"{self.root} sent an answer over {limit} bytes")
+            return Reply(response.status, content[:limit])
 
     # -- generation ------------------------------------------------------------------
 
@@ -254,6 +259,10 @@ class OpenAIRemoteEngine:
         try:
             async with contextlib.aclosing(self._answer(path, body, reader)) as chunks:
                 async for chunk in chunks:
+                    if not (isinstance(chunk.index, int) and 0 <= chunk.index < request.n):
+                        raise EngineUnavailable(
+                            f"{self.root} sent choice index {chunk.index!r} for n={request.n}"
+                        )
                     yield chunk
         except InvalidGenerationRequest as exc:
             blame_field(exc, request)
@@ -339,7 +348,9 @@ class OpenAIRemoteEngine:
         response = await self._within(post, "first_token_timeout_s", first)
         try:
             if response.status >= 400:
-                content = await self._within(response.read(), "first_token_timeout_s", first)
+                content = await self._within(
+                    read_bounded(response, MAX_ERROR_BYTES), "first_token_timeout_s", first
+                )
                 raise self.refusal(Reply(response.status, content), body)
             async with contextlib.aclosing(sse_data(response.content)) as events:
                 limit: Limit = "first_token_timeout_s"
@@ -391,6 +402,10 @@ class OpenAIRemoteEngine:
             raise EngineTimedOut(f"{self.root} sent nothing within {limit}={seconds}") from None
         except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
+        except LineTooLong:
+            raise EngineUnavailable(
+                f"{self.root} sent an event line over {READ_BUFFER * 2} bytes: not OpenAI's stream"
+            ) from None
 
     async def _while_alive(self, step: Awaitable[T]) -> T:
         """`step` within total_timeout_s, given up earlier if the upstream stops
@@ -462,6 +477,23 @@ class Reply:
             # vLLM's server names fields its FastAPI layer refused "body.<field>".
             return str(param).removeprefix("body.") if param else None
         return None
+
+
+READ_BUFFER = 2**20
+MAX_ERROR_BYTES = 64 * 1024  # of an error body, what is read (and quoted at most)
+MAX_ANSWER_BYTES = 256 * 2**20  # a whole answer larger than this is the upstream's fault
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read until its end or past `limit` bytes (then `limit` + a chunk)."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.content.iter_chunked(65536):
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            break
+    return b"".join(parts)
 
 
 def transport_error(exc: BaseException, where: str) -> EngineError:

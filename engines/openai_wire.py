@@ -126,8 +126,8 @@ class EventReader:
     def finish(self) -> list[Chunk]:
         if self.usage is None:
             return []
-        completion = int(self.usage.get("completion_tokens") or 0)
-        prompt = int(self.usage.get("prompt_tokens") or 0)
+        completion = count(self.usage, "completion_tokens")
+        prompt = count(self.usage, "prompt_tokens")
         return [Chunk(0, "", completion - self.counted, prompt)]
 
 
@@ -142,11 +142,24 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
     if chunks:
         chunks[0] = dataclasses.replace(
             chunks[0],
-            token_count=int(usage.get("completion_tokens") or 0),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            token_count=count(usage, "completion_tokens"),
+            prompt_tokens=count(usage, "prompt_tokens"),
             prompt_logprobs=_prompt_logprobs(payload) if chat else chunks[0].prompt_logprobs,
         )
     return chunks
+
+
+MAX_TOKENS = 2**31  # no usage count is larger: one that is, is the upstream's fault
+
+
+def count(usage: dict[str, Any], name: str) -> int:
+    """A token count of the upstream's `usage`: a whole number within reason."""
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS:
+        raise EngineUnavailable(f"the upstream sent usage {name}={value!r}, which cannot be")
+    return value
 
 
 async def read_events(

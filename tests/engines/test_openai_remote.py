@@ -9,7 +9,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from engines.errors import (
     AdapterMissing,
@@ -292,3 +297,48 @@ async def test_a_malformed_embeddings_answer_is_unavailable(echo_url: str) -> No
             await engine.embed({"input": "a"}, None)  # the upstream refuses: generates only
         with pytest.raises(EngineUnavailable, match="malformed"):
             await engine.post_json("/tokenize", {"prompt": "a", "model": "up-model"}, "data")
+
+
+def untrusted(kind: str) -> Starlette:
+    """A test double of an upstream that is not to be trusted: `line` streams one
+    event line of 3 MiB, `error` answers 500 with 8 MiB of body, `index` streams a
+    choice index out of range, `usage` a token count that cannot be."""
+
+    async def answer(request: Request) -> Response:
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "up-model"}
+        if kind == "line":
+            return Response(b"data: " + b"x" * (3 * 2**20), media_type="text/event-stream")
+        if kind == "error":
+            return Response(b"e" * (8 * 2**20), status_code=500)
+        if kind == "index":
+            choices = [{"index": 5, "delta": {"content": "hi"}, "finish_reason": None}]
+            events = [{**chunk, "choices": choices}]
+        else:
+            choices = [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]
+            usage = {"prompt_tokens": -3, "completion_tokens": "many", "total_tokens": 1}
+            events = [{**chunk, "choices": choices}, {**chunk, "choices": [], "usage": usage}]
+        frames = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+        return Response(frames + b"data: [DONE]\n\n", media_type="text/event-stream")
+
+    async def health(request: Request) -> Response:
+        return Response()
+
+    routes = [Route("/v1/chat/completions", answer, methods=["POST"]), Route("/health", health)]
+    return Starlette(routes=routes)
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("line", "event line over"),
+        ("error", "500"),
+        ("index", "choice index 5"),
+        ("usage", "cannot be"),
+    ],
+)
+async def test_an_untrusted_upstream_is_unavailable_never_a_crash(kind: str, said: str) -> None:
+    with serve(untrusted(kind)) as url:
+        async with remote(url) as engine:
+            with pytest.raises(EngineUnavailable, match=said) as info:
+                await collect(engine, GenerationRequest("r", CHAT))
+            assert len(info.value.message) < 2000  # bounded, whatever it was sent
