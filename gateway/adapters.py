@@ -8,6 +8,13 @@ state), its state and its in-flight count:
     base's pool (all or nothing: one refusal rolls the others back) → listed, ready
     ready → draining (new requests: 404; in-flight ones finish) → unloaded everywhere
 
+Runtime loads are copied first into a content-addressed directory under the adapter
+root (`.switchyard-store/<sha256>`), hashing what is copied; the copy is what is
+validated and what the engines load, so nothing can change between validation and
+load. Only safetensors weights are taken (a pickle can run code when loaded), and
+names are plain (`NAME`). The digest is checked again before an adapter is restored
+onto a backend that restarted.
+
 A backend that was down gets the registry's adapters when it recovers (`restore`),
 and so does one that restarted empty between two probes (gateway/balancer/health.py),
 so a replica that restarted serves them again. Reloading a name with different
@@ -22,6 +29,9 @@ import hashlib
 import itertools
 import json
 import logging
+import re
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +49,10 @@ log = logging.getLogger("switchyard")
 
 State = Literal["ready", "draining"]
 ADAPTER_CONFIG = "adapter_config.json"
-WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+WEIGHTS = "adapter_model.safetensors"
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # loading may run code
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STORE = ".switchyard-store"
 
 
 class AdapterRejected(InvalidRequest):
@@ -125,12 +138,24 @@ class AdapterRegistry:
                 "`enable_lora: true` in its engine options.",
                 param="base",
             )
-        if not name or "/" in name or name == base_id:
-            raise AdapterRejected(f"'{name}' cannot name an adapter.", param="name")
+        if not NAME.fullmatch(name) or name == base_id:
+            raise AdapterRejected(
+                f"'{name}' cannot name an adapter: use letters, digits, '.', '_' and '-' "
+                "(64 at most, starting with a letter or digit).",
+                param="name",
+            )
         root = base.root if enforce_root else None
-        real_path, digest = await anyio.to_thread.run_sync(
-            inspect, path, root, support, base.identities
-        )
+        copy = path if root is None else await anyio.to_thread.run_sync(stored, path, root)
+        try:
+            real_path, digest = await anyio.to_thread.run_sync(
+                inspect, copy, root, support, base.identities
+            )
+        except AdapterRejected as exc:
+            if copy != path and all(r.adapter.path != str(copy) for r in self.records()):
+                shutil.rmtree(copy, ignore_errors=True)  # a rejected copy is not kept
+            raise AdapterRejected(
+                exc.message.replace(str(copy), str(path)), param=exc.param
+            ) from None
         async with self._lock:
             current = self._records.get(name)
             if current is not None and current.base != base_id:
@@ -167,9 +192,23 @@ class AdapterRegistry:
         empty). Raises EngineUnavailable if the backend fails while at it."""
         async with self._lock:
             for record in list(self._records.values()):
-                if record.pool is pool and record.state == "ready":
-                    await backend.engine.load_adapter(record.adapter)
-                    record.placed.add(backend.name)
+                if record.pool is not pool or record.state != "ready":
+                    continue
+                adapter = record.adapter
+                now = await anyio.to_thread.run_sync(content_digest, Path(adapter.path))
+                if now != adapter.digest:
+                    log.error(
+                        "adapter %s not restored on %s: its files at %s changed since it was "
+                        "loaded (sha256 %s, was %s); load it again",
+                        adapter.name,
+                        backend.name,
+                        adapter.path,
+                        now[:12],
+                        adapter.digest[:12],
+                    )
+                    continue
+                await backend.engine.load_adapter(adapter)
+                record.placed.add(backend.name)
 
     async def unload(self, name: str) -> None:
         """Stop routing to `name` now; return once its in-flight requests finished.
@@ -254,8 +293,15 @@ def inspect(
     config_path = path / ADAPTER_CONFIG
     if not config_path.is_file():
         raise AdapterRejected(f"'{path}' has no {ADAPTER_CONFIG}.", param="path")
-    if not any((path / w).is_file() for w in WEIGHTS):
-        raise AdapterRejected(f"'{path}' has no adapter weights ({WEIGHTS[0]}).", param="path")
+    pickles = [p.name for p in files if p.suffix in PICKLES]
+    if pickles:
+        raise AdapterRejected(
+            f"'{path}' holds pickled weights ({', '.join(pickles)}), which can run code when "
+            f"loaded; save the adapter as safetensors (peft's default) in {WEIGHTS}.",
+            param="path",
+        )
+    if not (path / WEIGHTS).is_file():
+        raise AdapterRejected(f"'{path}' has no adapter weights ({WEIGHTS}).", param="path")
     try:
         config = json.loads(config_path.read_text())
     except (ValueError, OSError) as exc:
@@ -291,11 +337,44 @@ def inspect(
             f"The adapter targets modules this engine cannot adapt: {', '.join(unsupported)}.",
             param="path",
         )
+    return path.resolve(), content_digest(path)
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over an adapter directory's files' names and bytes."""
     digest = hashlib.sha256()
-    for file in files:
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0")
         digest.update(file.read_bytes())
-    return path.resolve(), digest.hexdigest()
+    return digest.hexdigest()
+
+
+def stored(path: Path, root: Path) -> Path:
+    """`path` (under `root`) copied into `root/STORE/<sha256>`: what is validated and
+    loaded from then on. Links are copied as links (and refused by `inspect`), never
+    followed; a copy already there (the same content) is reused."""
+    real_root = root.resolve()
+    if not path.resolve().is_relative_to(real_root) or not path.is_dir():
+        return path  # `inspect` says what is wrong with it
+    store = real_root / STORE
+    store.mkdir(exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(dir=store, prefix=".incoming-"))
+    try:
+        shutil.copytree(path, incoming, symlinks=True, dirs_exist_ok=True)
+        if any(p.is_symlink() for p in incoming.rglob("*")):
+            raise AdapterRejected(
+                f"'{path}' holds symbolic links; give the adapter's files themselves.",
+                param="path",
+            )
+        final = store / content_digest(incoming)
+        if final.is_dir():
+            shutil.rmtree(incoming)
+        else:
+            incoming.rename(final)
+        return final
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
 
 
 @dataclass(frozen=True, slots=True)

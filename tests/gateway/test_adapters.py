@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from engines.scripted import ScriptedEngine
-from gateway.adapters import AdapterRejected, Artifact, identities, inspect
+from gateway.adapters import AdapterRejected, Artifact, content_digest, identities, inspect
 from gateway.app import create_app
 from gateway.settings import EngineSettings, Settings
 from tests.gateway.conftest import scripted
@@ -182,3 +182,45 @@ def test_unload_waits_for_in_flight_requests(url: object, engine: ScriptedEngine
             t.join(5)
     assert "data: [DONE]" in rest
     assert done == [200]
+
+
+def test_what_was_checked_is_what_loads(url: object, root: Path, engine: ScriptedEngine) -> None:
+    """A runtime load is copied into the store under its digest; the engine loads the
+    copy, so the source changing after the check (or after the load) changes nothing."""
+    first = httpx.post(f"{url}/v1/adapters", json={"name": "a", "path": "a"}).json()
+    (loaded,) = engine.adapters.values()
+    copy = Path(loaded.path)
+    assert copy == (root / ".switchyard-store" / first["digest"]).resolve()
+    (root / "a" / "adapter_model.safetensors").write_bytes(b"swapped after the check")
+    assert content_digest(copy) == first["digest"]
+    assert chat(url, "a").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "files", "reason"),
+    [
+        ("../x", {}, "cannot name an adapter"),
+        ("a b", {}, "cannot name an adapter"),
+        ("x" * 65, {}, "cannot name an adapter"),
+        ("p", {"adapter_model.bin": b"pickle"}, "pickled weights"),
+        ("p", {"extra/optimizer.pt": b"pickle"}, "pickled weights"),
+    ],
+)
+def test_names_are_plain_and_weights_safetensors(
+    url: object, root: Path, name: str, files: dict[str, bytes], reason: str
+) -> None:
+    path = make_adapter(root / "p")
+    for relative, data in files.items():
+        (path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (path / relative).write_bytes(data)
+    r = httpx.post(f"{url}/v1/adapters", json={"name": name, "path": "p"})
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"]["message"]
+
+
+def test_a_rejected_copy_is_not_kept(url: object, root: Path) -> None:
+    (make_adapter(root / "wrong") / "adapter_model.safetensors").unlink()
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "w", "path": "wrong"})
+    assert r.status_code == 400
+    assert str(root / "wrong") in r.json()["error"]["message"]  # the path the caller gave
+    assert not [p for p in (root / ".switchyard-store").iterdir()]

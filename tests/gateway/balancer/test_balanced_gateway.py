@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from engines.scripted import ScriptedConfig, ScriptedEngine
 from gateway.app import create_app
@@ -246,3 +248,21 @@ def _retries(client: httpx.Client) -> float:
     text = client.get("/metrics").text
     (value,) = [x.removeprefix(line) for x in text.splitlines() if x.startswith(line)]
     return float(value)
+
+
+def test_an_adapter_whose_files_changed_is_not_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a restarted replica gets back is what was validated: the stored copy's
+    digest is checked again, and a copy changed since is left off (an error says so)."""
+    engines = pool(2)
+    with gateway(engines, adapter_root=tmp_path, policy="round_robin") as (url, _):
+        load_adapter(url, tmp_path)
+        stored = Path(engines[0].adapters["a1"].path)
+        assert stored.parent == (tmp_path / ".switchyard-store").resolve()
+        (stored / "adapter_model.safetensors").write_bytes(b"tampered")
+        with caplog.at_level(logging.ERROR, logger="switchyard"):
+            restart(engines[0])
+            assert wait_until(lambda: "changed since it was loaded" in caplog.text, timeout=5)
+        assert "a1" not in engines[0].adapters
+        assert "a1" in engines[1].adapters  # the other replica keeps serving it
