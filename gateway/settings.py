@@ -160,6 +160,9 @@ class RateLimitSettings(BaseModel):
     timeout_s: float = Field(0.05, gt=0)
     retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
     on_redis_error: Literal["allow", "deny"] = "allow"  # fail open, or closed (503)
+    # Reserve a request's worst case at admission (off: tokens are charged only when
+    # requests end, so a burst may overrun by its size; `make bench-auth` compares).
+    reserve: bool = True
 
 
 class AuthSettings(BaseModel):

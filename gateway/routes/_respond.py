@@ -138,7 +138,8 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
             "may; retry once one has finished (streams count until they are read to the end).",
             {"retry-after": "1"},
         )
-    reserve = limits.worst_case(call.requests) if principal.tpm is not None else 0
+    reserving = principal.tpm is not None and state.settings.auth.rate_limit.reserve
+    reserve = limits.worst_case(call.requests) if reserving else 0
     try:
         rate_headers, reserved = await admit(state.limiter, principal, state.metrics, reserve)
     except Exception:
