@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio
 import orjson
 
 from engines.errors import EngineError
@@ -125,10 +126,9 @@ class Recorder:
 
     async def settle(self) -> None:
         """The key's request is no longer in flight; settle its reservation with the
-        tokens used, once. A client that left
-        is charged what the engine may have spent: the prompt by its bound where the
-        engine never said its length, the whole reservation where nothing was counted
-        (an answer awaited whole)."""
+        tokens used, once. A client that left is charged what the engine may have
+        spent: the prompt by its bound where the engine never said its length, the
+        whole reservation where nothing was counted (an answer awaited whole)."""
         leave, self.leave = self.leave, None
         if leave is not None:
             leave()
@@ -145,16 +145,42 @@ class Recorder:
                 used += bound
         await charge(used - self.reserved)
 
-    async def watch_stream(
-        self, events: AsyncGenerator[bytes, None]
-    ) -> AsyncGenerator[bytes, None]:
-        """Pass the SSE events through; finish when the stream ends or is cut."""
-        status = DISCONNECTED
+    def watch_stream(self, events: AsyncGenerator[bytes, None]) -> WatchedStream:
+        return WatchedStream(self, events)
+
+
+class WatchedStream:
+    """A stream's SSE events, passed through; when they end, break or are closed the
+    call is finished and settled exactly once, shielded from the cancellation that
+    may be closing it, and even if it is closed before its first event (a client gone
+    before the response started: an async generator's `finally` would not run)."""
+
+    def __init__(self, recorder: Recorder, events: AsyncGenerator[bytes, None]) -> None:
+        self.recorder = recorder
+        self.events = events
+        self.ended = False
+
+    def __aiter__(self) -> WatchedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            async for item in events:
-                yield item
-            status = 500 if self.call.outcome.failed_mid_stream else 200
-        finally:
-            await events.aclose()
-            self.finish(status)
-            await self.settle()
+            return await anext(self.events)
+        except StopAsyncIteration:
+            await self._end(500 if self.recorder.call.outcome.failed_mid_stream else 200)
+            raise
+        except BaseException:
+            await self._end(DISCONNECTED)
+            raise
+
+    async def aclose(self) -> None:
+        await self._end(DISCONNECTED)
+
+    async def _end(self, status: int) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        with anyio.CancelScope(shield=True):
+            await self.events.aclose()
+            self.recorder.finish(status)
+            await self.recorder.settle()

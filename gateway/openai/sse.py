@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import anyio
 import orjson
@@ -34,6 +34,15 @@ async def wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+class Events(Protocol):
+    """What a stream sends: events, then closed (an async generator, or one that is
+    sure to be told its end even when closed unstarted)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class EventStreamResponse(Response):
     """Streams `body` as `text/event-stream`, one send per item, without buffering.
 
@@ -48,7 +57,7 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        body: AsyncGenerator[bytes, None],
+        body: Events,
         headers: Mapping[str, str] | None = None,
         send_timeout_s: float | None = None,
     ):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncGenerator
 
 import httpx
 import pytest
 
 from engines.scripted import ScriptedEngine
+from gateway.observe import DISCONNECTED, WatchedStream
 from tests.gateway.conftest import scripted
 from tests.servers import wait_until
 
@@ -44,3 +46,40 @@ def test_non_stream_disconnect_aborts_generation(base_url: str, engine: Scripted
         assert wait_until(lambda: engine.running == 1, timeout=5)
     assert wait_until(lambda: engine.running == 0, timeout=5)
     assert engine.aborted == 1
+
+
+class _Recorded:
+    """A test double of the Recorder: what `WatchedStream` tells it."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.settled = 0
+
+    def finish(self, status: int) -> None:
+        self.statuses.append(status)
+
+    async def settle(self) -> None:
+        self.settled += 1
+
+
+async def test_a_stream_closed_before_its_first_event_still_finishes() -> None:
+    """A client gone before the response started: the stream is closed unstarted. Its
+    call is finished and settled all the same (the key's place and reservation given
+    back), and the generation behind it is closed; once, whatever comes after."""
+    closed: list[bool] = []
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"data: {}\n\n"
+        finally:
+            closed.append(True)
+
+    recorded = _Recorded()
+    source = events()
+    await anext(source)  # the pipeline's stream is under way (its first chunk came)
+    watched = WatchedStream(recorded, source)  # type: ignore[arg-type]
+    await watched.aclose()
+    await watched.aclose()
+    assert recorded.statuses == [DISCONNECTED]
+    assert recorded.settled == 1
+    assert closed == [True]
