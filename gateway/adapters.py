@@ -351,21 +351,24 @@ def content_digest(path: Path) -> str:
 
 def stored(path: Path, root: Path) -> Path:
     """`path` (under `root`) copied into `root/STORE/<sha256>`: what is validated and
-    loaded from then on. Links are copied as links (and refused by `inspect`), never
-    followed; a copy already there (the same content) is reused."""
+    loaded from then on. Links are followed only to files inside `root`, checked as
+    each is copied; a copy already there (the same content) is reused. What is not
+    under `root` is left for `inspect` to refuse."""
     real_root = root.resolve()
-    if not path.resolve().is_relative_to(real_root) or not path.is_dir():
-        return path  # `inspect` says what is wrong with it
+    inside = path.resolve().is_relative_to(real_root) and path.is_dir()
+    if not inside or any(not f.resolve().is_relative_to(real_root) for f in path.rglob("*")):
+        return path
+
+    def copy(source: str, target: str) -> None:
+        if not Path(source).resolve().is_relative_to(real_root):  # swapped since
+            raise AdapterRejected(f"'{source}' links outside the adapter root.", param="path")
+        shutil.copyfile(source, target)
+
     store = real_root / STORE
     store.mkdir(exist_ok=True)
     incoming = Path(tempfile.mkdtemp(dir=store, prefix=".incoming-"))
     try:
-        shutil.copytree(path, incoming, symlinks=True, dirs_exist_ok=True)
-        if any(p.is_symlink() for p in incoming.rglob("*")):
-            raise AdapterRejected(
-                f"'{path}' holds symbolic links; give the adapter's files themselves.",
-                param="path",
-            )
+        shutil.copytree(path, incoming, copy_function=copy, dirs_exist_ok=True)
         final = store / content_digest(incoming)
         if final.is_dir():
             shutil.rmtree(incoming)

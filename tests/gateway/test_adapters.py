@@ -224,3 +224,19 @@ def test_a_rejected_copy_is_not_kept(url: object, root: Path) -> None:
     assert r.status_code == 400
     assert str(root / "wrong") in r.json()["error"]["message"]  # the path the caller gave
     assert not [p for p in (root / ".switchyard-store").iterdir()]
+
+
+def test_links_are_followed_inside_the_root_only(url: object, root: Path, tmp_path: Path) -> None:
+    outside = make_adapter(tmp_path.parent / f"{tmp_path.name}-outside")
+    sneaky = make_adapter(root / "sneaky")
+    (sneaky / "adapter_model.safetensors").unlink()
+    (sneaky / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "s", "path": "sneaky"})
+    assert r.status_code == 400
+    assert "link outside" in r.json()["error"]["message"]
+    linked = make_adapter(root / "linked")
+    (linked / "adapter_model.safetensors").unlink()
+    (linked / "adapter_model.safetensors").symlink_to(root / "a" / "adapter_model.safetensors")
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "l", "path": "linked"})
+    assert r.status_code == 200, r.text  # a link inside the root: its file is copied
+    assert not Path(r.json()["path"], "adapter_model.safetensors").is_symlink()
