@@ -19,12 +19,15 @@ from tests.gateway.conftest import scripted
 from tests.servers import serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = "sk-locust-test"
+KEY, ADMIN = "sk-locust-test", "sk-locust-admin"
 
 
 def test_a_bounded_locust_run_has_no_failures_and_reports_its_metrics(tmp_path: Path) -> None:
     auth = AuthSettings(
-        keys=[KeySettings(label="load", key_sha256=digest(KEY), models=["*"], rpm=100_000)]
+        keys=[
+            KeySettings(label="load", key_sha256=digest(KEY), models=["*"], rpm=100_000),
+            KeySettings(label="ops", key_sha256=digest(ADMIN), models=["*"], admin=True),
+        ]
     )
     engines = [scripted(reply=" ".join(f"w{i}" for i in range(24)), token_delay_s=0.002)]
     app = create_app(Settings(auth=auth), engines=engines)
@@ -42,7 +45,8 @@ def test_a_bounded_locust_run_has_no_failures_and_reports_its_metrics(tmp_path: 
             env={**os.environ, "OPENAI_API_KEY": KEY},
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        metrics = httpx.get(f"{url}/metrics").text
+        admin = {"Authorization": f"Bearer {ADMIN}"}  # key labels: admin scrapes only
+        metrics = httpx.get(f"{url}/metrics", headers=admin).text
     assert run.returncode == 0, run.stderr[-3000:]
     with (tmp_path / "run_stats.csv").open() as fh:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(fh)}
