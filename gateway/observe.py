@@ -145,9 +145,6 @@ class Recorder:
                 used += bound
         await charge(used - self.reserved)
 
-    def watch_stream(self, events: AsyncGenerator[bytes, None]) -> WatchedStream:
-        return WatchedStream(self, events)
-
 
 class WatchedStream:
     """A stream's SSE events, passed through; when they end, break or are closed the

@@ -109,6 +109,11 @@ class KeyRing:
             return
         self._checked = now
         stamp = _stamp(path)
+        if stamp is None:  # written while it was read: not settled, look again
+            if force:
+                raise KeyConfigError(f"keys file {path} changed while it was read; start again")
+            self._pending = None
+            return
         if stamp == self._applied:
             self._pending = None
             return
@@ -156,9 +161,9 @@ class _Stamp:
         return self.size < 0
 
 
-def _stamp(path: Path) -> _Stamp:
-    """The file as read between two stats that agree (else as missing, which a
-    settled read replaces a second later)."""
+def _stamp(path: Path) -> _Stamp | None:
+    """The file as read between two stats that agree; None if they do not (it was
+    being written)."""
     try:
         before = path.stat()
         data = path.read_bytes()
@@ -167,7 +172,7 @@ def _stamp(path: Path) -> _Stamp:
         return _Stamp()
     inode, size, mtime = after.st_ino, after.st_size, after.st_mtime_ns
     if (before.st_ino, before.st_size, before.st_mtime_ns) != (inode, size, mtime):
-        return _Stamp(inode, -2, mtime)  # written while read: not settled
+        return None
     text = data.decode("utf-8", errors="replace")
     return _Stamp(inode, size, mtime, hashlib.sha256(data).hexdigest(), text)
 

@@ -68,25 +68,33 @@ class EventStreamResponse(Response):
         self.init_headers({"cache-control": "no-cache", **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        sending_since: float | None = None  # while a send waits: when it began
+
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 await wait_for_disconnect(receive)
                 tg.cancel_scope.cancel()
 
+            async def watch_sends(limit: float) -> None:
+                """Cut a client that reads nothing for `limit` seconds: one timer per
+                stream, not one per event."""
+                while True:
+                    await anyio.sleep(limit / 4)
+                    if sending_since is not None and loop.time() - sending_since >= limit:
+                        break
+                log.warning("a stream's client read nothing for %gs; cut", limit)
+                tg.cancel_scope.cancel()
+
             tg.start_soon(watch)
+            if self.send_timeout_s is not None:
+                tg.start_soon(watch_sends, self.send_timeout_s)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async with contextlib.aclosing(self.body_iterator) as body:
                 async for data in body:
-                    message = {"type": "http.response.body", "body": data, "more_body": True}
-                    try:
-                        async with asyncio.timeout(self.send_timeout_s):
-                            await send(message)
-                    except TimeoutError:  # the client stopped reading: cut it loose
-                        log.warning(
-                            "a stream's client read nothing for %gs; cut", self.send_timeout_s
-                        )
-                        tg.cancel_scope.cancel()
-                        return
+                    sending_since = loop.time()
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()

@@ -31,7 +31,7 @@ from gateway.errors import (
     invalid_body,
 )
 from gateway.metrics import Metrics
-from gateway.observe import Recorder
+from gateway.observe import Recorder, WatchedStream
 from gateway.openai.convert import Bounds
 from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
 from gateway.pipeline import Call
@@ -157,7 +157,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
             events = await cancel_on_disconnect(request.receive, opened)
             headers = {**_headers(call), **rate_headers}
             return EventStreamResponse(
-                recorder.watch_stream(events),
+                WatchedStream(recorder, events),
                 headers=headers,
                 send_timeout_s=state.settings.stream_send_timeout_s,
             )
