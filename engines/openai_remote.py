@@ -199,8 +199,7 @@ class OpenAIRemoteEngine:
         loaded = {upstream_name(adapter) for adapter in self._versions.values()}
         if not loaded:
             return False
-        async with self._http().get(self.root + "/v1/models") as response:
-            listing = Reply(response.status, await read_bounded(response, MAX_ERROR_BYTES * 16))
+        listing = await self.get("/v1/models")
         payload = listing.json if listing.status == 200 else None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             return False
@@ -239,6 +238,20 @@ class OpenAIRemoteEngine:
     async def _admin(self, path: str, body: dict[str, Any]) -> Reply:
         return await self._within(self._post(path, body), "total_timeout_s")
 
+    async def ask(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The JSON answer to a small request (GET without `body`) within
+        total_timeout_s; a refusal is the engine error it says."""
+        step = self.get(path) if body is None else self._post(path, body)
+        reply = await self._within(step, "total_timeout_s")
+        if reply.status >= 400:
+            raise self.refusal(reply, body or {})
+        return reply.json
+
+    async def get(self, path: str) -> Reply:
+        """GET `path`: a small answer (a listing, the server's info)."""
+        async with self._http().get(self.root + path) as response:
+            return Reply(response.status, await read_bounded(response, MAX_ERROR_BYTES * 16))
+
     async def _post(self, path: str, body: Mapping[str, Any]) -> Reply:
         async with self._http().post(
             self.root + path, data=orjson.dumps(body), headers=_JSON
@@ -254,9 +267,9 @@ class OpenAIRemoteEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         endpoint = "chat" if request.is_chat else "completions"
         require(self.model_id, self.serves, "generate", endpoint)
-        path, body, reader = self.prepare(request)
         self._running += 1
         try:
+            path, body, reader = self.prepare(await self.fitted(request))
             async with contextlib.aclosing(self._answer(path, body, reader)) as chunks:
                 async for chunk in chunks:
                     if not (isinstance(chunk.index, int) and 0 <= chunk.index < request.n):
@@ -282,6 +295,11 @@ class OpenAIRemoteEngine:
         ) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def fitted(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with a default max_tokens fitted to the context: as it is, since
+        vLLM lowers max_tokens to what the prompt leaves by itself."""
+        return request
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""

@@ -128,7 +128,7 @@ class EventReader:
             return []
         completion = count(self.usage, "completion_tokens")
         prompt = count(self.usage, "prompt_tokens")
-        return [Chunk(0, "", completion - self.counted, prompt)]
+        return [Chunk(0, "", completion - self.counted, prompt, cached_tokens=cached(self.usage))]
 
 
 def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
@@ -144,6 +144,7 @@ def response_chunks(payload: dict[str, Any], chat: bool) -> list[Chunk]:
             chunks[0],
             token_count=count(usage, "completion_tokens"),
             prompt_tokens=count(usage, "prompt_tokens"),
+            cached_tokens=cached(usage),
             prompt_logprobs=_prompt_logprobs(payload) if chat else chunks[0].prompt_logprobs,
         )
     return chunks
@@ -160,6 +161,15 @@ def count(usage: dict[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS:
         raise EngineUnavailable(f"the upstream sent usage {name}={value!r}, which cannot be")
     return value
+
+
+def cached(usage: dict[str, Any]) -> int | None:
+    """`prompt_tokens_details.cached_tokens`, where the upstream says it (vLLM: with
+    `--enable-prompt-tokens-details`)."""
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict) or details.get("cached_tokens") is None:
+        return None
+    return count(details, "cached_tokens")
 
 
 async def read_events(

@@ -137,7 +137,8 @@ class ScriptedEngine:
         prompt_text = _text(request)
         prompt_tokens = tokenize(prompt_text)
         budget = self.config.max_model_len - len(prompt_tokens)
-        if budget <= 0 or (request.max_tokens or 0) > budget:
+        wanted = 0 if request.fit_max_tokens else request.max_tokens or 0
+        if budget <= 0 or wanted > budget:
             raise ContextLengthExceeded(
                 len(prompt_tokens),
                 request.max_tokens,
@@ -221,7 +222,8 @@ class ScriptedEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         prompt_tokens = len(self._check(request))
-        limit = request.max_tokens or self.config.max_model_len - prompt_tokens
+        budget = self.config.max_model_len - prompt_tokens
+        limit = min(request.max_tokens or budget, budget)
         scripts = [_script(self._reply(request, i), request, limit) for i in range(request.n)]
         self.running += 1
         self.generations += 1

@@ -72,6 +72,7 @@ from typing import Any
 from engines.errors import (
     EngineError,
     EngineOverloaded,
+    EngineUnavailable,
     GenerationFailed,
     InvalidGenerationRequest,
     UnsupportedEndpoint,
@@ -133,6 +134,7 @@ class TGIEngine(OpenAIRemoteEngine):
                 f"engine {name!r} (tgi): serves must be [generate]; TGI has no embeddings"
             )
         super().__init__(name, model_id, config)
+        self._max_total_tokens: int | None = None  # TGI's context, from its /info
 
     async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
         raise UnsupportedEndpoint(
@@ -154,6 +156,31 @@ class TGIEngine(OpenAIRemoteEngine):
     async def lost_adapters(self) -> bool:
         """Never: TGI's adapters are those it was launched with, not loaded from here."""
         return False
+
+    async def fitted(self, request: GenerationRequest) -> GenerationRequest:
+        """A default max_tokens lowered to what TGI's context leaves after the prompt,
+        counted by TGI itself (`/tokenize`; `/chat_tokenize`, templated, for chat): TGI
+        refuses `inputs + max_new_tokens > max_total_tokens` where vLLM lowers it."""
+        text = request.is_chat or isinstance(request.prompt, str)  # else refused in prepare
+        if not (request.fit_max_tokens and request.max_tokens and text):
+            return request
+        if self._max_total_tokens is None:
+            info = await self.ask("/info")
+            total = info.get("max_total_tokens") if isinstance(info, dict) else None
+            if not isinstance(total, int):
+                raise EngineUnavailable(f"{self.root}/info has no max_total_tokens: {info!r:.200}")
+            self._max_total_tokens = total
+        if request.is_chat:
+            counted = await self.ask("/chat_tokenize", chat_body(request, "tgi"))
+            tokens = counted.get("tokenize_response") if isinstance(counted, dict) else None
+        else:
+            tokens = await self.ask("/tokenize", {"inputs": request.prompt})
+        if not isinstance(tokens, list):
+            raise EngineUnavailable(f"{self.root} could not count the prompt: {tokens!r:.200}")
+        room = self._max_total_tokens - len(tokens)
+        if 0 < room < request.max_tokens:
+            return dataclasses.replace(request, max_tokens=room)
+        return request  # room to spare, or a prompt that TGI refuses by itself
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         if request.n != 1:

@@ -94,6 +94,11 @@ class GenerationRequest:
     generation's own output, already relayed by a backend that then failed: the
     engine continues the generation after them (a seeded sampler draws as if it had
     sampled them itself) and `max_tokens` counts what is still to come.
+
+    `fit_max_tokens` says `max_tokens` is the gateway's default, not the client's: an
+    engine lowers it to what the context leaves after the prompt instead of refusing
+    it (vLLM lowers every max_tokens so; TGI and the scripted double refuse one that
+    does not fit).
     """
 
     request_id: str
@@ -111,6 +116,7 @@ class GenerationRequest:
     options: Options = field(default_factory=dict)
     incremental: bool = True
     resumed: int = 0
+    fit_max_tokens: bool = False
 
     @property
     def is_chat(self) -> bool:
@@ -154,6 +160,8 @@ class Chunk:
     `token_ids` are the ids of the tokens this chunk adds, and `prompt_token_ids` the
     prompt's on a choice's first chunk, where the engine says them (vLLM's
     `return_token_ids`): what a stream cut by its backend resumes from elsewhere.
+    `cached_tokens` is how many prompt tokens came from the engine's prefix cache,
+    where it says (None: it does not), alongside the prompt's length.
     """
 
     index: int
@@ -168,6 +176,7 @@ class Chunk:
     prompt_logprobs: list[Any] | None = None
     token_ids: tuple[int, ...] = ()
     prompt_token_ids: tuple[int, ...] | None = None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

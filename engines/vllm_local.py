@@ -3,8 +3,9 @@
 Requests go through vLLM's own OpenAI serving layer, in-process (engines/
 vllm_serving.py): what `vllm serve` would answer for the same body, without the HTTP
 hop. Leaving `generate()` early (close or cancel) aborts the request in vLLM.
-`tool_parser`, `reasoning_parser`, `chat_template`, `tool_strict_level`, `runner` and
-`convert` are `vllm serve`'s flags of the same names.
+`tool_parser`, `reasoning_parser`, `chat_template`, `tool_strict_level`,
+`enable_prompt_tokens_details`, `runner` and `convert` are `vllm serve`'s flags of the
+same names.
 
 `runner: pooling` serves the model for embeddings (`embed()`) instead of generation:
 vLLM pools a causal LM's last hidden state (`convert: embed`, chosen by `auto`); what
@@ -69,6 +70,7 @@ class VLLMConfig:
     tool_strict_level: str = "auto"
     reasoning_parser: str | None = None
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    enable_prompt_tokens_details: bool = False
     enable_lora: bool = False
     max_loras: int = 4
     max_lora_rank: int = 16

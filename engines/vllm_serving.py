@@ -54,6 +54,7 @@ class ServingOptions:
     tool_strict_level: str = "auto"
     reasoning_parser: str | None = None
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
 
 
 class Serving:
@@ -109,11 +110,21 @@ class Serving:
         self.completion: Any = None
         self.embedding: Any = None
         if "generate" in self.serves:
+            details = options.enable_prompt_tokens_details
             self.chat = OpenAIServingChat(
-                llm, self.models, "assistant", online_renderer=renderer, **shared
+                llm,
+                self.models,
+                "assistant",
+                online_renderer=renderer,
+                enable_prompt_tokens_details=details,
+                **shared,
             )
             self.completion = OpenAIServingCompletion(
-                llm, self.models, online_renderer=renderer, request_logger=None
+                llm,
+                self.models,
+                online_renderer=renderer,
+                request_logger=None,
+                enable_prompt_tokens_details=details,
             )
         if "embed" in self.serves:
             templates = ChatTemplateConfig(

@@ -192,6 +192,7 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1)
     max_prompts: int = Field(256, ge=1)  # prompts in one /v1/completions batch
     max_generations: int = Field(256, ge=1)  # n times prompts: generations one request starts
+    default_max_tokens: int | None = Field(4096, ge=1)  # when neither request nor key sets one
     stream_send_timeout_s: float = Field(30.0, gt=0)  # a client not reading is cut
     shutdown_grace_s: int = Field(30, ge=0)
     metrics: bool = True  # /metrics and request metrics

@@ -40,15 +40,23 @@ class _Choice:
 
 @dataclass(slots=True)
 class Usage:
+    """OpenAI's usage; `prompt_tokens_details` only where the engine said how much of
+    the prompt it had cached (`cached_tokens` None: it did not, as `vllm serve` without
+    `--enable-prompt-tokens-details` sends none)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None
 
-    def body(self) -> dict[str, int]:
-        return {
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens is not None:
+            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return body
 
 
 class Renderer:
@@ -78,10 +86,13 @@ class Renderer:
     def count(self, chunk: Chunk, prompt_slot: int) -> None:
         """Usage: completion tokens summed; each prompt counted once, from the first
         chunk that knows its length (remote engines say it only at the end)."""
-        self.usage.completion_tokens += chunk.token_count
+        usage = self.usage
+        usage.completion_tokens += chunk.token_count
         if chunk.prompt_tokens and prompt_slot not in self._prompt_seen:
             self._prompt_seen.add(prompt_slot)
-            self.usage.prompt_tokens += chunk.prompt_tokens
+            usage.prompt_tokens += chunk.prompt_tokens
+            if chunk.cached_tokens is not None:
+                usage.cached_tokens = (usage.cached_tokens or 0) + chunk.cached_tokens
 
     def add(self, chunk: Chunk) -> None:
         choice = self.choices[chunk.index]

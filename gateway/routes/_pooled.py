@@ -11,11 +11,18 @@ from starlette.responses import Response
 from engines.types import Task
 from gateway import pooled
 from gateway.auth.keys import Principal
+from gateway.auth.limits import InFlight
 from gateway.engine_set import EngineSet
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.observe import Finished, record, status_of
 from gateway.pipeline import Outcome
-from gateway.routes._respond import JSONResponse, admit, cancel_on_disconnect, request_id
+from gateway.routes._respond import (
+    JSONResponse,
+    admit,
+    cancel_on_disconnect,
+    enter,
+    request_id,
+)
 
 
 async def answer(
@@ -33,6 +40,21 @@ async def answer(
     name = model if model is not None else _only_model(engines, principal)
     if not principal.may_use(name):
         raise ModelNotFound(name)  # the same answer as for a model that is not here
+    in_flight: InFlight = state.in_flight
+    enter(in_flight, principal)
+    try:
+        return await _answer(request, name, endpoint, operation, task)
+    finally:
+        in_flight.leave(principal)
+
+
+async def _answer(
+    request: Request, name: str, endpoint: str, operation: pooled.Operation, task: Task | None
+) -> Response:
+    """`answer` with the key's place in flight taken."""
+    state = request.app.state
+    engines: EngineSet = state.engines
+    principal: Principal = request.state.principal
     rate_headers, _ = await admit(state.limiter, principal, state.metrics)
     observation = state.metrics.start(stream=False) if state.metrics is not None else None
     outcome = Outcome()

@@ -127,17 +127,12 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     _bounded(call, state.settings)
     call = dataclasses.replace(
         call,
-        requests=_capped(call, principal),
+        requests=_capped(call, principal, state.settings.default_max_tokens),
         scope=principal.label,
         show_backends=principal.admin,
     )
     in_flight: InFlight = state.in_flight
-    if not in_flight.enter(principal):
-        raise RateLimited(
-            f"This API key has {principal.max_concurrent} requests in flight, as many as it "
-            "may; retry once one has finished (streams count until they are read to the end).",
-            {"retry-after": "1"},
-        )
+    enter(in_flight, principal)
     reserving = principal.tpm is not None and state.settings.auth.rate_limit.reserve
     reserve = limits.worst_case(call.requests) if reserving else 0
     try:
@@ -170,6 +165,16 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
     recorder.finish(200)
     await recorder.settle()
     return JSONResponse(body, headers={**_headers(call), **rate_headers})
+
+
+def enter(in_flight: InFlight, principal: Principal) -> None:
+    """Count one more request of the key in flight, or 429 if it has all it may."""
+    if not in_flight.enter(principal):
+        raise RateLimited(
+            f"This API key has {principal.max_concurrent} requests in flight, as many as it "
+            "may; retry once one has finished (streams count until they are read to the end).",
+            {"retry-after": "1"},
+        )
 
 
 async def admit(
@@ -221,18 +226,27 @@ def _bounded(call: Call, settings: Settings) -> None:
         )
 
 
-def _capped(call: Call, principal: Principal) -> list[GenerationRequest]:
-    """The key's max_tokens: the default when a request sets none, and a bound."""
+def _capped(call: Call, principal: Principal, default: int | None) -> list[GenerationRequest]:
+    """max_tokens bounded: the key's `max_tokens` is a cap that a request may not
+    exceed; a request that sets none gets the key's, else the gateway's
+    `default_max_tokens`, which the engine fits to the context the prompt leaves."""
     cap = principal.max_tokens
-    if cap is None:
+    if cap is not None:
+        for r in call.requests:
+            if r.max_tokens is not None and r.max_tokens > cap:
+                raise InvalidRequest(
+                    f"max_tokens is {r.max_tokens}, above this API key's cap of {cap}.",
+                    param="max_tokens",
+                )
+    fill = cap if cap is not None else default
+    if fill is None:
         return call.requests
-    for r in call.requests:
-        if r.max_tokens is not None and r.max_tokens > cap:
-            raise InvalidRequest(
-                f"max_tokens is {r.max_tokens}, above this API key's cap of {cap}.",
-                param="max_tokens",
-            )
-    return [dataclasses.replace(r, max_tokens=r.max_tokens or cap) for r in call.requests]
+    return [
+        r
+        if r.max_tokens is not None
+        else dataclasses.replace(r, max_tokens=fill, fit_max_tokens=True)
+        for r in call.requests
+    ]
 
 
 def _headers(call: Call) -> dict[str, str]:

@@ -7,6 +7,8 @@ Shapes followed (TGI 3.2 to 3.3, read from its router: `GenerateParameters`,
 router/src/validation.rs; router/src/infer/tool_grammar.rs):
 
 - `GET /health` 200; `GET /info` {model_id, max_input_tokens, max_total_tokens, ...}
+- `POST /tokenize` {inputs} → [{id, text, start, stop}] (one per word here);
+  `POST /chat_tokenize` (a ChatRequest) → {tokenize_response: [...], templated_text}
 - `POST /generate_stream` {inputs, parameters{...}}, and `POST /` (the compat route)
   with `stream: true`, → SSE events `data:{"index", "token": {id, text, logprob,
   special}, "top_tokens", "generated_text", "details"}`; the last event has
@@ -174,10 +176,7 @@ def create_tgi_double(script: dict[str, Any] | None = None) -> Starlette:
             prompt = inputs.split()
             budget = params.get("max_new_tokens") or 20
             if len(prompt) + budget > MAX_TOTAL_TOKENS:
-                raise _invalid(
-                    f"`inputs` tokens + `max_new_tokens` must be <= {MAX_TOTAL_TOKENS}. "
-                    f"Given: {len(prompt)} `inputs` tokens and {budget} `max_new_tokens`"
-                )
+                raise _invalid(_too_long(len(prompt), budget))
             reply = _output(grammar, _words(inputs, params.get("adapter_id")))
         except Failed as exc:
             return _events([_native_error(exc)])
@@ -259,6 +258,9 @@ def create_tgi_double(script: dict[str, Any] | None = None) -> Starlette:
                     "top_n_tokens": body.get("top_logprobs"),
                 }
             )
+            prompt_tokens = _chat_tokens(messages)
+            if prompt_tokens + budget > MAX_TOTAL_TOKENS:
+                raise _invalid(_too_long(prompt_tokens, budget))
             user = _last_user_text(messages)
             if tool is not None:
                 arguments = _instance(_parameters(tool))
@@ -270,7 +272,6 @@ def create_tgi_double(script: dict[str, Any] | None = None) -> Starlette:
             if stream:
                 return _events([_chat_error(exc), "data: [DONE]\n\n"])
             return _error(exc)
-        prompt_tokens = sum(len(_text(m).split()) for m in messages)
         emitted = reply[:budget]
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -322,10 +323,23 @@ def create_tgi_double(script: dict[str, Any] | None = None) -> Starlette:
         out.append("data: [DONE]\n\n")
         return _events(out)
 
+    async def tokenize(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(body)
+        return JSONResponse(_tokens(str(body.get("inputs", ""))))
+
+    async def chat_tokenize(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(body)
+        text = " ".join(_text(m) for m in _messages(body.get("messages")))
+        return JSONResponse({"tokenize_response": _tokens(text), "templated_text": text})
+
     app = Starlette(
         routes=[
             Route("/health", health),
             Route("/info", info),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/chat_tokenize", chat_tokenize, methods=["POST"]),
             Route("/", generate_stream, methods=["POST"]),
             Route("/generate_stream", generate_stream, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -531,6 +545,22 @@ def _text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if p.get("type") == "text")
     return content or ""
+
+
+def _chat_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(_text(m).split()) for m in messages)
+
+
+def _tokens(text: str) -> list[dict[str, Any]]:
+    """TGI's TokenizeResponse: one SimpleToken per word here."""
+    return [{"id": i, "text": w, "start": 0, "stop": 0} for i, w in enumerate(text.split())]
+
+
+def _too_long(prompt: int, budget: int) -> str:
+    return (
+        f"`inputs` tokens + `max_new_tokens` must be <= {MAX_TOTAL_TOKENS}. "
+        f"Given: {prompt} `inputs` tokens and {budget} `max_new_tokens`"
+    )
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:

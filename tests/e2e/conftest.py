@@ -61,6 +61,7 @@ def gateway(
         "max_lora_rank": 16,
         "chat_template": str(TOOL_TEMPLATE),
         "tool_parser": "hermes",
+        "enable_prompt_tokens_details": True,
     }
     engine = EngineSettings(
         name="local",
@@ -107,6 +108,7 @@ def vllm_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     flags += ["--max-lora-rank", "16", "--max-cpu-loras", "6"]
     flags += ["--chat-template", str(TOOL_TEMPLATE)]
     flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    flags += ["--enable-prompt-tokens-details"]
     log = tmp_path_factory.mktemp("vllm-serve") / "vllm.log"
     with _vllm_serve(demo_model, MODEL_ID, flags, answers, log) as server:
         yield server

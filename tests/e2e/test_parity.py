@@ -253,8 +253,11 @@ def _call(function: dict[str, Any]) -> tuple[str, Any]:
     return function["name"], arguments
 
 
-def _usage(usage: dict[str, Any]) -> tuple[int, int, int]:
-    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+def _usage(usage: dict[str, Any]) -> tuple[int, int, int, bool]:
+    """The counts, and whether prompt_tokens_details came (its cached_tokens depends
+    on what each server's prefix cache holds: test_cached_prompt_tokens checks it)."""
+    details = isinstance(usage.get("prompt_tokens_details"), dict)
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"], details
 
 
 def _ask(url: str, row: Row) -> tuple[dict[str, Any], str | None]:
@@ -298,3 +301,52 @@ def test_parity_with_vllm_serve(
 def test_rows_cover_every_group() -> None:
     assert len(ROWS) >= 25
     assert len(BAD_ROWS) >= 5
+
+
+PREFIX = "The quick brown fox jumps over the lazy dog, and the dog sleeps on. " * 30
+
+
+def _cached(url: str, path: str, body: dict[str, Any]) -> tuple[int, int | None]:
+    """(prompt tokens, cached prompt tokens) of one answer, whole or streamed."""
+    response = httpx.post(url + path, json={"model": MODEL_ID, **body}, timeout=180)
+    assert response.status_code == 200, response.text
+    if body.get("stream"):
+        events = [json.loads(line[6:]) for line in response.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        usage = next(e["usage"] for e in reversed(events) if e.get("usage"))
+    else:
+        usage = response.json()["usage"]
+    if path == "/v1/responses":
+        return usage["input_tokens"], usage["input_tokens_details"]["cached_tokens"]
+    return usage["prompt_tokens"], (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+
+
+def test_cached_prompt_tokens(
+    gateway: Gateway, remote_gateway: str, vllm_server: VLLMServer
+) -> None:
+    """With `--enable-prompt-tokens-details` (`enable_prompt_tokens_details` in process),
+    a prompt that shares a long prefix with an earlier one reports the prefix vLLM
+    found in its cache as usage.prompt_tokens_details.cached_tokens, whole and
+    streamed, on both gateway paths as on `vllm serve`; the Responses API says it as
+    input_tokens_details.cached_tokens."""
+    first = {"max_tokens": 1, "temperature": 0}
+    for url in (vllm_server.url, remote_gateway, gateway.url):
+        ask = [{"role": "user", "content": PREFIX + url}]
+        _cached(url, CHAT, {**first, "messages": ask})  # fills the prefix cache
+        for extra in ({}, {"stream": True, "stream_options": {"include_usage": True}}):
+            more = [
+                *ask,
+                {"role": "assistant", "content": "Yes."},
+                {"role": "user", "content": str(extra)},
+            ]
+            prompt, cached = _cached(url, CHAT, {**first, **extra, "messages": more})
+            assert cached is not None, (url, extra)
+            assert 0 < cached < prompt, (url, extra, prompt, cached)
+        _cached(url, COMPLETIONS, {**first, "prompt": PREFIX + url})
+        prompt, cached = _cached(url, COMPLETIONS, {**first, "prompt": PREFIX + url + " again"})
+        assert cached is not None, url
+        assert 0 < cached < prompt, (url, prompt, cached)
+    prompt, cached = _cached(
+        gateway.url, "/v1/responses", {"input": PREFIX + gateway.url + "?", "max_output_tokens": 16}
+    )
+    assert 0 < cached < prompt

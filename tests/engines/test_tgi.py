@@ -153,6 +153,31 @@ async def test_tgi_errors_map_onto_the_engine_errors(
         await collect(tgi, GenerationRequest("r", "a b c"))
 
 
+@pytest.mark.parametrize(
+    "prompt", ["w " * 60, (Message("system", "w " * 30), Message("user", "w " * 30))]
+)
+async def test_a_default_max_tokens_is_fitted_to_what_the_prompt_leaves(
+    tgi: TGIEngine, double: tuple[str, Starlette], prompt: str | tuple[Message, ...]
+) -> None:
+    """The gateway's default max_tokens (fit_max_tokens) is lowered to TGI's
+    max_total_tokens (64 here) less the prompt as TGI counts it, where the same
+    max_tokens sent by the client is TGI's 422."""
+    with pytest.raises(InvalidGenerationRequest, match="must be <= 64"):
+        await collect(tgi, GenerationRequest("r", prompt, max_tokens=4096))
+    fitted = GenerationRequest("r", prompt, max_tokens=4096, fit_max_tokens=True)
+    chunks = await collect(tgi, fitted)
+    counted, answered = double[1].state.seen[-2:]
+    if isinstance(prompt, str):
+        assert counted == {"inputs": prompt}
+        assert answered["parameters"]["max_new_tokens"] == 4
+    else:
+        assert [m["content"] for m in counted["messages"]] == ["w " * 30] * 2
+        assert answered["max_tokens"] == 4
+    assert finishes(chunks) == ["length"]
+    small = await collect(tgi, GenerationRequest("r", "a b", max_tokens=5, fit_max_tokens=True))
+    assert text(small) == "a b"  # room to spare: sent as it was
+
+
 def test_through_the_gateway_tgi_streams_and_refuses_n(
     double: tuple[str, Starlette], script: dict[str, Any]
 ) -> None:

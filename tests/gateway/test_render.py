@@ -48,3 +48,22 @@ def test_stop_reason_is_relayed_where_a_stop_ended_the_choice() -> None:
     assert completion.deltas(token_stop)[0]["stop_reason"] == 30
     completion.add(token_stop)
     assert completion.response()["choices"][0]["stop_reason"] == 30
+
+
+def test_cached_prompt_tokens_are_summed_per_prompt_where_the_engine_says_them() -> None:
+    """prompt_tokens_details comes only where an engine reported cached tokens (as
+    `vllm serve` sends it only with --enable-prompt-tokens-details); each prompt (slot)
+    counts once, as its prompt_tokens do."""
+    said = CompletionRenderer("rid", "m", 2, logprobs=False)
+    said.count(Chunk(0, "a", 1, 40, cached_tokens=32), prompt_slot=0)
+    said.count(Chunk(0, "b", 1, 40, cached_tokens=32), prompt_slot=0)
+    said.count(Chunk(1, "c", 1, 20, cached_tokens=0), prompt_slot=1)
+    assert said.usage.body() == {
+        "prompt_tokens": 60,
+        "completion_tokens": 3,
+        "total_tokens": 63,
+        "prompt_tokens_details": {"cached_tokens": 32},
+    }
+    unsaid = ChatRenderer("rid", "m", 1, logprobs=False)
+    unsaid.count(Chunk(0, "a", 1, 40), prompt_slot=0)
+    assert "prompt_tokens_details" not in unsaid.usage.body()

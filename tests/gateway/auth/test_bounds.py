@@ -29,6 +29,7 @@ KEYS = [
 ]
 WORD = "x" * 20_000
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}
+TOKENIZE = {"model": "scripted", "prompt": "hi"}
 
 
 @contextlib.contextmanager
@@ -91,11 +92,14 @@ def test_readers_that_never_read_are_cut_and_release_their_places() -> None:
             refused = post(url, SLOW, {**CHAT, "max_tokens": 1})
             assert refused.status_code == 429, refused.text
             assert "2 requests in flight" in refused.json()["error"]["message"]
+            assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 429  # every route
             assert post(url, OTHER, {**CHAT, "max_tokens": 1}).status_code == 200
             started = time.monotonic()
             assert wait_until(lambda: not app.state.in_flight.counts["slow"], timeout=30)
             assert time.monotonic() - started < 20  # cut, not served to the end
             assert post(url, SLOW, {**CHAT, "max_tokens": 1}).status_code == 200
+            assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 200
+            assert not app.state.in_flight.counts["slow"]
         finally:
             for sock in stuck:
                 sock.close()
@@ -111,3 +115,30 @@ def test_an_answer_over_max_entry_bytes_is_not_cached() -> None:
         small = {**CHAT, "max_tokens": 2, "temperature": 0}  # 40 KB
         assert post(url, OTHER, small).headers["x-switchyard-cache"] == "miss"
         assert post(url, OTHER, small).headers["x-switchyard-cache"] == "hit"
+
+
+def test_an_unbounded_request_gets_the_default_max_tokens_fitted_to_the_context() -> None:
+    """`default_max_tokens` bounds an answer the client did not bound, and the engine
+    lowers it where the prompt leaves less room (a client's own max_tokens past the
+    context stays its 400); a key's `max_tokens` is the default before the gateway's."""
+    capped = "sy-capped"
+    keys = [
+        *KEYS,
+        {"label": "capped", "key_sha256": digest(capped), "models": ["*"], "max_tokens": 2},
+    ]
+    settings = Settings(auth={"keys": keys}, default_max_tokens=5, cache={"backend": "none"})
+    app = create_app(settings, engines=[scripted(reply=" ".join(["w"] * 50), max_model_len=20)])
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        answer = post(url, OTHER, CHAT).json()
+        assert answer["usage"]["completion_tokens"] == 5
+        assert answer["choices"][0]["finish_reason"] == "length"
+        long = {**CHAT, "messages": [{"role": "user", "content": "p " * 14}]}
+        answer = post(url, OTHER, long).json()
+        room = 20 - answer["usage"]["prompt_tokens"]
+        assert 0 < room < 5
+        assert answer["usage"]["completion_tokens"] == room
+        refused = post(url, OTHER, {**long, "max_tokens": 5})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "context_length_exceeded"
+        assert post(url, capped, CHAT).json()["usage"]["completion_tokens"] == 2
