@@ -13,7 +13,9 @@ root (`.switchyard-store/<sha256>`), hashing what is copied; the copy is what is
 validated and what the engines load, so nothing can change between validation and
 load. Only safetensors weights are taken (a pickle can run code when loaded), and
 names are plain (`NAME`). The digest is checked again before an adapter is restored
-onto a backend that restarted.
+onto a backend that restarted. A copy no adapter uses any more (unloaded, or
+replaced by a new version, and drained) is deleted; copying and deleting happen
+under the registry's lock, so a load never picks a copy that is being deleted.
 
 A backend that was down gets the registry's adapters when it recovers (`restore`),
 and so does one that restarted empty between two probes (gateway/balancer/health.py),
@@ -59,7 +61,7 @@ class AdapterRejected(InvalidRequest):
     code = "invalid_adapter"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per load: compared by identity
 class AdapterRecord:
     adapter: Adapter
     base: str
@@ -107,6 +109,7 @@ class AdapterRegistry:
     def __init__(self) -> None:
         self._records: dict[str, AdapterRecord] = {}
         self._draining: set[asyncio.Task[None]] = set()
+        self._leaving: set[AdapterRecord] = set()  # draining: their files still in use
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self.loads = self.unloads = 0  # versions, for metrics
@@ -145,18 +148,18 @@ class AdapterRegistry:
                 param="name",
             )
         root = base.root if enforce_root else None
-        copy = path if root is None else await anyio.to_thread.run_sync(stored, path, root)
-        try:
-            real_path, digest = await anyio.to_thread.run_sync(
-                inspect, copy, root, support, base.identities
-            )
-        except AdapterRejected as exc:
-            if copy != path and all(r.adapter.path != str(copy) for r in self.records()):
-                shutil.rmtree(copy, ignore_errors=True)  # a rejected copy is not kept
-            raise AdapterRejected(
-                exc.message.replace(str(copy), str(path)), param=exc.param
-            ) from None
         async with self._lock:
+            copy = path if root is None else await anyio.to_thread.run_sync(stored, path, root)
+            try:
+                real_path, digest = await anyio.to_thread.run_sync(
+                    inspect, copy, root, support, base.identities
+                )
+            except AdapterRejected as exc:
+                if copy != path:
+                    self._prune(str(copy))  # a rejected copy is not kept
+                raise AdapterRejected(
+                    exc.message.replace(str(copy), str(path)), param=exc.param
+                ) from None
             current = self._records.get(name)
             if current is not None and current.base != base_id:
                 raise AdapterRejected(
@@ -217,8 +220,6 @@ class AdapterRegistry:
         if record is None:
             raise NotFound(f"No adapter named '{name}' is loaded.", param="name")
         await self._drain(record)
-        if self._records.get(name) is record:
-            del self._records[name]
 
     def _retire(self, record: AdapterRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(record))
@@ -227,11 +228,28 @@ class AdapterRegistry:
 
     async def _drain(self, record: AdapterRecord) -> None:
         record.state = "draining"
-        while record.in_flight:
-            await record.idle.wait()
-        await _remove(record.adapter, record.pool, record.placed)
+        self._leaving.add(record)
+        try:
+            while record.in_flight:
+                await record.idle.wait()
+            await _remove(record.adapter, record.pool, record.placed)
+        finally:
+            self._leaving.discard(record)
+        async with self._lock:
+            if self._records.get(record.adapter.name) is record:
+                del self._records[record.adapter.name]
+            self._prune(record.adapter.path)
         self.unloads += 1
         log.info("adapter %s (lora id %d) unloaded", record.adapter.name, record.adapter.engine_id)
+
+    def _prune(self, path: str) -> None:
+        """Delete the store's copy at `path` once no adapter, ready or draining, uses
+        it (a path outside the store is the operator's, and left alone)."""
+        if Path(path).parent.name != STORE:
+            return
+        users = itertools.chain(self._records.values(), self._leaving)
+        if all(r.adapter.path != path for r in users):
+            shutil.rmtree(path, ignore_errors=True)
 
     async def aclose(self) -> None:
         for task in list(self._draining):

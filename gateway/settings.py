@@ -175,7 +175,7 @@ class AuthSettings(BaseModel):
     keys: list[KeySettings] = Field(default_factory=list)
     keys_file: Path | None = None  # YAML list of keys; re-read when it changes
     allow_public_without_auth: bool = False
-    public_metrics: bool = True  # /metrics without a key (Prometheus scrapes it)
+    public_metrics: bool = False  # /metrics without a key (no key labels even then)
     max_concurrent_per_key: int | None = Field(64, ge=1)  # requests in flight, per process
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 

@@ -39,6 +39,7 @@ class Entry:
                         c.reasoning,
                         c.stop_reason,
                         c.prompt_logprobs,
+                        c.cached_tokens,
                     ]
                     for slot, c in self.chunks
                 ],
@@ -68,6 +69,7 @@ def _chunk(
     reasoning: Any,
     stop: Any,
     prompt_logprobs: Any,
+    cached: Any = None,  # absent from entries stored before it was kept
 ) -> Chunk:
     """One stored row (after its slot) back into a chunk, every field checked."""
     return Chunk(
@@ -87,4 +89,5 @@ def _chunk(
         str(reasoning),
         stop if isinstance(stop, str | int) and not isinstance(stop, bool) else None,
         prompt_logprobs if isinstance(prompt_logprobs, list) else None,
+        cached_tokens=None if cached is None else int(cached),
     )

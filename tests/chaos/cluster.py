@@ -102,6 +102,7 @@ def cluster(replicas: list[Replica], work: Path) -> Iterator[Cluster]:
         "auth": {
             "enabled": True,
             "keys": [k.settings() for k in KEYS],
+            "public_metrics": True,  # the invariants read it as Prometheus would
             "rate_limit": {"backend": "redis", "redis_url": redis.url, "on_redis_error": "deny"},
         },
     }

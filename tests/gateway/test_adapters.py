@@ -240,3 +240,30 @@ def test_links_are_followed_inside_the_root_only(url: object, root: Path, tmp_pa
     r = httpx.post(f"{url}/v1/adapters", json={"name": "l", "path": "linked"})
     assert r.status_code == 200, r.text  # a link inside the root: its file is copied
     assert not Path(r.json()["path"], "adapter_model.safetensors").is_symlink()
+
+
+def test_copies_no_adapter_uses_are_deleted(url: object, root: Path) -> None:
+    """The store keeps a copy while an adapter, ready or draining, uses it: the old
+    version goes once a reload has drained it, a copy two names share with the last."""
+    store = root / ".switchyard-store"
+
+    def load(name: str, path: str) -> str:
+        r = httpx.post(f"{url}/v1/adapters", json={"name": name, "path": path})
+        assert r.status_code == 200, r.text
+        digest: str = r.json()["digest"]
+        return digest
+
+    def kept() -> set[str]:
+        return {p.name for p in store.iterdir()}
+
+    first, twin = load("a", "a"), load("twin", "a")
+    assert first == twin
+    second = load("a", "b")
+    assert wait_until(lambda: len(httpx.get(f"{url}/v1/adapters").json()["data"]) == 2, 5)
+    assert kept() == {first, second}  # "twin" still uses the first copy
+    assert httpx.delete(f"{url}/v1/adapters/twin").status_code == 200
+    assert kept() == {second}
+    assert httpx.delete(f"{url}/v1/adapters/a").status_code == 200
+    assert kept() == set()
+    assert load("a", "a") == first  # copied again from the source
+    assert chat(url, "a").status_code == 200

@@ -117,8 +117,8 @@ def test_open_paths_say_no_more_than_needed(url: str) -> None:
     )
 
 
-def test_private_metrics_need_a_key() -> None:
-    with gateway(public_metrics=False) as url:
+def test_metrics_need_a_key_by_default() -> None:
+    with gateway() as url:
         error(httpx.get(url + "/metrics"), 401)
         r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {USER}"})
         assert r.status_code == 200

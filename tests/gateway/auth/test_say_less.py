@@ -42,7 +42,7 @@ def gateway(**upstreams: str) -> Iterator[str]:
     ]  # fmt: skip
     settings = Settings(
         engines=engines,
-        auth={"keys": KEYS},
+        auth={"keys": KEYS, "public_metrics": True},
         cache={"backend": "none"},
         balancer=BalancerSettings(max_attempts=1),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from engines.types import Chunk, GenerationRequest, Message, TokenLogprob, ToolCallDelta
@@ -84,10 +85,12 @@ def test_entries_round_trip_and_garbage_is_refused() -> None:
             (0, Chunk(0, "Hello", 1, 5, (TokenLogprob("Hello", -0.1, (("Hi", -2.0),)),))),
             (0, Chunk(1, " there", 2, 5, (), "length")),
             (0, Chunk(0, "", 1, 5, (), "tool_calls", (ToolCallDelta(0, "c1", "f", "{}"),), "hm")),
-            (0, Chunk(1, "", 0, 5, (), "stop", stop_reason=30)),
+            (0, Chunk(1, "", 0, 5, (), "stop", stop_reason=30, cached_tokens=4)),
         )
     )
     assert Entry.decode(entry.encode("k"), "k") == entry
+    before_cached_tokens = orjson.dumps(["k", [[0, *orjson.loads(entry.encode("k"))[1][0][1:-1]]]])
+    assert Entry.decode(before_cached_tokens, "k").chunks == entry.chunks[:1]
     rows_of_objects = b'["k", [{"a": 1}]]'
     for garbage in (b"{", b'{"a": 1}', b'["k", [[1, 2]]]', b"[[1, 2]]", rows_of_objects,
                     entry.encode("other")):  # fmt: skip
