@@ -107,7 +107,7 @@ def test_open_paths_say_no_more_than_needed(url: str) -> None:
     assert "backends" not in anonymous
     admin = httpx.get(url + "/ready", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert "backends" in admin
-    assert httpx.get(url + "/metrics").status_code == 200  # Prometheus scrapes it
+    assert httpx.get(url + "/metrics").status_code == 401  # unless public_metrics
     assert (
         "access-control-allow-origin"
         not in httpx.options(
