@@ -345,7 +345,7 @@ async def _resumed(
                     backend = await acquire(pool, key, attempts, placed, outcome, others=True)
             except (TimeoutError, ServiceUnavailable, EngineError) as exc:
                 why = f"no backend took it within resume_deadline_s={settings.resume_deadline_s}"
-                raise ended(f"{why} ({exc or 'none was free'})") from None
+                raise ended(f"{why} ({exc or 'none was free'})", why) from None
             log.warning("stream cut on %s (%s); resuming on %s", cut[0].name, failure, backend.name)
             tried, started = True, False
             failed: BaseException | None = None
