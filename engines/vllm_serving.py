@@ -22,6 +22,7 @@ vLLM's `create_error_response` and mapped here by status:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,8 @@ class Serving:
         self.model_id = model_id
         self.serves = frozenset(serves)
         self.multimodal = bool(llm.model_config.is_multimodal_model)
+        defaults = llm.model_config.get_diff_sampling_param()  # the model's generation_config
+        self.model_max_tokens: int | None = defaults.get("max_tokens")
         self.models = OpenAIServingModels(
             engine_client=llm, base_model_paths=[BaseModelPath(model_id, model_path)]
         )
@@ -171,6 +174,11 @@ class Serving:
         if not self.multimodal:
             refuse_non_text(request, "vLLM")
         model = upstream_name(request.adapter) if request.adapter else self.model_id
+        if request.fit_max_tokens and request.max_tokens and self.model_max_tokens:
+            # The gateway's default bounds the model's own (its generation_config's
+            # max_new_tokens), which `vllm serve` takes for a request without max_tokens.
+            fewest = min(request.max_tokens, self.model_max_tokens)
+            request = dataclasses.replace(request, max_tokens=fewest)
         _, body = openai_body(request, model)
         try:
             if request.is_chat:
