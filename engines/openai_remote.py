@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping
@@ -149,6 +150,7 @@ class OpenAIRemoteEngine:
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self._running = 0
         self._restarts = 0  # times the upstream was found without adapters loaded there
+        self._context: int | None = None  # the upstream's max_model_len, once asked (0: unsaid)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -297,9 +299,31 @@ class OpenAIRemoteEngine:
                 yield chunk
 
     async def fitted(self, request: GenerationRequest) -> GenerationRequest:
-        """`request` with a default max_tokens fitted to the context: as it is, since
-        vLLM lowers max_tokens to what the prompt leaves by itself."""
+        """`request` with a default max_tokens fitted to the context: no larger than
+        the upstream's `max_model_len` (vLLM refuses more, and lowers what fits to what
+        the prompt leaves by itself), read once from its model card in `/v1/models`. An
+        upstream whose cards do not say gets the default as it is."""
+        if not (request.fit_max_tokens and request.max_tokens):
+            return request
+        if self._context is None:
+            try:
+                self._context = await self._max_model_len()
+            except EngineError:
+                return request  # asked again next time; the upstream judges this one
+        if 0 < self._context < request.max_tokens:
+            return dataclasses.replace(request, max_tokens=self._context)
         return request
+
+    async def _max_model_len(self) -> int:
+        """The upstream model's context from vLLM's model card; 0 where it does not say."""
+        listing = await self.ask("/v1/models")
+        cards = listing.get("data") if isinstance(listing, dict) else None
+        model = self.upstream_model(None)
+        for card in cards if isinstance(cards, list) else ():
+            if isinstance(card, dict) and card.get("id") == model:
+                value = card.get("max_model_len")
+                return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return 0
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         """The upstream path, the JSON body and the event reader."""

@@ -86,6 +86,7 @@ class Serving:
         self.multimodal = bool(llm.model_config.is_multimodal_model)
         defaults = llm.model_config.get_diff_sampling_param()  # the model's generation_config
         self.model_max_tokens: int | None = defaults.get("max_tokens")
+        self.max_model_len = int(llm.model_config.max_model_len)
         self.models = OpenAIServingModels(
             engine_client=llm, base_model_paths=[BaseModelPath(model_id, model_path)]
         )
@@ -174,10 +175,13 @@ class Serving:
         if not self.multimodal:
             refuse_non_text(request, "vLLM")
         model = upstream_name(request.adapter) if request.adapter else self.model_id
-        if request.fit_max_tokens and request.max_tokens and self.model_max_tokens:
-            # The gateway's default bounds the model's own (its generation_config's
-            # max_new_tokens), which `vllm serve` takes for a request without max_tokens.
-            fewest = min(request.max_tokens, self.model_max_tokens)
+        if request.fit_max_tokens and request.max_tokens:
+            # A default no larger than the context (vLLM refuses more), nor than the
+            # model's own (its generation_config's max_new_tokens), which `vllm serve`
+            # takes for a request without max_tokens; vLLM lowers it to what the
+            # prompt leaves.
+            bounds = (request.max_tokens, self.max_model_len, self.model_max_tokens)
+            fewest = min(b for b in bounds if b)
             request = dataclasses.replace(request, max_tokens=fewest)
         _, body = openai_body(request, model)
         try:

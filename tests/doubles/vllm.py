@@ -4,13 +4,14 @@ OpenAI server that the openai_remote engine's failure paths need, where a real
 cue.
 
 - `GET /health`: 200 with an empty body, as vLLM answers once its engine runs.
-- `GET /v1/models`: the served model and every runtime-loaded adapter (`id` its
-  lora_name, `parent` the base), as vLLM lists them.
+- `GET /v1/models`: the served model (with its `max_model_len`) and every
+  runtime-loaded adapter (`id` its lora_name, `parent` the base), as vLLM lists them.
 - `POST /v1/load_lora_adapter` {lora_name, lora_path}: 200 with a text body; a name
   already loaded is vLLM's 400 "... has already been loaded".
   `POST /v1/unload_lora_adapter` {lora_name}.
 - `POST /v1/chat/completions` with `stream: true`: "hello there" in two events, a
-  usage event, `[DONE]`; without it, the same answer whole. A model it does not
+  usage event, `[DONE]`; without it, the same answer whole. A max_tokens over
+  max_model_len is vLLM's 400 naming it. A model it does not
   serve (an adapter it lost) is vLLM's 404 NotFoundError "The model `x` does not
   exist. Valid aliases: ...".
 
@@ -42,6 +43,8 @@ class VLLMServerDouble:
     adapters: dict[str, str] = field(default_factory=dict)  # lora_name → lora_path
     frozen: bool = False
     chats: int = 0  # chat requests received
+    max_model_len: int = 2048
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # chat bodies received
 
     def restart(self) -> None:
         self.adapters.clear()
@@ -66,7 +69,8 @@ class VLLMServerDouble:
             await asyncio.sleep(0.05)
 
     async def _models(self, request: Request) -> Response:
-        cards = [{"id": self.model, "object": "model", "root": self.model, "parent": None}]
+        base = {"id": self.model, "object": "model", "root": self.model, "parent": None}
+        cards = [{**base, "max_model_len": self.max_model_len}]
         cards += [
             {"id": name, "object": "model", "root": path, "parent": self.model}
             for name, path in self.adapters.items()
@@ -89,6 +93,13 @@ class VLLMServerDouble:
     async def _chat(self, request: Request) -> Response:
         self.chats += 1
         body = await request.json()
+        self.bodies.append(body)
+        if (body.get("max_tokens") or 0) > self.max_model_len:
+            message = (
+                f"max_tokens={body['max_tokens']} cannot be greater than "
+                f"max_model_len={self.max_model_len}. Please request fewer output tokens."
+            )
+            return _error(400, "BadRequestError", message, param="max_tokens")
         model = body["model"]
         if model != self.model and model not in self.adapters:
             message = f"The model `{model}` does not exist. Valid aliases: {self.model}."

@@ -145,6 +145,10 @@ ROWS = [
     completion("completion-truncate", truncate_prompt_tokens=2),
     completion("completion-truncate-right", truncate_prompt_tokens=2, truncation_side="right"),
     completion("completion-allowed-tokens", allowed_token_ids=[28, 29, 30]),
+    Row("no-max-tokens", CHAT, {"messages": FRANCE}),  # the gateway's default, fitted
+    Row("no-max-tokens-streamed", CHAT, {"messages": FRANCE, "stream": True,
+                                         "stream_options": {"include_usage": True}}),
+    Row("completion-no-max-tokens", COMPLETIONS, {"prompt": "The sky is"}),
 ]  # fmt: skip
 # Bad input: the same error status from all three, and a 400 naming the field.
 BAD_ROWS = [

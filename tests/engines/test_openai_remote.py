@@ -191,6 +191,21 @@ async def test_an_upstream_that_restarted_without_its_adapters_is_a_new_instance
             assert text(await collect(engine, request)) == "hello there"
 
 
+async def test_a_default_max_tokens_is_held_to_the_upstreams_context() -> None:
+    """vLLM refuses a max_tokens over max_model_len: a default (fit_max_tokens) is
+    lowered to the context its model card says, read once; a client's own is sent as
+    it is, and refused as vllm serve refuses it."""
+    double = VLLMServerDouble(max_model_len=64)
+    with serve(double.app()) as url:
+        async with remote(url) as engine:
+            for _ in range(2):
+                fitted = GenerationRequest("r", CHAT, max_tokens=4096, fit_max_tokens=True)
+                assert text(await collect(engine, fitted)) == "hello there"
+                assert double.bodies[-1]["max_tokens"] == 64
+            with pytest.raises(InvalidGenerationRequest, match="max_model_len=64"):
+                await collect(engine, GenerationRequest("r", CHAT, max_tokens=4096))
+
+
 @pytest.mark.parametrize("quiet", ["before_headers_s", "before_first_event_s"])
 async def test_the_first_token_timeout_governs_until_the_first_event(quiet: str) -> None:
     """An upstream silent for longer than idle_timeout_s before its first event (its
