@@ -96,3 +96,17 @@ def test_entries_round_trip_and_garbage_is_refused() -> None:
                     entry.encode("other")):  # fmt: skip
         with pytest.raises(CorruptEntry):
             Entry.decode(garbage, "k")
+
+
+def test_an_entry_keeps_every_chunk_field_a_replay_shows() -> None:
+    """A new Chunk field is either stored in cache entries or named here as one a
+    replay does without (token ids: a replay is never resumed), so a cache hit cannot
+    silently lose what the engine said (cached_tokens once was)."""
+    full = Chunk(
+        1, "t", 2, 9, (TokenLogprob("t", -0.5, (("u", -1.0),)),), "stop",
+        (ToolCallDelta(0, "c", "f", "{}"),), "r", "s", [None], (5,), (1, 2), 3,
+    )  # fmt: skip
+    (replayed,) = (c for _, c in Entry.decode(Entry(((0, full),)).encode("k"), "k").chunks)
+    differ = {f.name for f in dataclasses.fields(Chunk)
+              if getattr(replayed, f.name) != getattr(full, f.name)}  # fmt: skip
+    assert differ == {"token_ids", "prompt_token_ids"}
