@@ -150,7 +150,7 @@ class OpenAIRemoteEngine:
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self._running = 0
         self._restarts = 0  # times the upstream was found without adapters loaded there
-        self._context: int | None = None  # the upstream's max_model_len, once asked (0: unsaid)
+        self._context: int | None = None  # the upstream's context, once asked (`context`)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -300,22 +300,27 @@ class OpenAIRemoteEngine:
 
     async def fitted(self, request: GenerationRequest) -> GenerationRequest:
         """`request` with a default max_tokens fitted to the context: no larger than
-        the upstream's `max_model_len` (vLLM refuses more, and lowers what fits to what
-        the prompt leaves by itself), read once from its model card in `/v1/models`. An
-        upstream whose cards do not say gets the default as it is."""
+        the upstream's (`context`), since vLLM refuses a max_tokens over max_model_len
+        and lowers one that fits to what the prompt leaves by itself. An upstream that
+        does not say its context gets the default as it is."""
         if not (request.fit_max_tokens and request.max_tokens):
             return request
-        if self._context is None:
-            try:
-                self._context = await self._max_model_len()
-            except EngineError:
-                return request  # asked again next time; the upstream judges this one
-        if 0 < self._context < request.max_tokens:
-            return dataclasses.replace(request, max_tokens=self._context)
+        try:
+            context = await self.context()
+        except EngineError:
+            return request  # asked again next time; the upstream judges this one
+        if 0 < context < request.max_tokens:
+            return dataclasses.replace(request, max_tokens=context)
         return request
 
-    async def _max_model_len(self) -> int:
-        """The upstream model's context from vLLM's model card; 0 where it does not say."""
+    async def context(self) -> int:
+        """The upstream's context in tokens, asked once (`read_context`); 0: unsaid."""
+        if self._context is None:
+            self._context = await self.read_context()
+        return self._context
+
+    async def read_context(self) -> int:
+        """vLLM's `max_model_len`, from the upstream model's card in `/v1/models`."""
         listing = await self.ask("/v1/models")
         cards = listing.get("data") if isinstance(listing, dict) else None
         model = self.upstream_model(None)

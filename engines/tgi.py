@@ -134,7 +134,6 @@ class TGIEngine(OpenAIRemoteEngine):
                 f"engine {name!r} (tgi): serves must be [generate]; TGI has no embeddings"
             )
         super().__init__(name, model_id, config)
-        self._max_total_tokens: int | None = None  # TGI's context, from its /info
 
     async def embed(self, body: Mapping[str, Any], adapter: Adapter | None) -> dict[str, Any]:
         raise UnsupportedEndpoint(
@@ -164,12 +163,7 @@ class TGIEngine(OpenAIRemoteEngine):
         text = request.is_chat or isinstance(request.prompt, str)  # else refused in prepare
         if not (request.fit_max_tokens and request.max_tokens and text):
             return request
-        if self._max_total_tokens is None:
-            info = await self.ask("/info")
-            total = info.get("max_total_tokens") if isinstance(info, dict) else None
-            if not isinstance(total, int):
-                raise EngineUnavailable(f"{self.root}/info has no max_total_tokens: {info!r:.200}")
-            self._max_total_tokens = total
+        total = await self.context()
         if request.is_chat:
             counted = await self.ask("/chat_tokenize", chat_body(request, "tgi"))
             tokens = counted.get("tokenize_response") if isinstance(counted, dict) else None
@@ -177,10 +171,18 @@ class TGIEngine(OpenAIRemoteEngine):
             tokens = await self.ask("/tokenize", {"inputs": request.prompt})
         if not isinstance(tokens, list):
             raise EngineUnavailable(f"{self.root} could not count the prompt: {tokens!r:.200}")
-        room = self._max_total_tokens - len(tokens)
+        room = total - len(tokens)
         if 0 < room < request.max_tokens:
             return dataclasses.replace(request, max_tokens=room)
         return request  # room to spare, or a prompt that TGI refuses by itself
+
+    async def read_context(self) -> int:
+        """TGI's `max_total_tokens`, from its `/info`."""
+        info = await self.ask("/info")
+        total = info.get("max_total_tokens") if isinstance(info, dict) else None
+        if not isinstance(total, int):
+            raise EngineUnavailable(f"{self.root}/info has no max_total_tokens: {info!r:.200}")
+        return total
 
     def prepare(self, request: GenerationRequest) -> tuple[str, dict[str, Any], Reader]:
         if request.n != 1:
