@@ -30,15 +30,17 @@ from gateway.adapters import Artifact, Base, identities
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import InFlight, build_limiter
 from gateway.balancer.backend import Backend, Breaker
+from gateway.balancer.errors import BalancerError
 from gateway.balancer.pool import Pool
 from gateway.cache.responses import ResponseCache
-from gateway.engine_set import EngineSet, Model
+from gateway.catalog import Catalog, Model
 from gateway.errors import (
     GatewayError,
+    HTTPStatusError,
     MethodNotAllowed,
     NotFound,
+    as_gateway_error,
     for_caller,
-    from_engine_error,
     internal_error,
     invalid_body,
 )
@@ -58,8 +60,9 @@ from gateway.routes import (
     responses,
     tokenize,
 )
-from gateway.routes._respond import JSONResponse, openapi_schemas
+from gateway.routes._respond import openapi_schemas
 from gateway.settings import Settings
+from gateway.state import Shared
 
 log = logging.getLogger("switchyard")
 
@@ -71,7 +74,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     owned = engines is None
     if engines is None:
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
-    engine_set = EngineSet(_models(engines, settings), settings.balancer)
+    catalog = Catalog(_models(engines, settings), settings.balancer)
     cache = ResponseCache.from_settings(settings.cache)
     store = build_store(settings.responses)
     auth = settings.auth
@@ -81,7 +84,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_run_engines, engine_set, settings)
+            tg.start_soon(_run_engines, catalog, settings)
             try:
                 yield
             finally:
@@ -92,7 +95,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 if limiter is not None:
                     await limiter.aclose()
                 if owned:
-                    await engine_set.aclose()
+                    await catalog.aclose()
 
     app = FastAPI(
         title="Switchyard",
@@ -101,22 +104,24 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.settings = settings
-    app.state.engines = engine_set
-    app.state.cache = cache
-    app.state.responses = store
-    app.state.limiter = limiter
-    app.state.in_flight = InFlight()
-    app.state.metrics = Metrics(engine_set, cache, limiter, keys) if settings.metrics else None
-    app.state.started_at = int(time.time())
+    app.state.shared = Shared(
+        settings=settings,
+        catalog=catalog,
+        cache=cache,
+        responses=store,
+        limiter=limiter,
+        in_flight=InFlight(),
+        metrics=Metrics(catalog, cache, limiter, keys) if settings.metrics else None,
+        started_at=int(time.time()),
+    )
 
     routes = (chat, completions, responses, embeddings, tokenize, models, adapters, health, metrics)
     for module in routes:
         app.include_router(module.router)
     _document_bodies(app)
 
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(EngineError, _engine_error)
+    for known in (GatewayError, EngineError, BalancerError):
+        app.add_exception_handler(known, _known_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -192,9 +197,11 @@ _CHAT_EXAMPLE = (
 _EMBED_EXAMPLE = ("/v1/embeddings", '{"model": "MODEL", "input": ["The sky is blue."]}')
 
 
-async def _run_engines(engine_set: EngineSet, settings: Settings) -> None:
-    await engine_set.start_all()
-    for model in engine_set.models:
+async def _run_engines(catalog: Catalog, settings: Settings) -> None:
+    """Start every engine, say how to call each model that is ready, then probe the
+    backends until shut-down."""
+    await catalog.start_all()
+    for model in catalog.models:
         if model.pool.state() != "ready":
             continue
         generates = all("generate" in b.engine.serves for b in model.pool.backends)
@@ -206,21 +213,13 @@ async def _run_engines(engine_set: EngineSet, settings: Settings) -> None:
             path,
             body.replace("MODEL", model.id),
         )
-    await engine_set.prober.run()
+    await catalog.prober.run()
 
 
-def _error_response(error: GatewayError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return _error_response(_for_caller(request, exc))
-
-
-async def _engine_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EngineError)
-    return _error_response(_for_caller(request, from_engine_error(exc)))
+async def _known_error(request: Request, exc: Exception) -> Response:
+    error = as_gateway_error(exc)
+    assert error is not None
+    return _for_caller(request, error).response()
 
 
 def _for_caller(request: Request, error: GatewayError) -> GatewayError:
@@ -232,24 +231,20 @@ def _for_caller(request: Request, error: GatewayError) -> GatewayError:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     """FastAPI's 422 never leaks: the first problem becomes a 400 naming the field."""
     assert isinstance(exc, RequestValidationError)
-    return _error_response(invalid_body(exc.errors()))
+    return invalid_body(exc.errors()).response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return _error_response(NotFound(f"No route {request.method} {request.url.path}."))
+        return NotFound(f"No route {request.method} {request.url.path}.").response()
     if exc.status_code == 405:
-        return _error_response(
-            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
-        )
-    error = GatewayError(str(exc.detail))
-    error.status = exc.status_code
-    error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return _error_response(error)
+        refusal = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+        return refusal.response()
+    return HTTPStatusError(str(exc.detail), exc.status_code).response()
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     rid = getattr(request.state, "request_id", None)
     log.error("unhandled error in request %s", rid, exc_info=exc)
-    return _error_response(internal_error(rid))
+    return internal_error(rid).response()

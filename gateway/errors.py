@@ -13,8 +13,10 @@
     ├── ClientClosedRequest         499 (nobody reads it: the client is gone)
     └── ServiceUnavailable          503 service_unavailable (engine loading or down)
 
-Engine errors (`engines.errors`) are translated by `from_engine_error`; anything else
-becomes a bare 500 whose body carries the request id but never a stack trace.
+Engine errors (`engines.errors`) and the balancer's (`gateway.balancer.errors`) are
+translated by `as_gateway_error`, the one map from an exception to what the client
+reads (`status_of` for its status); anything else becomes a bare 500 whose body
+carries the request id but never a stack trace.
 Every body is `{"error": {"message", "type", "param", "code"}}`. Callers without an
 admin key read server-side failures through `for_caller`: what happened and the
 request id, never upstream URLs, bodies, exception text or backend names (those are
@@ -29,8 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 from engines import errors as engine_errors
+from gateway.balancer.errors import BalancerError, NoBackend
 
 log = logging.getLogger("switchyard")
 
@@ -62,6 +66,13 @@ class GatewayError(Exception):
 
     def json(self) -> bytes:
         return orjson.dumps(self.body())
+
+    def response(self) -> Response:
+        """This error as the HTTP response that carries it: status, headers, body (an
+        ASGI app: middleware awaits it with the scope, as routes return it)."""
+        return Response(
+            self.json(), self.status, headers=self.headers, media_type="application/json"
+        )
 
 
 class InvalidRequest(GatewayError):
@@ -145,6 +156,37 @@ class ClientClosedRequest(GatewayError):
 class ServiceUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
+
+
+class HTTPStatusError(GatewayError):
+    """Any other status a route or the framework answers with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "server_error"
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError | None:
+    """`exc` as the client reads it: the gateway's own errors as they are, the
+    engines' and the balancer's translated; None for anything else (a bug: a 500)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, engine_errors.EngineError):
+        return from_engine_error(exc)
+    if isinstance(exc, BalancerError):
+        if isinstance(exc, NoBackend):
+            error = ServiceUnavailable(exc.message)
+            error.internal = True  # names the backends
+            return error
+        return Overloaded(exc.message)
+    return None
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status a request failing with `exc` is answered with."""
+    error = as_gateway_error(exc)
+    return error.status if error is not None else 500
 
 
 def from_engine_error(exc: engine_errors.EngineError) -> GatewayError:

@@ -29,8 +29,8 @@ from gateway.auth.keys import KeyRing
 from gateway.auth.limits import Limiter
 from gateway.cache.memory import MemoryCache
 from gateway.cache.responses import ResponseCache
-from gateway.engine_set import EngineSet
-from gateway.pipeline import Outcome
+from gateway.call import Outcome
+from gateway.catalog import Catalog
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -43,7 +43,7 @@ NONE = ""
 class Metrics:
     def __init__(
         self,
-        engines: EngineSet,
+        catalog: Catalog,
         cache: ResponseCache | None = None,
         limiter: Limiter | None = None,
         keys: KeyRing | None = None,
@@ -135,7 +135,7 @@ class Metrics:
             ("key", "limit"),
             registry=r,
         )
-        r.register(_StateCollector(engines))
+        r.register(_StateCollector(catalog))
         if cache is not None:
             r.register(_CacheCollector(cache))
         if limiter is not None:
@@ -144,7 +144,7 @@ class Metrics:
             r.register(_KeysCollector(keys))
         # Series that may stay at zero exist from the start, so rates and ratios over
         # them answer 0 rather than nothing.
-        for model in engines.models:
+        for model in catalog.models:
             self.retries.labels(model.id)
             for result in ("hit", "miss", "bypass"):
                 self.cache.labels(model.id, result)
@@ -233,13 +233,8 @@ class Observation:
 class _StateCollector(Collector):
     """Gauges read at scrape time from the balancer and the engines."""
 
-    def __init__(
-        self,
-        engines: EngineSet,
-        cache: ResponseCache | None = None,
-        limiter: Limiter | None = None,
-    ) -> None:
-        self.engines = engines
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
@@ -281,7 +276,7 @@ class _StateCollector(Collector):
             "Failed active health probes.",
             labels=["backend"],
         )
-        registry = self.engines.adapters
+        registry = self.catalog.adapters
         operations = CounterMetricFamily(
             "switchyard_adapter_operations",
             "Adapter loads and unloads.",
@@ -289,10 +284,10 @@ class _StateCollector(Collector):
         )
         operations.add_metric(["load"], registry.loads)
         operations.add_metric(["unload"], registry.unloads)
-        for model in self.engines.models:
+        for model in self.catalog.models:
             pool = model.pool
             queued.add_metric([model.id], pool.queued)
-            listed = sum(1 for r in self.engines.adapters.records() if r.pool is pool)
+            listed = sum(1 for r in self.catalog.adapters.records() if r.pool is pool)
             adapters.add_metric([model.id], listed)
             for backend in pool.backends:
                 name = backend.name

@@ -8,18 +8,18 @@ duration. Prompt text is never logged unless `log_prompts` is on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import orjson
 
-from engines.errors import EngineError
 from gateway.auth import limits
-from gateway.errors import GatewayError, from_engine_error
+from gateway.call import Call, Outcome
+from gateway.errors import status_of
 from gateway.metrics import Metrics, Observation
-from gateway.pipeline import Call, Outcome
 
 access = logging.getLogger("switchyard.access")
 
@@ -36,15 +36,6 @@ class Finished:
     stream: bool
     key: str | None  # the API key's label
     outcome: Outcome
-
-
-def status_of(exc: BaseException) -> int:
-    """The HTTP status a request failing with `exc` is answered with."""
-    if isinstance(exc, GatewayError):
-        return exc.status
-    if isinstance(exc, EngineError):
-        return from_engine_error(exc).status
-    return 500
 
 
 def record(
@@ -87,11 +78,14 @@ def record(
 
 @dataclass(slots=True)
 class Recorder:
-    """Watches one call: created before the pipeline runs, finished exactly once."""
+    """Watches one call: created before the pipeline runs, finished exactly once.
+    Its `call` is the one to run (it carries the metrics' watch); its `outcome` is
+    what the pipeline fills in."""
 
     call: Call
     observation: Observation | None
     stream: bool
+    outcome: Outcome = field(default_factory=Outcome)
     log_prompts: bool = False
     key: str | None = None  # the API key's label
     charge: Callable[[int], Awaitable[None]] | None = None  # tokens to the key's limit
@@ -105,8 +99,8 @@ class Recorder:
     ) -> Recorder:
         observation = metrics.start(stream) if metrics is not None else None
         if observation is not None:
-            call.outcome.watch = observation.chunk
-        return cls(call, observation, stream, log_prompts)
+            call = dataclasses.replace(call, watch=observation.chunk)
+        return cls(call, observation, stream, log_prompts=log_prompts)
 
     def failed(self, exc: BaseException) -> None:
         self.finish(status_of(exc))
@@ -118,7 +112,7 @@ class Recorder:
         prompts = [str(r.prompt) for r in call.requests] if self.log_prompts else None
         record(
             self.observation,
-            Finished(call.request_id, call.api, status, self.stream, self.key, call.outcome),
+            Finished(call.request_id, call.api, status, self.stream, self.key, self.outcome),
             usage.prompt_tokens,
             usage.completion_tokens,
             prompts,
@@ -164,7 +158,7 @@ class WatchedStream:
         try:
             return await anext(self.events)
         except StopAsyncIteration:
-            await self._end(500 if self.recorder.call.outcome.failed_mid_stream else 200)
+            await self._end(500 if self.recorder.outcome.failed_mid_stream else 200)
             raise
         except BaseException:
             await self._end(DISCONNECTED)

@@ -2,15 +2,15 @@
 tokenize, detokenize): one JSON body in, one JSON answer out, on one backend of the
 model's pool, under the balancer's rules.
 
-    resolve the model (an adapter names its base's pool; gateway/engine_set.py)
+    resolve the model (an adapter names its base's pool; gateway/catalog.py)
     → the pool must serve the task: a 400 naming the model otherwise (`serving`)
     → pool.acquire (policy, wait queue, 429) → the engine's operation
     → pool.release (the backend's breaker told how it went)
 
 A backend failing (down, timed out, 5xx, 429, or broken while at it; `retryable`) is
 retried on another backend of the pool within `max_attempts` and the pool's retry
-budget, as generations are (gateway/pipeline.py). An adapter's request is counted on its version
-while it runs, so unloading the adapter drains it.
+budget, as generations are (gateway/attempts.py). An adapter's request is counted on its
+version while it runs, so unloading the adapter drains it.
 
 Nothing here knows about FastAPI: the routes hand in plain data.
 """
@@ -26,9 +26,10 @@ from engines.errors import InvalidGenerationRequest, UnsupportedEndpoint
 from engines.options import blame_body_field
 from engines.tasks import API_NAMES, require
 from engines.types import Adapter, Task
+from gateway.attempts import Attempts, acquire
 from gateway.balancer.policies import RouteKey
-from gateway.engine_set import Route
-from gateway.pipeline import Attempts, Outcome, acquire
+from gateway.call import Outcome
+from gateway.catalog import Route
 
 log = logging.getLogger("switchyard")
 

@@ -1,5 +1,5 @@
 """Resuming a stream its backend cut, from the tokens already relayed, so that the
-client sees one uninterrupted answer (the pipeline drives it: `pipeline._resumed`).
+client sees one uninterrupted answer (the pipeline hands a cut stream to `resumed`).
 
     a stream breaks after its first chunk (connection lost, an error event, a timeout)
     → each unfinished choice (a `Strand`: its prompt's token ids, the ids and the text
@@ -22,15 +22,29 @@ What cannot resume says why (`refusal`), and the stream ends with that error eve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.base import Engine, Tokenizer
+from engines.errors import EngineError, EngineTimedOut, EngineUnavailable, GenerationFailed
 from engines.options import CHAT, is_set
 from engines.types import Chunk, GenerationRequest
+from gateway.attempts import Attempts, acquire, retryable
+from gateway.balancer.backend import Backend
+from gateway.balancer.errors import NoBackend
+from gateway.balancer.policies import RouteKey
+from gateway.balancer.pool import Pool
+from gateway.cache.flights import Item, Watch
+from gateway.call import Outcome
+from gateway.generation import merged, to_the_end, watched
+
+log = logging.getLogger("switchyard")
 
 # Options that only make sense for the first request, or that the continuation
 # handles here: a chat's conversation fields (the prompt is token ids now), and stop
@@ -225,3 +239,138 @@ class Stops:
             if at != -1 and at + len(stop) < best_end:
                 best, best_end = (stop, at), at + len(stop)
         return best
+
+
+def resumes(pool: Pool) -> bool:
+    """Whether streams of `pool`'s model cut by their backend are resumed."""
+    settings = pool.settings
+    return settings.resume_models.get(pool.model_id, settings.resume)
+
+
+async def resumed(
+    pool: Pool,
+    key: RouteKey,
+    placed: Collection[str] | None,
+    transcript: Transcript,
+    cut: tuple[Backend, EngineUnavailable | GenerationFailed],
+    attempts: Attempts,
+    outcome: Outcome,
+    watch: Watch | None,
+) -> AsyncGenerator[Item, None]:
+    """The rest of a stream `cut` by its backend, continued on others.
+    Each cut, up to `resume_attempts`, is resumed on a backend not yet tried (waited
+    for, if need be) within `resume_deadline_s` from the cut to the continuation's
+    first chunk; a continuation that fails before that is a retry, within the deadline
+    and the retry budget. Each cut counts once in `outcome.resumes`: resumed, failed
+    (tried, nothing went on) or refused (not tried). What cannot go on ends the stream
+    with the cut's kind of error, saying why."""
+    settings = pool.settings
+    backend, failure = cut
+    cuts, tried = 1, False
+    deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
+
+    def ended(why: str, public: str | None = None) -> BaseException:
+        outcome.resumes.append("failed" if tried else "refused")
+        cut = f"The answer was cut after {transcript.tokens} token(s)"
+        error = type(failure)(f"{cut} ({failure}) and cannot be resumed: {why}.")
+        if isinstance(error, EngineError):
+            error.public = f"{cut} and cannot be resumed: {public or why}."
+        return error
+
+    while True:
+        why = transcript.refusal()
+        if why is None and cuts > settings.resume_attempts:
+            why = f"resume_attempts={settings.resume_attempts} spent"
+        if why is None and not attempts.again(backend, failure):
+            why = "the pool's retry budget is spent"
+        if why is not None:
+            raise ended(why)
+        with pool.attempt(retry=True):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    backend = await acquire(pool, key, attempts, placed, outcome, others=True)
+            except (TimeoutError, NoBackend, EngineError) as exc:
+                why = f"no backend took it within resume_deadline_s={settings.resume_deadline_s}"
+                raise ended(f"{why} ({exc or 'none was free'})", why) from None
+            log.warning("stream cut on %s (%s); resuming on %s", cut[0].name, failure, backend.name)
+            tried, started = True, False
+            failed: BaseException | None = None
+            try:
+                rest = _continued(backend.engine, transcript, outcome.attempts)
+                stream = watched(rest, watch)
+                async with contextlib.aclosing(stream):
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            first = await anext(stream, None)
+                    except TimeoutError:
+                        raise EngineTimedOut(
+                            f"{backend.name} sent nothing within resume_deadline_s="
+                            f"{settings.resume_deadline_s}"
+                        ) from None
+                    started = True
+                    outcome.resumes.append("resumed")
+                    if first is not None:
+                        transcript.record(first[1])
+                        yield first
+                    async for item in stream:
+                        transcript.record(item[1])
+                        yield item
+                return
+            except NotResumable as exc:  # found on the backend: refused all the same
+                failed, tried = exc, False
+                raise ended(str(exc), "no backend can continue it") from None
+            except BaseException as exc:
+                failed = exc
+                if not retryable(exc):
+                    raise
+                failure = exc
+                if started:  # cut again: a new resume, with its own deadline
+                    cuts, tried = cuts + 1, False
+                    cut = (backend, exc)
+                    deadline = asyncio.get_running_loop().time() + settings.resume_deadline_s
+            finally:
+                pool.release(backend, key.adapter, failed)
+
+
+async def _continued(
+    engine: Engine, transcript: Transcript, attempt: int
+) -> AsyncGenerator[Item, None]:
+    """The unfinished choices of `transcript`, continued on `engine`, one request each;
+    then every prompt's length (the cut stream never got to its usage; the renderer
+    counts a prompt once)."""
+    strands = transcript.unfinished()
+    held = await asyncio.gather(*(owed(engine, strand) for strand in strands))
+    streams = [
+        _strand(engine, s, Stops.of(s, h), attempt) for s, h in zip(strands, held, strict=True)
+    ]
+    async with contextlib.aclosing(merged(streams)) as chunks:
+        async for item in chunks:
+            yield item
+    for strand in list(transcript.strands.values()):
+        if strand.prompt_ids is not None:
+            yield strand.slot, Chunk(strand.index, "", 0, len(strand.prompt_ids))
+
+
+async def _strand(
+    engine: Engine, strand: Strand, stops: Stops, attempt: int
+) -> AsyncGenerator[Item, None]:
+    """One choice's continuation, as that choice: its index, its prompt's length, its
+    stop strings matched across the break."""
+    request = continuation(strand, attempt)
+    prompt = len(strand.prompt_ids or ())
+    sent = len(strand.output_ids)
+    if request.max_tokens is not None and request.max_tokens <= 0:
+        yield (
+            strand.slot,
+            stops.feed(Chunk(strand.index, "", 0, prompt, finish_reason="length"), sent),
+        )
+        return
+    async with contextlib.aclosing(to_the_end(engine, request)) as chunks:
+        async for chunk in chunks:
+            sent += len(chunk.token_ids)
+            moved = dataclasses.replace(
+                chunk, index=strand.index, prompt_tokens=prompt, prompt_token_ids=None
+            )
+            yield strand.slot, stops.feed(moved, sent)
+            if stops.stopped is not None:
+                return  # closing the continuation aborts its generation

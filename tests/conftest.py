@@ -50,7 +50,7 @@ def _errors_say_no_more_to_callers_who_are_not_admins() -> Iterator[None]:
 
     with (
         mock.patch("gateway.app.for_caller", recording),
-        mock.patch("gateway.pipeline.for_caller", recording),
+        mock.patch("gateway.routes._respond.for_caller", recording),
     ):
         yield
     with mock.patch.object(errors.log, "disabled", True):  # logged once already

@@ -9,8 +9,8 @@ its retry budget.
                    every backend may try them again, the one that failed last only
                    when no other is left; none has room → wait in
                    a bounded FIFO queue (`queue_size`, `queue_timeout_s`); queue
-                   full or wait too long →
-                   Overloaded (429 + Retry-After); nothing routable → 503
+                   full or wait too long → PoolFull; nothing routable →
+                   NoBackend (gateway/balancer/errors.py)
     release(...)   → slot freed, the backend's breaker told how it went, a waiter woken
 
 Retries draw on a budget, as Envoy's: at most `retry_budget` times the requests in flight
@@ -30,17 +30,22 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
+from typing import Literal
 
 from engines.errors import EngineOverloaded, EngineTimedOut
 from engines.types import AdapterSupport, GenerationRequest
 from gateway.balancer.backend import Backend
+from gateway.balancer.errors import NoBackend, PoolFull
 from gateway.balancer.policies import RouteKey, make_policy
-from gateway.errors import Overloaded, ServiceUnavailable
 from gateway.settings import BalancerSettings, PolicyName
 
 MIN_RETRIES = 3  # retries in flight a pool always allows
 LOAD = (EngineTimedOut, EngineOverloaded)  # failures whose retries the budget bounds
 POLL_S = 0.2  # how often a resume waiting for an untried backend looks again
+
+# ready: something routable | loading: a backend is starting | unavailable: started,
+# none routable now (health checks, breakers) | failed: none started
+PoolState = Literal["ready", "loading", "unavailable", "failed"]
 
 
 class Pool:
@@ -86,8 +91,7 @@ class Pool:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def state(self) -> str:
-        """ready (something routable) | loading | unavailable | failed"""
+    def state(self) -> PoolState:
         now = time.monotonic()
         if any(b.routable(now) for b in self.backends):
             return "ready"
@@ -127,7 +131,7 @@ class Pool:
                 backend.begin(key.adapter)
                 return backend
             if len(self._waiters) >= self.settings.queue_size:
-                raise Overloaded(
+                raise PoolFull(
                     f"Every backend for '{self.model_id}' is at its limit and the wait queue "
                     f"is full ({self.settings.queue_size}); retry shortly."
                 )
@@ -142,7 +146,7 @@ class Pool:
             async with asyncio.timeout_at(deadline):
                 await waiter
         except TimeoutError:
-            raise Overloaded(
+            raise PoolFull(
                 f"No backend for '{self.model_id}' had room within "
                 f"{self.settings.queue_timeout_s:g} s; retry shortly."
             ) from None
@@ -181,16 +185,14 @@ class Pool:
         finally:
             self._retrying -= retry
 
-    def _unavailable(self, now: float) -> ServiceUnavailable:
+    def _unavailable(self, now: float) -> NoBackend:
         states = ", ".join(
             f"{b.name}: {_why(b, now)}" for b in self.backends if not b.routable(now)
         )
-        error = ServiceUnavailable(
+        return NoBackend(
             f"No backend can serve '{self.model_id}' right now ({states or 'all tried'}); "
             "retry shortly."
         )
-        error.internal = True  # names the backends
-        return error
 
 
 def _choosable(backends: list[Backend], now: float) -> list[Backend]:

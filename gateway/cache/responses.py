@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from engines.types import GenerationRequest
 from gateway.backoff import Backoff
@@ -28,7 +28,6 @@ from gateway.settings import CacheSettings
 
 log = logging.getLogger("switchyard")
 
-Result = Literal["hit", "miss", "bypass"]
 T = TypeVar("T")
 
 

@@ -1,6 +1,7 @@
 """Authenticate every request before a route sees it: `Authorization: Bearer KEY`.
 
-The principal is stored in `scope["state"]["principal"]`. Open paths (liveness,
+The principal is stored in `scope["state"]["principal"]` (None on an open path called
+without a valid key; gateway/state.py reads it). Open paths (liveness,
 readiness, and /metrics unless made private) answer without a key; everything else
 without a valid key gets 401, and admin paths (adapter management) 403 for keys that
 are not admin. With auth off every request is the all-allowed `ANONYMOUS`.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.keys import ANONYMOUS, KeyRing, Principal
-from gateway.errors import GatewayError, PermissionDenied, Unauthorized
+from gateway.errors import PermissionDenied, Unauthorized
 
 ADMIN_PREFIXES = ("/v1/adapters",)
 
@@ -38,10 +39,11 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         if principal is None:
-            await _refuse(send, Unauthorized())
+            await Unauthorized().response()(scope, receive, send)
             return
         if path.startswith(ADMIN_PREFIXES) and not principal.admin:
-            await _refuse(send, PermissionDenied("This API key may not manage adapters."))
+            refusal = PermissionDenied("This API key may not manage adapters.")
+            await refusal.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -52,10 +54,3 @@ class AuthMiddleware:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return self.keys.authenticate(token.strip())
-
-
-async def _refuse(send: Send, error: GatewayError) -> None:
-    headers = [(b"content-type", b"application/json")]
-    headers += [(k.encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error.json()})

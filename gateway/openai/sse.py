@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.abc
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from engines.types import Chunk
+
+if TYPE_CHECKING:
+    from gateway.errors import GatewayError
+    from gateway.openai.render import Renderer
 
 DONE = b"data: [DONE]\n\n"
 
@@ -32,6 +39,56 @@ async def wait_for_disconnect(receive: Receive) -> None:
     """Return when the client goes away (the request body must already be read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+@contextlib.asynccontextmanager
+async def cancelled_on_disconnect(receive: Receive) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group whose body is cancelled the moment the client goes away (which
+    aborts whatever it awaits: a generation inside the engine); the cancellation
+    ends at the block's end, which the caller tells from the work left undone."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await wait_for_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        yield tg
+        tg.cancel_scope.cancel()
+
+
+class Chunks(Protocol):
+    """A stream's (prompt slot, chunk) pairs, closed when its events end."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[int, Chunk]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def framed(
+    renderer: Renderer,
+    chunks: Chunks,
+    include_usage: bool,
+    told: Callable[[Exception], GatewayError],
+) -> AsyncGenerator[bytes, None]:
+    """The SSE events of `chunks`, as `renderer` frames them; a failure after the
+    first event becomes its error event (the HTTP status is already sent), saying
+    what `told` makes of it."""
+    try:
+        for head in renderer.head(include_usage):
+            yield head
+        async for slot, chunk in chunks:
+            renderer.count(chunk, slot)
+            for item in renderer.events(chunk, include_usage):
+                yield item
+        await renderer.seal()
+        for tail in renderer.tail(include_usage):
+            yield tail
+    except Exception as exc:
+        for failure in renderer.failure(told(exc)):
+            yield failure
+    finally:
+        await chunks.aclose()
 
 
 class Events(Protocol):
@@ -71,11 +128,7 @@ class EventStreamResponse(Response):
         loop = asyncio.get_running_loop()
         sending_since: float | None = None  # while a send waits: when it began
 
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                await wait_for_disconnect(receive)
-                tg.cancel_scope.cancel()
+        async with cancelled_on_disconnect(receive) as tg:
 
             async def watch_sends(limit: float) -> None:
                 """Cut a client that reads nothing for `limit` seconds: one timer per
@@ -87,7 +140,6 @@ class EventStreamResponse(Response):
                 log.warning("a stream's client read nothing for %gs; cut", limit)
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(watch)
             if self.send_timeout_s is not None:
                 tg.start_soon(watch_sends, self.send_timeout_s)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -97,4 +149,3 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            tg.cancel_scope.cancel()

@@ -11,11 +11,10 @@ from starlette.responses import Response
 from engines.types import Task
 from gateway import pooled
 from gateway.auth.keys import Principal
-from gateway.auth.limits import InFlight
-from gateway.engine_set import EngineSet
-from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.observe import Finished, record, status_of
-from gateway.pipeline import Outcome
+from gateway.call import Outcome
+from gateway.catalog import Catalog
+from gateway.errors import InvalidRequest, ModelNotFound, status_of
+from gateway.observe import Finished, record
 from gateway.routes._respond import (
     JSONResponse,
     admit,
@@ -23,6 +22,7 @@ from gateway.routes._respond import (
     enter,
     request_id,
 )
+from gateway.state import principal, shared
 
 
 async def answer(
@@ -34,37 +34,35 @@ async def answer(
 ) -> Response:
     """Run `operation` for `model` (which must serve `task`, if given) and answer its
     JSON; `endpoint` labels metrics and logs ("embeddings", "tokenize", ...)."""
-    state = request.app.state
-    engines: EngineSet = state.engines
-    principal: Principal = request.state.principal
-    name = model if model is not None else _only_model(engines, principal)
-    if not principal.may_use(name):
+    state = shared(request)
+    who = principal(request)
+    name = model if model is not None else _only_model(state.catalog, who)
+    if not who.may_use(name):
         raise ModelNotFound(name)  # the same answer as for a model that is not here
-    in_flight: InFlight = state.in_flight
-    enter(in_flight, principal)
+    in_flight = state.in_flight
+    enter(in_flight, who)
     try:
         return await _answer(request, name, endpoint, operation, task)
     finally:
-        in_flight.leave(principal)
+        in_flight.leave(who)
 
 
 async def _answer(
     request: Request, name: str, endpoint: str, operation: pooled.Operation, task: Task | None
 ) -> Response:
     """`answer` with the key's place in flight taken."""
-    state = request.app.state
-    engines: EngineSet = state.engines
-    principal: Principal = request.state.principal
-    rate_headers, _ = await admit(state.limiter, principal, state.metrics)
+    state = shared(request)
+    who = principal(request)
+    rate_headers, _ = await admit(state.limiter, who, state.metrics)
     observation = state.metrics.start(stream=False) if state.metrics is not None else None
     outcome = Outcome()
 
     def finish(status: int, tokens: int = 0) -> None:
-        end = Finished(request_id(request), endpoint, status, False, principal.label, outcome)
+        end = Finished(request_id(request), endpoint, status, False, who.label, outcome)
         record(observation, end, tokens)
 
     try:
-        route = engines.resolve(name)
+        route = state.catalog.resolve(name)
         need = (task, endpoint) if task is not None else None
         work = pooled.call(route, operation, outcome, need)
         body = await cancel_on_disconnect(request.receive, work)
@@ -74,20 +72,20 @@ async def _answer(
     usage = body.get("usage")
     tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
     finish(200, tokens)
-    if principal.tpm is not None and state.limiter is not None and tokens:
-        await state.limiter.charge(principal, tokens)
+    if who.tpm is not None and state.limiter is not None and tokens:
+        await state.limiter.charge(who, tokens)
     if "model" in body:
         body["model"] = name
     headers = dict(rate_headers)
-    if principal.admin and outcome.backend:
+    if who.admin and outcome.backend:
         headers["x-switchyard-backend"] = outcome.backend
     return JSONResponse(body, headers=headers)
 
 
-def _only_model(engines: EngineSet, principal: Principal) -> str:
+def _only_model(catalog: Catalog, principal: Principal) -> str:
     """vLLM's server takes a body without `model` (it serves one); so does a gateway
     serving this key one model. Otherwise the model must be named."""
-    visible = [m.id for m in engines.models if principal.may_use(m.id)]
+    visible = [m.id for m in catalog.models if principal.may_use(m.id)]
     if len(visible) == 1:
         return visible[0]
     raise InvalidRequest(

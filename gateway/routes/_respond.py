@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
 import orjson
 import pydantic
 from fastapi import Request
@@ -21,21 +21,28 @@ from gateway import pipeline
 from gateway.auth import limits
 from gateway.auth.keys import Principal
 from gateway.auth.limits import InFlight, Limiter
-from gateway.engine_set import EngineSet
+from gateway.call import Call, Outcome
 from gateway.errors import (
     ClientClosedRequest,
+    GatewayError,
     InvalidRequest,
     ModelNotFound,
     RateLimited,
     ServiceUnavailable,
+    as_gateway_error,
+    for_caller,
+    internal_error,
     invalid_body,
 )
 from gateway.metrics import Metrics
 from gateway.observe import Recorder, WatchedStream
 from gateway.openai.convert import Bounds
-from gateway.openai.sse import EventStreamResponse, wait_for_disconnect
-from gateway.pipeline import Call
+from gateway.openai.sse import EventStreamResponse, cancelled_on_disconnect, framed
 from gateway.settings import Settings
+from gateway.state import principal as principal_of
+from gateway.state import shared
+
+log = logging.getLogger("switchyard")
 
 T = TypeVar("T")
 
@@ -105,7 +112,7 @@ def _beyond_64_bits(body: bytes) -> bool:
 
 
 def bounds(request: Request) -> Bounds:
-    settings = request.app.state.settings
+    settings = shared(request).settings
     return Bounds(settings.max_n, settings.max_tools, settings.max_schema_bytes)
 
 
@@ -119,9 +126,8 @@ def request_id(request: Request) -> str:
 
 
 async def respond(request: Request, call: Call, stream: bool) -> Response:
-    state = request.app.state
-    engines: EngineSet = state.engines
-    principal: Principal = request.state.principal
+    state = shared(request)
+    principal = principal_of(request)
     if not principal.may_use(call.model):
         raise ModelNotFound(call.model)  # the same answer as for a model that is not here
     _bounded(call, state.settings)
@@ -131,7 +137,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         scope=principal.label,
         show_backends=principal.admin,
     )
-    in_flight: InFlight = state.in_flight
+    in_flight = state.in_flight
     enter(in_flight, principal)
     reserving = principal.tpm is not None and state.settings.auth.rate_limit.reserve
     reserve = limits.worst_case(call.requests) if reserving else 0
@@ -141,6 +147,7 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         in_flight.leave(principal)
         raise
     recorder = Recorder.start(call, state.metrics, stream, state.settings.log_prompts)
+    call, outcome = recorder.call, recorder.outcome
     recorder.key = principal.label
     recorder.leave = functools.partial(in_flight.leave, principal)
     if principal.tpm is not None and state.limiter is not None:
@@ -148,15 +155,15 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         recorder.reserved = reserved
     try:
         if stream:
-            opened = pipeline.open_stream(engines, state.cache, call)
-            events = await cancel_on_disconnect(request.receive, opened)
-            headers = {**_headers(call), **rate_headers}
+            opened = pipeline.stream(state.catalog, state.cache, call, outcome)
+            chunks = await cancel_on_disconnect(request.receive, opened)
+            events = framed(call.renderer, chunks, call.include_usage, _mid_stream(call, outcome))
             return EventStreamResponse(
                 WatchedStream(recorder, events),
-                headers=headers,
+                headers={**_headers(call, outcome), **rate_headers},
                 send_timeout_s=state.settings.stream_send_timeout_s,
             )
-        answer = pipeline.complete(engines, state.cache, call)
+        answer = pipeline.complete(state.catalog, state.cache, call, outcome)
         body = await cancel_on_disconnect(request.receive, answer)
     except Exception as exc:
         recorder.failed(exc)
@@ -164,7 +171,22 @@ async def respond(request: Request, call: Call, stream: bool) -> Response:
         raise
     recorder.finish(200)
     await recorder.settle()
-    return JSONResponse(body, headers={**_headers(call), **rate_headers})
+    return JSONResponse(body, headers={**_headers(call, outcome), **rate_headers})
+
+
+def _mid_stream(call: Call, outcome: Outcome) -> Callable[[Exception], GatewayError]:
+    """How a stream's failure after its first event is told in its error event: as
+    the caller may read it (`for_caller`), a bug as a bare internal error."""
+
+    def told(exc: Exception) -> GatewayError:
+        outcome.failed_mid_stream = True
+        error = as_gateway_error(exc)
+        if error is None:
+            log.error("stream %s failed", call.request_id, exc_info=exc)
+            return internal_error(call.request_id)
+        return for_caller(error, call.request_id, call.show_backends)
+
+    return told
 
 
 def enter(in_flight: InFlight, principal: Principal) -> None:
@@ -249,9 +271,8 @@ def _capped(call: Call, principal: Principal, default: int | None) -> list[Gener
     ]
 
 
-def _headers(call: Call) -> dict[str, str]:
+def _headers(call: Call, outcome: Outcome) -> dict[str, str]:
     """The cache's verdict; which backend answered, for admin keys only."""
-    outcome = call.outcome
     headers: dict[str, str] = {"x-switchyard-cache": outcome.cache}
     if outcome.backend and call.show_backends:
         headers["x-switchyard-backend"] = outcome.backend
@@ -263,18 +284,11 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     generation inside the engine)."""
     done: list[T] = []
     failed: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            await wait_for_disconnect(receive)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
+    async with cancelled_on_disconnect(receive):
         try:
             done.append(await work)
         except Exception as exc:
             failed.append(exc)
-        tg.cancel_scope.cancel()
     if failed:
         raise failed[0]
     if not done:

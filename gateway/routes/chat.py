@@ -3,9 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.call import Call
 from gateway.openai import convert, render
 from gateway.openai.schemas import ChatCompletionRequest
-from gateway.pipeline import Call
 from gateway.routes._respond import bounds, cache_control, documented, parse, request_id, respond
 
 router = APIRouter()

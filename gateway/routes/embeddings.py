@@ -10,6 +10,7 @@ from gateway import pooled
 from gateway.openai.embeddings import EmbeddingRequest, embedding_body
 from gateway.routes._pooled import answer
 from gateway.routes._respond import documented, parse
+from gateway.state import shared
 
 router = APIRouter()
 
@@ -17,6 +18,6 @@ router = APIRouter()
 @router.post("/v1/embeddings", openapi_extra=documented(EmbeddingRequest))
 async def create_embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingRequest)
-    settings = request.app.state.settings
+    settings = shared(request).settings
     wire = embedding_body(body, settings.max_embedding_inputs, settings.max_messages)
     return await answer(request, body.model, "embeddings", pooled.embed(wire), task="embed")

@@ -5,10 +5,9 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.auth.keys import Principal
-from gateway.engine_set import EngineSet
 from gateway.errors import ServiceUnavailable
 from gateway.routes._respond import JSONResponse
+from gateway.state import caller, shared
 
 router = APIRouter()
 
@@ -25,14 +24,14 @@ async def ready(request: Request) -> Response:
     own view: start-up state, health probes and circuit breakers). The body says per
     model what is up, and per backend to admin keys (or with auth off): backend names,
     addresses and errors are configuration."""
-    engines: EngineSet = request.app.state.engines
-    principal: Principal | None = request.state.principal
+    catalog = shared(request).catalog
+    principal = caller(request)
     now = time.monotonic()
-    states = {m.id: m.pool.state() for m in engines.models}
+    states = {m.id: m.pool.state() for m in catalog.models}
     body: dict[str, object] = {"models": states}
     if principal is not None and principal.admin:
         body["backends"] = {
-            m.id: [b.describe(now) for b in m.pool.backends] for m in engines.models
+            m.id: [b.describe(now) for b in m.pool.backends] for m in catalog.models
         }
     if all(state == "ready" for state in states.values()):
         return JSONResponse({"status": "ready", **body})

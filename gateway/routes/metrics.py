@@ -8,6 +8,7 @@ from prometheus_client.metrics_core import Metric
 from starlette.responses import Response
 
 from gateway.errors import NotFound
+from gateway.state import caller, shared
 
 router = APIRouter()
 
@@ -17,10 +18,10 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format (see gateway/metrics.py for what is measured). Series
     labelled by API key only for admin keys: a public scrape, or another key's, does
     not learn which keys exist and how they are used."""
-    collected = request.app.state.metrics
+    collected = shared(request).metrics
     if collected is None:
         raise NotFound("Metrics are off: set `metrics: true` to serve /metrics.")
-    principal = getattr(request.state, "principal", None)
+    principal = caller(request)
     admin = principal is not None and principal.admin
     registry = collected.registry if admin else _WithoutKeys(collected.registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,21 +15,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from gateway.adapters import Artifact
-from gateway.auth.keys import Principal
-from gateway.engine_set import EngineSet
+from gateway.state import principal, shared
 
 router = APIRouter()
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    engines: EngineSet = request.app.state.engines
-    principal: Principal = request.state.principal
-    created: int = request.app.state.started_at
+    gateway = shared(request)
+    catalog, created, who = gateway.catalog, gateway.started_at, principal(request)
     now = time.monotonic()
-    states = {m.id: m.pool.state() for m in engines.models}
-    models = [_model(m.id, None, states[m.id], created, m.base.artifact) for m in engines.models]
-    for record in engines.adapters.records():
+    states = {m.id: m.pool.state() for m in catalog.models}
+    models = [_model(m.id, None, states[m.id], created, m.base.artifact) for m in catalog.models]
+    for record in catalog.adapters.records():
         if record.state != "ready":
             continue  # draining: new requests for it are refused
         routable = {b.name for b in record.pool.backends if b.routable(now)}
@@ -37,7 +35,7 @@ async def list_models(request: Request) -> dict[str, Any]:
         if state == "ready" and not record.placed & routable:
             state = "unavailable"
         models.append(_model(record.adapter.name, record.base, state, created))
-    visible = [m for m in models if principal.may_use(m["id"])]
+    visible = [m for m in models if who.may_use(m["id"])]
     return {"object": "list", "data": visible}
 
 

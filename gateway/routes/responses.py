@@ -16,10 +16,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from gateway.auth.keys import Principal
+from gateway.call import Call
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable, invalid_body
 from gateway.openai import convert
 from gateway.openai.schemas import ChatCompletionRequest
-from gateway.pipeline import Call
 from gateway.responses import items
 from gateway.responses.render import ResponsesRenderer
 from gateway.responses.schemas import ResponsesRequest
@@ -33,6 +33,7 @@ from gateway.routes._respond import (
     request_id,
     respond,
 )
+from gateway.state import principal, shared
 
 log = logging.getLogger("switchyard")
 router = APIRouter()
@@ -41,8 +42,8 @@ router = APIRouter()
 @router.post("/v1/responses", openapi_extra=documented(ResponsesRequest))
 async def create_response(request: Request) -> Response:
     body = await parse(request, ResponsesRequest)
-    store: ResponseStore | None = request.app.state.responses
-    principal: Principal = request.state.principal
+    store = shared(request).responses
+    who = principal(request)
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         if store is None:
@@ -52,7 +53,7 @@ async def create_response(request: Request) -> Response:
                 param="previous_response_id",
             )
         previous = await _stored(
-            store, body.previous_response_id, principal, param="previous_response_id"
+            store, body.previous_response_id, who, param="previous_response_id"
         )
         history = previous.history
     given = items.input_items(body)
@@ -64,7 +65,7 @@ async def create_response(request: Request) -> Response:
     generation = convert.chat_request(chat, rid, bounds(request))
     keep = None
     if body.store and store is not None:
-        keep = _keeper(store, principal.label, given, history)
+        keep = _keeper(store, who.label, given, history)
     renderer = ResponsesRenderer(rid, body, keep)
     call = Call(
         rid,
@@ -95,14 +96,14 @@ def _keeper(
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(response_id: str, request: Request) -> Response:
-    record = await _stored(_store(request), response_id, request.state.principal)
+    record = await _stored(_store(request), response_id, principal(request))
     return JSONResponse(record.response)
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> Response:
     store = _store(request)
-    await _stored(store, response_id, request.state.principal)
+    await _stored(store, response_id, principal(request))
     try:
         await store.delete(response_id)
     except StoreUnavailable:
@@ -119,7 +120,7 @@ async def list_input_items(
     after: str | None = None,
     before: str | None = None,
 ) -> Response:
-    record = await _stored(_store(request), response_id, request.state.principal)
+    record = await _stored(_store(request), response_id, principal(request))
     listed = record.input if order == "asc" else record.input[::-1]
     ids = [item["id"] for item in listed]
     for cursor, keep_after in ((after, True), (before, False)):
@@ -143,21 +144,21 @@ async def list_input_items(
 
 
 def _store(request: Request) -> ResponseStore:
-    store: ResponseStore | None = request.app.state.responses
+    store = shared(request).responses
     if store is None:
         raise NotFound("This gateway keeps no responses (responses.backend: none).")
     return store
 
 
 async def _stored(
-    store: ResponseStore, response_id: str, principal: Principal, param: str | None = None
+    store: ResponseStore, response_id: str, owner: Principal, param: str | None = None
 ) -> Stored:
     """The record, if it exists and belongs to the caller's key; else 404."""
     try:
         record = await store.get(response_id)
     except StoreUnavailable:
         raise _unreachable() from None
-    if record is None or record.owner != principal.label:
+    if record is None or record.owner != owner.label:
         raise NotFound(f"Response with id '{response_id}' not found.", param=param)
     return record
 

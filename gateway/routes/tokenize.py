@@ -10,6 +10,7 @@ from gateway import pooled
 from gateway.openai.embeddings import DetokenizeRequest, TokenizeRequest, tokenize_body, wire
 from gateway.routes._pooled import answer
 from gateway.routes._respond import documented, parse
+from gateway.state import shared
 
 router = APIRouter()
 
@@ -17,7 +18,7 @@ router = APIRouter()
 @router.post("/tokenize", openapi_extra=documented(TokenizeRequest))
 async def tokenize(request: Request) -> Response:
     body = await parse(request, TokenizeRequest)
-    payload = tokenize_body(body, request.app.state.settings.max_messages)
+    payload = tokenize_body(body, shared(request).settings.max_messages)
     return await answer(request, body.model, "tokenize", pooled.tokenize(payload))
 
 

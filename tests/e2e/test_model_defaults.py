@@ -42,7 +42,7 @@ def url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                "cpu_kvcache_space_gib": 1}  # fmt: skip
     engine = EngineSettings(name="defaults", kind="vllm", model_id=MODEL_ID, options=options)
     app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
-    (served,) = app.state.engines.models
+    (served,) = app.state.shared.catalog.models
     (backend,) = served.pool.backends
     with serve(app) as base:
         wait_until(lambda: backend.state in ("ready", "failed"), timeout=600, interval=0.5)

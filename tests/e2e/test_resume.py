@@ -62,7 +62,7 @@ def gateway(
     settings = Settings(engines=engines, balancer=balancer, auth=NO_AUTH, cache={"mode": "off"})
     app = create_app(settings)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=30)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=30)
         r = httpx.post(url + "/v1/adapters", json={"name": "shout", "path": "shout"}, timeout=60)
         assert r.status_code == 200, r.text
         yield url, app
@@ -73,7 +73,7 @@ def both_up(replicas: list[Replica], gateway: tuple[str, Any]) -> Iterator[dict[
     """Both replicas serving, with the adapter, before the test; a replica the test
     killed is started again after it."""
     _, app = gateway
-    backends = app.state.engines.models[0].pool.backends
+    backends = app.state.shared.catalog.models[0].pool.backends
     for replica in replicas:
         if not replica.alive:
             replica.start()

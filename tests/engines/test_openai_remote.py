@@ -42,7 +42,7 @@ def upstream(**options: Any) -> Iterator[str]:
     engine = ScriptedEngine("up", "up-model", ScriptedConfig(**options))
     app = create_app(Settings(auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 
@@ -252,7 +252,7 @@ async def test_closing_the_stream_aborts_the_upstream_request() -> None:
     engine = ScriptedEngine("up", "up-model", ScriptedConfig(token_delay_s=0.05, reply="a " * 200))
     app = create_app(Settings(auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         async with remote(url) as client:
             stream = client.generate(GenerationRequest("r", CHAT))
             await anext(stream)
@@ -275,7 +275,7 @@ def embed_url() -> Iterator[str]:
     ]
     app = create_app(Settings(auth=NO_AUTH), engines=engines)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 

@@ -192,7 +192,7 @@ def test_through_the_gateway_tgi_streams_and_refuses_n(
     )
     app = create_app(settings)
     with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         body = {"model": "tgi-model", "prompt": "one two three", "stream": True, "temperature": 0}
         with client.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200

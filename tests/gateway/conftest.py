@@ -30,5 +30,5 @@ def base_url(engine: ScriptedEngine) -> Iterator[str]:
     """A live gateway on loopback in front of `engine`, started and ready."""
     app = create_app(settings(max_body_bytes=64 * 1024, max_schema_bytes=8192), engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url

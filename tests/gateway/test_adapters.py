@@ -118,7 +118,7 @@ def url(root: Path, engine: ScriptedEngine) -> object:
     )
     app = create_app(settings, engines=[engine])
     with serve(app) as base_url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield base_url
 
 

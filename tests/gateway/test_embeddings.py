@@ -31,7 +31,7 @@ def url() -> Iterator[str]:
     engines = [scripted(EMBED, serves=("embed",), embedding_size=8), scripted(CHAT)]
     app = create_app(settings(max_embedding_inputs=4, max_messages=3), engines=engines)
     with serve(app) as base:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield base
 
 
@@ -192,7 +192,7 @@ def test_a_lone_model_need_not_be_named() -> None:
     """As `vllm serve` takes bodies without `model`, so does a gateway serving one."""
     app = create_app(settings(), engines=[scripted(EMBED, serves=("embed",))])
     with serve(app) as base:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         r = httpx.post(base + "/v1/embeddings", json={"input": "a"})
         assert r.status_code == 200, r.text
         assert r.json()["model"] == EMBED
@@ -205,7 +205,7 @@ def test_keys_limits_metrics_and_access_log(caplog: pytest.LogCaptureFixture) ->
     engines = [scripted(EMBED, serves=("embed",)), scripted(CHAT)]
     app = create_app(settings(auth=auth), engines=engines)
     with serve(app) as base, caplog.at_level(logging.INFO, "switchyard.access"):
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         body = {"model": EMBED, "input": "abc"}
         assert_error(httpx.post(base + "/v1/embeddings", json=body), 401)
         client = httpx.Client(base_url=base, headers={"Authorization": "Bearer k-embed"})
@@ -234,12 +234,12 @@ def test_through_a_remote_engine_the_answer_names_the_clients_model() -> None:
     body goes out under the upstream's name, the answer comes back under ours."""
     upstream = create_app(settings(), engines=[scripted("up-embed", serves=("embed",))])
     with serve(upstream) as up:
-        assert wait_until(lambda: upstream.state.engines.ready, timeout=10)
+        assert wait_until(lambda: upstream.state.shared.catalog.ready, timeout=10)
         options = {"url": up, "upstream_model": "up-embed", "serves": ["embed"]}
         engine = EngineSettings(name="r", kind="openai_remote", model_id="ours", options=options)
         front = create_app(settings(engines=[engine]))
         with serve(front) as url:
-            assert wait_until(lambda: front.state.engines.ready, timeout=10)
+            assert wait_until(lambda: front.state.shared.catalog.ready, timeout=10)
             r = httpx.post(url + "/v1/embeddings", json={"model": "ours", "input": "a"})
             assert r.status_code == 200, r.text
             assert r.json()["model"] == "ours"

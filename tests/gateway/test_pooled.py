@@ -14,8 +14,8 @@ from engines.types import Adapter
 from gateway import pooled
 from gateway.balancer.backend import Backend
 from gateway.balancer.pool import Pool
-from gateway.engine_set import Route
-from gateway.pipeline import Outcome
+from gateway.call import Outcome
+from gateway.catalog import Route
 from gateway.settings import BalancerSettings
 from tests.gateway.conftest import scripted
 

@@ -32,7 +32,7 @@ def test_a_bounded_locust_run_has_no_failures_and_reports_its_metrics(tmp_path: 
     engines = [scripted(reply=" ".join(f"w{i}" for i in range(24)), token_delay_s=0.002)]
     app = create_app(Settings(auth=auth), engines=engines)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         run = subprocess.run(
             [
                 sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),

@@ -46,7 +46,7 @@ def gateway(engines: list[ScriptedEngine] | None = None, **auth: Any) -> Iterato
     settings = Settings(auth={"keys": KEYS, **auth}, cache={"backend": "none"})
     app = create_app(settings, engines=engines)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 
@@ -219,7 +219,7 @@ def test_cached_answers_are_not_shared_across_keys() -> None:
     settings = Settings(auth={"keys": keys})
     app = create_app(settings, engines=[scripted()])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         assert chat(url, USER).headers["x-switchyard-cache"] == "miss"
         assert chat(url, USER).headers["x-switchyard-cache"] == "hit"
         assert chat(url, ADMIN).headers["x-switchyard-cache"] == "miss"

@@ -39,7 +39,7 @@ def gateway(**settings: Any) -> Iterator[tuple[str, FastAPI]]:
         engines=[scripted(reply=" ".join([WORD] * 1000))],  # 20 MB: more than any socket holds
     )
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url, app
 
 
@@ -88,18 +88,18 @@ def test_readers_that_never_read_are_cut_and_release_their_places() -> None:
     with gateway(stream_send_timeout_s=1.0, cache={"backend": "none"}) as (url, app):
         stuck = [never_read(url, SLOW) for _ in range(2)]
         try:
-            assert wait_until(lambda: app.state.in_flight.counts["slow"] == 2, timeout=10)
+            assert wait_until(lambda: app.state.shared.in_flight.counts["slow"] == 2, timeout=10)
             refused = post(url, SLOW, {**CHAT, "max_tokens": 1})
             assert refused.status_code == 429, refused.text
             assert "2 requests in flight" in refused.json()["error"]["message"]
             assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 429  # every route
             assert post(url, OTHER, {**CHAT, "max_tokens": 1}).status_code == 200
             started = time.monotonic()
-            assert wait_until(lambda: not app.state.in_flight.counts["slow"], timeout=30)
+            assert wait_until(lambda: not app.state.shared.in_flight.counts["slow"], timeout=30)
             assert time.monotonic() - started < 20  # cut, not served to the end
             assert post(url, SLOW, {**CHAT, "max_tokens": 1}).status_code == 200
             assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 200
-            assert not app.state.in_flight.counts["slow"]
+            assert not app.state.shared.in_flight.counts["slow"]
         finally:
             for sock in stuck:
                 sock.close()
@@ -111,7 +111,7 @@ def test_an_answer_over_max_entry_bytes_is_not_cached() -> None:
         body = {**CHAT, "max_tokens": 10, "temperature": 0}  # 200 KB
         for _ in range(2):
             assert post(url, OTHER, body).headers["x-switchyard-cache"] == "miss"
-        assert app.state.cache.oversized == 2
+        assert app.state.shared.cache.oversized == 2
         small = {**CHAT, "max_tokens": 2, "temperature": 0}  # 40 KB
         assert post(url, OTHER, small).headers["x-switchyard-cache"] == "miss"
         assert post(url, OTHER, small).headers["x-switchyard-cache"] == "hit"
@@ -129,7 +129,7 @@ def test_an_unbounded_request_gets_the_default_max_tokens_fitted_to_the_context(
     settings = Settings(auth={"keys": keys}, default_max_tokens=5, cache={"backend": "none"})
     app = create_app(settings, engines=[scripted(reply=" ".join(["w"] * 50), max_model_len=20)])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         answer = post(url, OTHER, CHAT).json()
         assert answer["usage"]["completion_tokens"] == 5
         assert answer["choices"][0]["finish_reason"] == "length"

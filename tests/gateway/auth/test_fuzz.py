@@ -36,7 +36,7 @@ def live() -> Iterator[str]:
     ]
     app = create_app(Settings(auth={"keys": keys}), engines=[scripted()])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 

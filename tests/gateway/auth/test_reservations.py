@@ -49,7 +49,7 @@ def gateway(
     engine = scripted(reply=LONG, token_delay_s=0.02)
     app = create_app(settings, engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url, app
 
 
@@ -131,7 +131,7 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_it_was_sent() -> None:
                 if received == 30:
                     break
         left = time.monotonic()
-        bucket = app.state.limiter._buckets[("burst", "tokens")]  # white-box: its level
+        bucket = app.state.shared.limiter._buckets[("burst", "tokens")]  # white-box: its level
         # The reservation (more than the bucket) is settled once the gateway notices.
         assert wait_until(lambda: bucket.refill(time.monotonic()) > 0, timeout=10), bucket
         refill = time.monotonic() - left + 1

@@ -48,7 +48,7 @@ def gateway(**upstreams: str) -> Iterator[str]:
     )
     app = create_app(settings)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.models, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.models, timeout=10)
         yield url
 
 

@@ -46,7 +46,7 @@ def gateway(engines: list[ScriptedEngine], **balancer: Any) -> Iterator[tuple[st
     )
     app = create_app(settings, engines=engines)
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url, app
 
 
@@ -113,7 +113,7 @@ def test_prefix_affinity_keeps_a_conversation_on_one_backend() -> None:
 def test_a_dead_backend_is_retried_around_ejected_and_taken_back() -> None:
     engines = pool(2)
     with gateway(engines, policy="round_robin", unhealthy_after=2) as (url, app):
-        backend = app.state.engines.models[0].pool.backends[0]
+        backend = app.state.shared.catalog.models[0].pool.backends[0]
         stop(engines[0])
         # Every request succeeds: those routed to b0 fail before any output and are
         # retried on b1, streamed or not.
@@ -211,7 +211,7 @@ def test_an_adapter_a_replica_lost_is_retried_elsewhere_and_put_back(tmp_path: P
         (lost,) = engines[0].adapters.values()
         asyncio.run(engines[0].unload_adapter(lost))
         assert sum(backends_of(url, 4, model="a1").values()) == 4  # every one answered
-        backend = app.state.engines.models[0].pool.backends[0]
+        backend = app.state.shared.catalog.models[0].pool.backends[0]
         assert backend.breaker.failures == 0
         assert wait_until(lambda: "a1" in engines[0].adapters, timeout=5)
 

@@ -70,7 +70,7 @@ def gateway(broken: str, good: str) -> Iterator[str]:
     balancer = BalancerSettings(policy="round_robin")
     app = create_app(Settings(engines=engines, auth=NO_AUTH, balancer=balancer))
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 

@@ -18,6 +18,7 @@ from engines.errors import (
 )
 from engines.scripted import ScriptedConfig, ScriptedEngine
 from gateway.balancer.backend import Backend, Breaker
+from gateway.balancer.errors import NoBackend
 from gateway.balancer.policies import (
     AdapterAffinity,
     LeastOutstanding,
@@ -26,7 +27,6 @@ from gateway.balancer.policies import (
     RouteKey,
 )
 from gateway.balancer.pool import POLL_S, Pool
-from gateway.errors import ServiceUnavailable
 from gateway.settings import BalancerSettings
 
 
@@ -196,7 +196,7 @@ async def test_panic_routing_when_every_circuit_is_open() -> None:
     assert chosen in (a, b)
     pool.release(chosen, None, None)
     a.healthy = b.healthy = False
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(NoBackend):
         await pool.acquire(RouteKey())
 
 

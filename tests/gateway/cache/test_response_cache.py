@@ -36,7 +36,7 @@ def gateway(engine: ScriptedEngine, **cache: Any) -> Iterator[str]:
     settings = Settings(cache=CacheSettings(**cache), auth=NO_AUTH)
     app = create_app(settings, engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 
@@ -235,7 +235,7 @@ def test_an_adapter_reloaded_with_other_weights_misses(tmp_path: Path) -> None:
     app = create_app(settings, engines=[engine])
     body = {**CHAT, "model": "a"}
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         httpx.post(url + "/v1/adapters", json={"name": "a", "path": "v1"}).raise_for_status()
         assert post(url, body).headers["x-switchyard-cache"] == "miss"
         assert post(url, body).headers["x-switchyard-cache"] == "hit"

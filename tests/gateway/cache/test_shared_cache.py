@@ -28,7 +28,7 @@ def gateway(engine: ScriptedEngine, server: RedisServer, **cache: Any) -> Iterat
     options = {"backend": "redis", "redis_url": server.url, "retry_after_s": 0.2, **cache}
     app = create_app(Settings(cache=CacheSettings(**options), auth=NO_AUTH), engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 

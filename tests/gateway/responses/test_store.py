@@ -79,7 +79,7 @@ def gone_redis_url(engine: ScriptedEngine) -> Iterator[str]:
     )
     app = create_app(settings(responses=store), engines=[engine])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url
 
 

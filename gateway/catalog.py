@@ -59,8 +59,9 @@ class Route:
         )
 
 
-class EngineSet:
-    """Owns start-up, probing and shut-down of its engines; resolves model names."""
+class Catalog:
+    """The models served: owns start-up, probing and shut-down of their engines, and
+    resolves the names requests give to a pool (and an adapter)."""
 
     def __init__(self, models: Iterable[Model], settings: BalancerSettings) -> None:
         self._models: dict[str, Model] = {}
@@ -98,11 +99,6 @@ class EngineSet:
     @property
     def ready(self) -> bool:
         return all(m.pool.state() == "ready" for m in self._models.values())
-
-    async def run(self) -> None:
-        """Start everything, then probe forever (until cancelled at shut-down)."""
-        await self.start_all()
-        await self.prober.run()
 
     async def start_all(self) -> None:
         """Start every engine, one after the other (in-process ones compete for the
