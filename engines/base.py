@@ -18,7 +18,7 @@ from engines.types import (
 
 @runtime_checkable
 class Engine(Protocol):
-    """One engine serving one base model (and, later, its adapters).
+    """One engine serving one base model and, if it takes them, its adapters.
 
     Lifecycle: constructed cheaply, `start()` once (may take minutes: loads weights),
     `generate()` any number of times concurrently, `aclose()` once.
@@ -31,12 +31,17 @@ class Engine(Protocol):
     (`Embedder.embed`), or both; an engine asked for what it does not serve raises
     UnsupportedEndpoint (engines/tasks.py). It may change once, in `start()`, when
     the engine learns it from the model.
+
+    `weights` is where the model it serves comes from when the engine loads it itself
+    (a directory or a hub id: the gateway reads an artifact's manifest there and lets
+    adapters name their base by it); None when a server elsewhere holds the model.
     """
 
     name: str
     model_id: str
     adapter_support: AdapterSupport | None
     serves: frozenset[Task]
+    weights: str | None
 
     async def start(self) -> None: ...
 

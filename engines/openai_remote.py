@@ -137,6 +137,7 @@ class OpenAIRemoteEngine:
         self.config = config
         self.root = config.url.rstrip("/").removesuffix("/v1")
         self.serves: frozenset[Task] = frozenset(config.serves)
+        self.weights: str | None = None  # the upstream server holds them
         self.adapter_support = (
             AdapterSupport(
                 max_rank=config.max_lora_rank,

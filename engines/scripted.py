@@ -92,6 +92,7 @@ class ScriptedEngine:
         self._instance = ""
         self._versions: dict[int, Adapter] = {}  # by engine_id
         self.serves: frozenset[Task] = frozenset(config.serves)
+        self.weights: str | None = None  # not a model
         self.adapter_support = AdapterSupport(
             max_rank=config.max_lora_rank,
             max_loaded=config.max_loras,

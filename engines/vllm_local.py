@@ -96,6 +96,7 @@ class VLLMEngine:
         self._adapters: dict[str, Adapter] = {}
         pooling = config.runner == "pooling" or config.convert == "embed"
         self.serves: frozenset[Task] = EMBED if pooling else GENERATE
+        self.weights: str | None = config.model
         self.adapter_support = (
             AdapterSupport(config.max_lora_rank, config.max_loras, LORA_TARGETS)
             if config.enable_lora

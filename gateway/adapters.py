@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
+from engines.artifacts.manifest import read_manifest
 from engines.errors import EngineUnavailable
 from engines.types import Adapter, AdapterSupport
 from gateway.balancer.backend import Backend
@@ -94,7 +95,7 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Base:
+class AdapterHost:
     """A base model that takes adapters: its pool, the names an adapter may give
     as its base, the directory runtime loads must come from, and the id of the
     artifact it serves (from its manifest, if built here)."""
@@ -126,7 +127,7 @@ class AdapterRegistry:
         name: str,
         path: Path,
         base_id: str,
-        base: Base,
+        host: AdapterHost,
         *,
         enforce_root: bool = True,
         require_placed: bool = True,
@@ -134,7 +135,7 @@ class AdapterRegistry:
         """Validate, then load. A bad adapter raises AdapterRejected and changes nothing.
         With `require_placed`, no healthy backend to load it on is a 503; without
         (start-up), the adapter waits for a backend to recover."""
-        support = base.pool.support
+        support = host.pool.support
         if support is None:
             raise AdapterRejected(
                 f"The model '{base_id}' is served without LoRA support; enable it with "
@@ -147,12 +148,12 @@ class AdapterRegistry:
                 "(64 at most, starting with a letter or digit).",
                 param="name",
             )
-        root = base.root if enforce_root else None
+        root = host.root if enforce_root else None
         async with self._lock:
             copy = path if root is None else await anyio.to_thread.run_sync(stored, path, root)
             try:
                 real_path, digest = await anyio.to_thread.run_sync(
-                    inspect, copy, root, support, base.identities
+                    inspect, copy, root, support, host.identities
                 )
             except AdapterRejected as exc:
                 if copy != path:
@@ -170,13 +171,13 @@ class AdapterRegistry:
             if current is not None and current.adapter.digest == digest:
                 return current
             adapter = Adapter(name, str(real_path), digest, next(self._ids))
-            placed = await _place(adapter, base.pool)
+            placed = await _place(adapter, host.pool)
             if not placed and require_placed:
                 raise ServiceUnavailable(
                     f"No backend of '{base_id}' is up to load '{name}'; retry once GET /ready "
                     "shows it ready."
                 )
-            record = AdapterRecord(adapter, base_id, base.pool, placed)
+            record = AdapterRecord(adapter, base_id, host.pool, placed)
             self._records[name] = record
             self.loads += 1
         if current is not None:
@@ -412,11 +413,8 @@ class Artifact:
 
     @classmethod
     def read(cls, model_path: str) -> Artifact | None:
-        manifest = Path(model_path) / "switchyard-artifact.json"
-        if not manifest.is_file():
-            return None
-        data: dict[str, Any] = json.loads(manifest.read_text())
-        if not data.get("id"):
+        data = read_manifest(Path(model_path))
+        if not data or not data.get("id"):
             return None
         return cls(
             str(data["id"]),

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
-from gateway.adapters import Artifact, Base, identities
+from gateway.adapters import AdapterHost, Artifact, identities
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import InFlight, build_limiter
 from gateway.balancer.backend import Backend, Breaker
@@ -60,7 +60,7 @@ from gateway.routes import (
     responses,
     tokenize,
 )
-from gateway.routes._respond import openapi_schemas
+from gateway.routes._respond import components
 from gateway.settings import Settings
 from gateway.state import Shared
 
@@ -148,9 +148,7 @@ def _document_bodies(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
-            app.openapi_schema = schema
+            app.openapi_schema = components(build())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -175,18 +173,17 @@ def _models(engines: Sequence[Engine], settings: Settings) -> list[Model]:
             config = configs.get(engine.name)
             breaker = Breaker(balancer.eject_after, balancer.ejection_s, balancer.max_ejection_s)
             backends.append(Backend(engine, config.max_in_flight if config else None, breaker))
+            names |= identities(model_id, engine.weights)
+            artifact = artifact or (Artifact.read(engine.weights) if engine.weights else None)
             if config is None:
                 continue
-            model_path = config.options.get("model")
-            names |= identities(model_id, str(model_path) if model_path else None)
-            artifact = artifact or (Artifact.read(str(model_path)) if model_path else None)
             names |= set(config.base_names)
             root = root or config.adapter_root
             for adapter in config.adapters:
                 startup.setdefault(adapter.name, adapter.path)
         pool = Pool(model_id, backends, balancer)
-        base = Base(pool, frozenset(names | {model_id}), root, artifact)
-        models.append(Model(base, list(startup.items())))
+        host = AdapterHost(pool, frozenset(names | {model_id}), root, artifact)
+        models.append(Model(host, list(startup.items())))
     return models
 
 

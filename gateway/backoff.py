@@ -1,6 +1,6 @@
-"""A shared store (Redis) that failed is left alone for a while: the response cache and
-the rate limiter both keep one of these, so a dead or stalled Redis costs one timeout
-every `retry_after_s`, not one per request."""
+"""A shared store (Redis) that failed is left alone for a while: the response cache,
+the rate limiter and the response store each keep one of these, so a dead or stalled
+Redis costs one timeout every `retry_after_s`, not one per request."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class Call:
 
 @dataclass(slots=True)
 class Outcome:
-    base: str | None = None  # the model id of the pool that served it
+    model: str | None = None  # the model id of the pool that served it
     adapter: str | None = None
     backend: str | None = None  # the last backend tried
     attempts: int = 0

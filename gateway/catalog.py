@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from gateway.adapters import AdapterRecord, AdapterRegistry, Artifact, Base
+from gateway.adapters import AdapterHost, AdapterRecord, AdapterRegistry, Artifact
 from gateway.balancer.backend import Backend
 from gateway.balancer.health import Prober
 from gateway.balancer.pool import Pool
@@ -28,12 +28,12 @@ class Model:
     """One model id: its pool, what adapters may name as their base, and the adapters
     loaded at start-up."""
 
-    base: Base
+    host: AdapterHost
     startup_adapters: list[tuple[str, Path]] = field(default_factory=list)
 
     @property
     def pool(self) -> Pool:
-        return self.base.pool
+        return self.host.pool
 
     @property
     def id(self) -> str:
@@ -76,11 +76,11 @@ class Catalog:
     def models(self) -> list[Model]:
         return list(self._models.values())
 
-    def base(self, model_id: str) -> Base:
+    def host(self, model_id: str) -> AdapterHost:
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        return model.base
+        return model.host
 
     def resolve(self, name: str) -> Route:
         adapter = self.adapters.get(name)
@@ -94,7 +94,7 @@ class Catalog:
             raise ServiceUnavailable(
                 f"The model '{name}' failed to start; the gateway's log says why."
             )
-        return Route(model.pool, adapter, model.base.artifact)
+        return Route(model.pool, adapter, model.host.artifact)
 
     @property
     def ready(self) -> bool:
@@ -130,7 +130,7 @@ class Catalog:
         for name, path in model.startup_adapters:
             try:
                 await self.adapters.load(
-                    name, path, model.id, model.base, enforce_root=False, require_placed=False
+                    name, path, model.id, model.host, enforce_root=False, require_placed=False
                 )
             except Exception as exc:
                 log.error("adapter %s for %s was not loaded: %s", name, model.id, exc)

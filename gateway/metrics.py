@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 from engines.types import Chunk
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import Limiter
-from gateway.cache.memory import MemoryCache
 from gateway.cache.responses import ResponseCache
 from gateway.call import Outcome
 from gateway.catalog import Catalog
@@ -192,14 +191,14 @@ class Observation:
             return {}
         self.done = True
         m = self.metrics
-        model = outcome.base or UNKNOWN  # unresolved names never become labels
+        model = outcome.model or UNKNOWN  # unresolved names never become labels
         labels = (model, outcome.adapter or NONE)
         stream = "true" if self.stream else "false"
         elapsed = time.perf_counter() - self.started
         cache = outcome.cache
         backend = outcome.backend or NONE
         m.requests.labels(*labels, backend, str(status), stream, cache, endpoint).inc()
-        if outcome.base is not None:
+        if outcome.model is not None:
             m.cache.labels(model, cache).inc()
         if key is not None:
             m.key_requests.labels(key, str(status)).inc()
@@ -330,13 +329,14 @@ class _CacheCollector(Collector):
             "Requests following those generations.",
             sum(f.followers for f in flights),
         )
-        store = self.cache.store
-        if isinstance(store, MemoryCache):
+        held = self.cache.store.held() if self.cache.store is not None else None
+        if held is not None:
+            entries, size = held
             yield GaugeMetricFamily(
-                "switchyard_cache_entries", "Entries in the in-memory cache.", len(store)
+                "switchyard_cache_entries", "Entries in the in-memory cache.", entries
             )
             yield GaugeMetricFamily(
-                "switchyard_cache_bytes", "Bytes held by the in-memory cache.", store.size
+                "switchyard_cache_bytes", "Bytes held by the in-memory cache.", size
             )
 
 

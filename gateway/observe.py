@@ -59,7 +59,7 @@ def record(
         "request_id": end.request_id,
         "endpoint": end.endpoint,
         "key": end.key,
-        "model": outcome.base,
+        "model": outcome.model,
         "adapter": outcome.adapter,
         "backend": outcome.backend,
         "attempts": outcome.attempts,

@@ -109,7 +109,7 @@ async def _answer(
             async for item in chunks:
                 yield item
         return
-    outcome.base, outcome.adapter = identity.base, identity.adapter
+    outcome.model, outcome.adapter = identity.base, identity.adapter
     watch = call.watch
     with _holding(route.adapter):  # counted per request, leaders and followers alike
         entry = await cache.get(plan) if plan.read else None
@@ -171,7 +171,7 @@ async def _chunks(
     after resolving (no await in between) and always close it. Without, the callers
     hold the adapter themselves (the requests following a cached generation)."""
     adapter = route.adapter
-    outcome.base = route.pool.model_id
+    outcome.model = route.pool.model_id
     outcome.adapter = adapter.adapter.name if adapter else None
     if adapter is not None:
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]

@@ -56,7 +56,7 @@ async def call(
     pool = route.pool
     record = route.adapter
     adapter = record.adapter if record is not None else None
-    outcome.base = pool.model_id
+    outcome.model = pool.model_id
     outcome.adapter = adapter.name if adapter is not None else None
     if need is not None:
         serving(route, *need)

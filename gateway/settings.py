@@ -81,7 +81,21 @@ class BalancerSettings(BaseModel):
 CacheMode = Literal["deterministic", "all", "off"]
 
 
-class CacheSettings(BaseModel):
+class RedisBacked(BaseModel):
+    """What a section kept in Redis (the cache, rate limits, stored responses) says
+    of it: where it is, the prefix of its keys, the bound on each call, and how long
+    to leave it alone after a failure (gateway/backoff.py). Each section opens its
+    own client (gateway/redis_client.py): their call budgets differ tenfold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "switchyard:"
+    timeout_s: float = Field(0.05, gt=0)  # per Redis call
+    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
+
+
+class CacheSettings(RedisBacked):
     """The response cache (gateway/cache/). `mode` says which requests may be answered
     from it: `deterministic` (temperature 0, or a seed given), `all` (sampled answers
     too: replays of an evaluation), or `off`; `modes` overrides it per model id."""
@@ -94,13 +108,10 @@ class CacheSettings(BaseModel):
     ttl_s: float = Field(3600.0, gt=0)
     max_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory backend
     max_entry_bytes: int = Field(1024 * 1024, gt=0)  # a larger answer is not stored
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "switchyard:"
-    timeout_s: float = Field(0.05, gt=0)  # per Redis call; past it the cache is skipped
-    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
+    # past timeout_s (RedisBacked) the cache is skipped
 
 
-class ResponseStoreSettings(BaseModel):
+class ResponseStoreSettings(RedisBacked):
     """Where `/v1/responses` answers stored with `store: true` live, for
     `previous_response_id` and `GET /v1/responses/{id}`: this process (`memory`),
     Redis shared by gateway replicas (`redis`), or nowhere (`none`: stored state is
@@ -112,9 +123,9 @@ class ResponseStoreSettings(BaseModel):
     ttl_s: float = Field(86400.0, gt=0)
     max_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory backend, all records
     max_record_bytes: int = Field(8 * 1024 * 1024, gt=0)  # one response and its history
-    redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:resp:"
     timeout_s: float = Field(0.5, gt=0)  # per Redis call; past it, a 503
+    retry_after_s: float = Field(0.0, ge=0)  # 0: every request tries (each 503 is the client's)
 
 
 class KeySettings(BaseModel):
@@ -148,17 +159,14 @@ class KeySettings(BaseModel):
         return self
 
 
-class RateLimitSettings(BaseModel):
+class RateLimitSettings(RedisBacked):
     """Where the per-key token buckets live: in this process, or in Redis (shared by
     gateway replicas, updated atomically by a Lua script)."""
 
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:rl:"
-    timeout_s: float = Field(0.05, gt=0)
-    retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
     on_redis_error: Literal["allow", "deny"] = "allow"  # fail open, or closed (503)
     # Reserve a request's worst case at admission (off: tokens are charged only when
     # requests end, so a burst may overrun by its size; `make bench-auth` compares).

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "artifacts vs bf16",
         "command": "make bench-artifacts",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": dataclasses.asdict(load),
         "results": rows,

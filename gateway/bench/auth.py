@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "auth and rate limit cost",
         "command": "make bench-auth",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "requests_per_s": {side: round(v, 1) for side, v in rps.items()},

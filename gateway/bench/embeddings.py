@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "embeddings",
         "command": "switchyard bench embeddings",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {**asdict(load), "rounds": args.rounds},
         "results": {name: asdict(r) for name, r in results.items()},

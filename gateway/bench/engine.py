@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": _TITLES[load.shape],
         "command": f"switchyard bench engine --shape {load.shape}",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "results": {name: r.row() for name, r in results.items()},

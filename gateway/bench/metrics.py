@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "metrics cost",
         "command": "make bench-metrics",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "requests_per_s": {side: round(v, 1) for side, v in rps.items()},

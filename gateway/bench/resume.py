@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "resume",
         "command": "make bench-resume",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {k: v for k, v in vars(args).items() if k not in ("out", "model", "port")},
         **{k: on[k] for k in ("streams", "completed_share", "identical_share")},

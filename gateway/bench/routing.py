@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "routing",
         "command": "make bench-routing",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": {**dataclasses.asdict(load), "rounds": args.rounds, "adapters": "zipf s=1 x4"},
         "results": {policy: r.row() for policy, r in results.items()},

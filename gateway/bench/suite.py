@@ -18,7 +18,7 @@ import argparse
 import importlib
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [
         "# Benchmark suite (`make bench`)",
         "",

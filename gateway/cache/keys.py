@@ -5,7 +5,7 @@ artifact id, the adapter's name and content digest (a reloaded adapter with new
 weights under the same name gets new keys), the endpoint, the normalized requests
 (prompt or messages, every sampling parameter, stop, n, logprobs, and every
 option: tools, tool_choice, response_format, structured outputs, vLLM's extras) and the caller's
-scope (API key or tenant, once auth exists). Request ids never enter a key.
+scope (the API key's label: one key never reads another's answers). Request ids never enter a key.
 `FORMAT` prefixes every key, so a change of the stored format never reads old entries.
 """
 

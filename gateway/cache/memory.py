@@ -41,6 +41,13 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def held(self) -> tuple[int, int]:
+        return len(self._entries), self.size
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
         self.size -= len(value)

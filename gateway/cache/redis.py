@@ -52,6 +52,9 @@ class RedisCache:
         except (redis.RedisError, TimeoutError, OSError) as exc:
             raise CacheUnavailable(f"redis set failed: {type(exc).__name__}: {exc}") from None
 
+    def held(self) -> None:
+        return None  # shared: this process does not count what Redis holds
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

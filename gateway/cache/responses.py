@@ -32,9 +32,16 @@ T = TypeVar("T")
 
 
 class Store(Protocol):
+    """Where entries live (cache/memory.py, cache/redis.py)."""
+
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    def held(self) -> tuple[int, int] | None:
+        """(entries, bytes) this process holds; None for a shared store."""
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +132,7 @@ class ResponseCache:
         for flight in list(self._flights.values()):
             flight.cancel()
         self._flights.clear()
-        if isinstance(self.store, RedisCache):
+        if self.store is not None:
             await self.store.aclose()
 
     async def _landed(self, plan: Plan, flight: Flight[Any]) -> None:

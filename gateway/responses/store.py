@@ -27,6 +27,7 @@ import orjson
 import redis.asyncio as redis
 
 from gateway import redis_client
+from gateway.backoff import Backoff
 from gateway.settings import ResponseStoreSettings
 
 
@@ -123,6 +124,7 @@ class RedisStore:
         self.prefix = settings.prefix
         self.timeout_s = settings.timeout_s
         self.max_record_bytes = settings.max_record_bytes
+        self._backoff = Backoff(settings.retry_after_s)
         self._client = redis_client.connect(settings.redis_url, settings.timeout_s)
 
     async def put(self, response_id: str, record: Stored) -> None:
@@ -144,10 +146,13 @@ class RedisStore:
         return bool(await self._call("delete", self.prefix + response_id))
 
     async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if not self._backoff.up():
+            raise StoreUnavailable(f"redis {op} not tried: it failed within retry_after_s")
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await getattr(self._client, op)(*args, **kwargs)
         except (redis.RedisError, TimeoutError, OSError) as exc:
+            self._backoff.failed()
             raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:

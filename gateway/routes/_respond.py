@@ -57,25 +57,28 @@ class JSONResponse(Response):
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
-BODY_MODELS: dict[str, type[pydantic.BaseModel]] = {}  # for the OpenAPI document
-
-
 def documented(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     """`openapi_extra` declaring `model` as the JSON body of a route that parses its
-    body itself (with `parse`), so /openapi.json describes it (clients, fuzzers)."""
-    BODY_MODELS[model.__name__] = model
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    body itself (with `parse`), so /openapi.json describes it (clients, fuzzers). The
+    schema is inline; `components` hoists it and the models it uses."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"requestBody": body}
 
 
-def openapi_schemas() -> dict[str, Any]:
-    """The JSON schemas of every documented body model and the models they use."""
-    schemas: dict[str, Any] = {}
-    for name, model in BODY_MODELS.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def components(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` (an OpenAPI document) with the inline body schemas of `documented`
+    routes moved to its components, each body a reference to its model's."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for operation in (op for path in document.get("paths", {}).values() for op in path.values()):
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        schema = body.get("schema", {})
+        if "title" not in schema or "$ref" in schema:
+            continue
         schemas.update(schema.pop("$defs", {}))
-        schemas[name] = schema
-    return schemas
+        schemas[schema["title"]] = schema
+        body["schema"] = {"$ref": f"#/components/schemas/{schema['title']}"}
+    return document
 
 
 async def parse(request: Request, model: type[M]) -> M:

@@ -36,16 +36,16 @@ async def load_adapter(request: Request) -> dict[str, Any]:
     catalog = shared(request).catalog
     body = await parse(request, LoadAdapter)
     base_id = body.base or _only_base(catalog)
-    base = catalog.base(base_id)
-    if base.root is None:
+    host = catalog.host(base_id)
+    if host.root is None:
         raise InvalidRequest(
             f"Runtime loads for '{base_id}' are off: set adapter_root for its engine.",
             param="path",
         )
     if any(body.name == m.id for m in catalog.models):
         raise InvalidRequest(f"'{body.name}' is a base model's name.", param="name")
-    path = base.root / body.path  # an absolute body.path replaces the root; inspect checks
-    record = await catalog.adapters.load(body.name, path, base_id, base)
+    path = host.root / body.path  # an absolute body.path replaces the root; inspect checks
+    record = await catalog.adapters.load(body.name, path, base_id, host)
     return record.describe()
 
 

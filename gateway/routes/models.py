@@ -26,7 +26,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     catalog, created, who = gateway.catalog, gateway.started_at, principal(request)
     now = time.monotonic()
     states = {m.id: m.pool.state() for m in catalog.models}
-    models = [_model(m.id, None, states[m.id], created, m.base.artifact) for m in catalog.models]
+    models = [_model(m.id, None, states[m.id], created, m.host.artifact) for m in catalog.models]
     for record in catalog.adapters.records():
         if record.state != "ready":
             continue  # draining: new requests for it are refused

@@ -33,6 +33,7 @@ class Bare:
     name = model_id = "bare"
     adapter_support = None
     serves = frozenset({"embed"})
+    weights = None
 
 
 async def route(*engines: Any) -> Route:
@@ -65,7 +66,7 @@ async def test_a_failing_backend_is_retried_on_another() -> None:
     outcome = Outcome()
     answer = await pooled.call(where, pooled.embed({"input": "a"}), outcome)
     assert len(answer["data"]) == 1
-    assert (outcome.backend, outcome.attempts, outcome.base) == ("m", 2, "m")
+    assert (outcome.backend, outcome.attempts, outcome.model) == ("m", 2, "m")
     assert [b.in_flight for b in where.pool.backends] == [0, 0]
     assert where.pool.backends[0].breaker.failures == 1
 

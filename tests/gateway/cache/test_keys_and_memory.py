@@ -1,4 +1,4 @@
-"""Cache keys and the in-memory backend (issue 5, in progress)."""
+"""Cache keys and the in-memory backend."""
 
 from __future__ import annotations
 
