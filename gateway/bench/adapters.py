@@ -10,7 +10,6 @@ ratio to base-only traffic. Goal: >= 0.85x of base while the adapters fit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.engine import MODEL_ID, ROOT, machine
-from gateway.bench.load import Load, run, summarize
+from gateway.bench.load import Load, bench_parser, run, summarize
 from gateway.bench.process import answers, gateway_command, server_process
 
 ADAPTERS = {
@@ -39,12 +38,7 @@ MIXES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    Load.add_arguments(parser)
-    parser.add_argument("--port", type=int, default=8751)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser = bench_parser(__doc__, 8751)
     args = parser.parse_args(argv)
     load = Load.from_arguments(args)
     url = f"http://127.0.0.1:{args.port}"

@@ -12,7 +12,6 @@ Writes docs/benchmarks/artifacts.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.engine import machine
-from gateway.bench.load import Load, run, summarize
+from gateway.bench.load import Load, bench_parser, run, summarize
 from gateway.bench.process import answers, gateway_command, server_process, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +38,7 @@ BUILDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    Load.add_arguments(parser)
-    parser.add_argument("--port", type=int, default=8751)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser = bench_parser(__doc__, 8751)
     args = parser.parse_args(argv)
     load = Load.from_arguments(args)
     missing = [str(p) for p in BUILDS.values() if not (p / "switchyard-artifact.json").is_file()]

@@ -11,7 +11,6 @@ Goals: <= 10 % cost with Redis; reservations >= 0.95 of charging at the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import os
@@ -25,8 +24,15 @@ import httpx
 
 from gateway.auth.keys import digest
 from gateway.bench.cache import redis_server
-from gateway.bench.engine import ROOT
-from gateway.bench.load import SIXTEEN_TOKENS, Load, Sample, alternating, run, summarize
+from gateway.bench.load import (
+    SIXTEEN_TOKENS,
+    Load,
+    Sample,
+    alternating,
+    bench_parser,
+    run,
+    summarize,
+)
 from gateway.bench.process import answers, gateway_command, server_process, write_report
 
 REPLY = SIXTEEN_TOKENS
@@ -41,14 +47,8 @@ SIDES = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    Load.add_arguments(parser)
-    parser.set_defaults(requests=1500, concurrency=16, max_tokens=16)
+    parser = bench_parser(__doc__, 8781, requests=1500, concurrency=16, max_tokens=16)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--port", type=int, default=8781)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     load = Load.from_arguments(args)
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-auth-"))

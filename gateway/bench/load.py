@@ -59,6 +59,9 @@ SIXTEEN_TOKENS = " ".join(f"w{i}" for i in range(16))
 T = TypeVar("T")
 
 
+REPORTS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+
+
 @dataclass(frozen=True, slots=True)
 class Load:
     requests: int = 64
@@ -288,3 +291,16 @@ async def run(
         await asyncio.gather(*(worker() for _ in range(load.concurrency)))
         wall = time.perf_counter() - start
     return Sample(ttfts, e2es, tokens, wall, failures)
+
+
+def bench_parser(doc: str | None, port: int, **defaults: Any) -> argparse.ArgumentParser:
+    """A benchmark's command line: the load's flags (with this benchmark's
+    `defaults`), `--port` for the servers it starts, `--out` for its report."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    Load.add_arguments(parser)
+    parser.set_defaults(**defaults)
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--out", type=Path, default=REPORTS)
+    return parser

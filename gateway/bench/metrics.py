@@ -8,7 +8,6 @@ alternating (A B B A). Goal: <= 5 % difference.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import os
@@ -18,8 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.engine import ROOT
-from gateway.bench.load import SIXTEEN_TOKENS, Load, Sample, alternating, run, summarize
+from gateway.bench.load import (
+    SIXTEEN_TOKENS,
+    Load,
+    Sample,
+    alternating,
+    bench_parser,
+    run,
+    summarize,
+)
 from gateway.bench.process import answers, gateway_command, server_process, write_report
 
 REPLY = SIXTEEN_TOKENS
@@ -27,14 +33,8 @@ SIDES = {"metrics on": True, "metrics off": False}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    Load.add_arguments(parser)
-    parser.set_defaults(requests=1500, concurrency=16, max_tokens=16)
+    parser = bench_parser(__doc__, 8780, requests=1500, concurrency=16, max_tokens=16)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--port", type=int, default=8780)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     load = Load.from_arguments(args)
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-metrics-"))
