@@ -73,9 +73,9 @@ def gateway(
     )
     cache = CacheSettings(backend="redis", redis_url=session_redis.url, retry_after_s=0.2)
     app = create_app(Settings(engines=[engine], cache=cache, auth=NO_AUTH))
-    (model,) = app.state.engines.models
+    (model,) = app.state.shared.catalog.models
     (backend,) = model.pool.backends
-    registry = app.state.engines.adapters
+    registry = app.state.shared.catalog.adapters
     with serve(app) as url:
         wait_until(
             lambda: backend.state == "failed" or len(list(registry.records())) == 2,
@@ -138,7 +138,7 @@ def remote_gateway(vllm_server: VLLMServer) -> Iterator[str]:
 def _remote(name: str, model_id: str, options: dict[str, Any]) -> Iterator[str]:
     engine = EngineSettings(name=name, kind="openai_remote", model_id=model_id, options=options)
     app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
-    (model,) = app.state.engines.models
+    (model,) = app.state.shared.catalog.models
     (backend,) = model.pool.backends
     with serve(app) as url:
         assert wait_until(lambda: backend.state == "ready", timeout=60), backend.error
@@ -156,7 +156,7 @@ def embed_gateway(demo_model: Path) -> Iterator[str]:
     options = {"model": str(demo_model), "runner": "pooling", **EMBED_OPTIONS}
     engine = EngineSettings(name="local-embed", kind="vllm", model_id=EMBED_ID, options=options)
     app = create_app(Settings(engines=[engine], cache=CacheSettings(backend="none"), auth=NO_AUTH))
-    (model,) = app.state.engines.models
+    (model,) = app.state.shared.catalog.models
     (backend,) = model.pool.backends
     with serve(app) as url:
         wait_until(lambda: backend.state != "loading", timeout=600, interval=0.5)

@@ -49,7 +49,7 @@ def gateway(replicas: list[Replica], adapter_root: Path, policy: str) -> Iterato
     engines = remote_engines([(r.name, r.url) for r in replicas], adapter_root, TIMEOUTS)
     app = create_app(Settings(engines=engines, balancer={"policy": policy, **PROBE}, auth=NO_AUTH))
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=30)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=30)
         with httpx.Client(base_url=url, timeout=60) as client:
             for name in ("shout", "json"):
                 r = client.post("/v1/adapters", json={"name": name, "path": name})
@@ -139,7 +139,7 @@ def test_kill_9_during_load_loses_nothing(replicas: list[Replica], adapter_root:
     on the other replica (gateway/resume.py): every request of the load succeeds."""
     victim = replicas[1]
     with gateway(replicas, adapter_root, "least_outstanding") as (url, app):
-        pool = app.state.engines.models[0].pool
+        pool = app.state.shared.catalog.models[0].pool
         backend = next(b for b in pool.backends if b.name == victim.name)
         killed_at: list[float] = []
 
@@ -170,7 +170,7 @@ def test_a_frozen_replica_times_out_and_traffic_fails_over(
 ) -> None:
     frozen = replicas[0]
     with gateway(replicas, adapter_root, "round_robin") as (url, app):
-        backend = next(b for b in app.state.engines.models[0].pool.backends if b.name == "r0")
+        backend = next(b for b in app.state.shared.catalog.models[0].pool.backends if b.name == "r0")
         frozen.signal(signal.SIGSTOP)
         try:
             started = time.monotonic()

@@ -255,7 +255,7 @@ def test_loading_engine_is_503_and_not_ready() -> None:
 def test_engine_failure_mid_stream_ends_with_error_event() -> None:
     app = create_app(settings(), engines=[scripted(fail_after_tokens=2)])
     with serve(app) as url:
-        assert wait_until(lambda: app.state.engines.ready, timeout=10)
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         r = httpx.post(url + CHAT, json={"model": "scripted", "messages": MSG, "stream": True})
         assert r.status_code == 200
         blocks = [b for b in r.text.split("\n\n") if b]
