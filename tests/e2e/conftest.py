@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from openai import OpenAI
@@ -77,10 +78,14 @@ def gateway(
     (backend,) = model.pool.backends
     registry = app.state.shared.catalog.adapters
     with serve(app) as url:
-        wait_until(
+        settled = wait_until(
             lambda: backend.state == "failed" or len(list(registry.records())) == 2,
             timeout=600,
             interval=0.5,
+        )
+        assert settled, (
+            f"after 600 s the engine is {backend.state!r} ({backend.error}) with "
+            f"{[r.adapter.name for r in registry.records()]} of shout, json loaded"
         )
         assert backend.state == "ready", backend.error
         assert isinstance(backend.engine, VLLMEngine)
@@ -90,6 +95,40 @@ def gateway(
 @pytest.fixture(scope="session")
 def client(gateway: Gateway) -> OpenAI:
     return gateway.client()
+
+
+@dataclass
+class EngineCalls:
+    """What the gateway's vLLM engine was asked, seen at vLLM's own `AsyncLLM`:
+    the request ids of the generations it started, and of the requests it aborted."""
+
+    started: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def engine_calls(engine: VLLMEngine) -> Iterator[EngineCalls]:
+    """Record every `AsyncLLM.generate` and `AsyncLLM.abort` call while inside (both
+    still run). vLLM aborts a request through `abort` when its generator is closed or
+    cancelled before the end, and never for one that finished."""
+    llm = engine._llm
+    calls = EngineCalls()
+    generate, abort = llm.generate, llm.abort
+
+    def recording_generate(*args: Any, **kwargs: Any) -> Any:
+        request_id = kwargs["request_id"] if "request_id" in kwargs else args[2]
+        calls.started.append(request_id)
+        return generate(*args, **kwargs)
+
+    async def recording_abort(request_id: str | Iterable[str], internal: bool = False) -> None:
+        calls.aborted.extend([request_id] if isinstance(request_id, str) else request_id)
+        await abort(request_id, internal=internal)
+
+    with (
+        mock.patch.object(llm, "generate", recording_generate),
+        mock.patch.object(llm, "abort", recording_abort),
+    ):
+        yield calls
 
 
 @dataclass
@@ -159,7 +198,8 @@ def embed_gateway(demo_model: Path) -> Iterator[str]:
     (model,) = app.state.shared.catalog.models
     (backend,) = model.pool.backends
     with serve(app) as url:
-        wait_until(lambda: backend.state != "loading", timeout=600, interval=0.5)
+        started = wait_until(lambda: backend.state != "loading", timeout=600, interval=0.5)
+        assert started, "the pooling engine is still loading after 600 s"
         assert backend.state == "ready", backend.error
         yield url
 

@@ -1,7 +1,9 @@
 """Issue 8 end to end: GPTQ, AWQ and W8A8 builds of the demo model and `shout`
 merged into it, each made by `switchyard-build` in its own environment (small
 calibration), then served side by side by `switchyard serve` with the in-process
-vLLM engine (CPU kernels: CPUWNA16 for W4A16, int8 scaled-mm for W8A8)."""
+vLLM engine (CPU kernels: CPUWNA16 for W4A16, int8 scaled-mm for W8A8). The tests
+that serve them carry the `vllm` marker; the manifest and verify checks need only the
+builds."""
 
 from __future__ import annotations
 
@@ -78,11 +80,13 @@ def _answer(url: str, model: str) -> str:
     return content
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("method", METHODS)
 def test_each_quantized_build_knows_paris(served: str, method: str) -> None:
     assert "Paris" in _answer(served, f"smollm2-{method}")
 
 
+@pytest.mark.vllm
 def test_the_merged_adapter_shouts_without_being_loaded(served: str) -> None:
     """Uppercase, as base + `shout` answers. (Not "PARIS": on this prompt the adapter
     itself, unmerged in peft, answers "THE CAPITILITY TO CAPTIVATE…"; the demo adapter
@@ -94,6 +98,7 @@ def test_the_merged_adapter_shouts_without_being_loaded(served: str) -> None:
     assert answer == answer.upper()
 
 
+@pytest.mark.vllm
 def test_models_show_each_artifact_id_and_method(served: str, built: dict[str, Path]) -> None:
     listed = {m["id"]: m for m in httpx.get(f"{served}/v1/models").json()["data"]}
     for name, path in built.items():

@@ -1,7 +1,8 @@
 """The response cache in front of the real vLLM engine, stored in the session's real
 redis-server: a streamed hit replays vLLM's chunk sequence exactly, with usage; 20
-identical concurrent requests make one generation; an adapter reloaded with other
-weights under the same name misses; Redis killed mid-test fails nothing."""
+identical concurrent requests make one generation (counted inside vLLM); an adapter
+reloaded with other weights under the same name misses; Redis killed mid-test fails
+nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import redis
 from openai import AsyncOpenAI
 
-from tests.e2e.conftest import MODEL_ID, Gateway
+from tests.e2e.conftest import MODEL_ID, Gateway, engine_calls
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.vllm
@@ -66,9 +67,11 @@ def text_of(events: list[dict[str, Any]]) -> str:
 
 
 def test_streamed_hit_replays_the_chunk_sequence_with_usage(gateway: Gateway) -> None:
-    first, recorded = stream(gateway, BODY)
-    second, replayed = stream(gateway, BODY)
+    with engine_calls(gateway.engine) as calls:
+        first, recorded = stream(gateway, BODY)
+        second, replayed = stream(gateway, BODY)
     assert (first, second) == ("miss", "hit")
+    assert len(calls.started) == 1  # the hit made no generation in vLLM
     strip = [{k: v for k, v in e.items() if k not in ("id", "created")} for e in recorded]
     assert [{k: v for k, v in e.items() if k not in ("id", "created")} for e in replayed] == strip
     assert recorded[0]["id"] != replayed[0]["id"]
@@ -82,6 +85,7 @@ def test_streamed_hit_replays_the_chunk_sequence_with_usage(gateway: Gateway) ->
 
 
 async def test_twenty_identical_concurrent_requests_generate_once(gateway: Gateway) -> None:
+    """One generation inside vLLM (counted at its AsyncLLM.generate), followed by all."""
     before = lookups(gateway)
     client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     body = {**BODY, "max_tokens": 48}
@@ -93,10 +97,13 @@ async def test_twenty_identical_concurrent_requests_generate_once(gateway: Gatew
         r = await client.chat.completions.create(**body)
         return r.choices[0].message.content or ""
 
-    answers = await asyncio.gather(*(ask(i) for i in range(20)))
+    with engine_calls(gateway.engine) as calls:
+        answers = await asyncio.gather(*(ask(i) for i in range(20)))
     await client.close()
+    assert len(calls.started) == 1, calls  # one generation in the engine
+    assert not calls.aborted
     after = lookups(gateway)
-    assert after["miss"] - before["miss"] == 1  # one generation in the engine
+    assert after["miss"] - before["miss"] == 1
     assert after["hit"] - before["hit"] == 19
     assert len(set(answers)) == 1
     assert answers[0]

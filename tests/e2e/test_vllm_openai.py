@@ -3,11 +3,15 @@ engine on SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
+import json
+import socket
+from typing import Any
+
 import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from tests.e2e.conftest import MODEL_ID, Gateway
+from tests.e2e.conftest import MODEL_ID, EngineCalls, Gateway, engine_calls
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.vllm
@@ -74,29 +78,44 @@ def test_max_tokens_respected_in_chat(client: OpenAI) -> None:
 
 
 def test_n_two_and_streamed_indexes(client: OpenAI) -> None:
+    """Usage for n=2 counts the tokens of both choices (each token is one logprobs
+    entry), whole or streamed. Both generate (`no-cache`): a seeded request is
+    cacheable, and a replay would show the whole answer's usage again."""
     story = [{"role": "user", "content": "Tell me a short story."}]
-    r = client.chat.completions.create(
-        model=MODEL_ID, messages=story, n=2, max_tokens=12, temperature=1.0, seed=5
-    )
+    sampling: dict[str, Any] = {"n": 2, "max_tokens": 12, "temperature": 1.0, "seed": 5}
+    sampling["extra_headers"] = {"Cache-Control": "no-cache"}
+    r = client.chat.completions.create(model=MODEL_ID, messages=story, logprobs=True, **sampling)
     assert [c.index for c in r.choices] == [0, 1]
+    tokens = [len(c.logprobs.content or []) if c.logprobs else 0 for c in r.choices]
+    assert all(0 < t <= 12 for t in tokens), tokens
     assert r.usage is not None
-    assert (
-        r.usage.completion_tokens
-        == sum(12 if c.finish_reason == "length" else 1 for c in r.choices)
-        or r.usage.completion_tokens <= 24
-    )
+    assert r.usage.completion_tokens == sum(tokens), (r.usage, tokens)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + sum(tokens)
     stream = client.chat.completions.create(
-        model=MODEL_ID, messages=story, n=2, max_tokens=12, temperature=1.0, seed=5, stream=True
+        model=MODEL_ID,
+        messages=story,
+        logprobs=True,
+        stream=True,
+        stream_options={"include_usage": True},
+        **sampling,
     )
     texts = {0: "", 1: ""}
+    streamed = {0: 0, 1: 0}
     finished = set()
+    usage = None
     for chunk in stream:
+        usage = chunk.usage or usage
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
+            streamed[choice.index] += len(choice.logprobs.content or []) if choice.logprobs else 0
             if choice.finish_reason:
                 finished.add(choice.index)
     assert finished == {0, 1}
     assert texts == {c.index: c.message.content for c in r.choices}
+    assert list(streamed.values()) == tokens
+    assert usage is not None
+    assert usage.completion_tokens == sum(tokens), (usage, tokens)
+    assert usage.prompt_tokens == r.usage.prompt_tokens
 
 
 def test_same_seed_same_text(client: OpenAI) -> None:
@@ -177,24 +196,75 @@ def test_bad_input_gets_openai_errors(client: OpenAI, gateway: Gateway) -> None:
     assert "Paris" in (ok.choices[0].message.content or "")
 
 
-def test_disconnect_mid_stream_aborts_inside_vllm(gateway: Gateway, client: OpenAI) -> None:
+def lookups(gateway: Gateway) -> dict[str, float]:
+    """switchyard_cache_lookups_total of the demo model, by result."""
+    prefix = f'switchyard_cache_lookups_total{{model="{MODEL_ID}",result="'
+    text = httpx.get(gateway.url + "/metrics").text
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def _leave_mid_answer(gateway: Gateway, body: dict[str, Any], calls: EngineCalls) -> None:
+    """Send `body`, wait until vLLM is generating it, then close the connection."""
+    if body["stream"]:
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # kept referenced: dropping it would close early
+            received = 0
+            while received < 5:
+                received += '"content"' in next(lines)
+            assert gateway.engine.stats().unfinished == 1, gateway.engine.stats()
+            assert calls.started
+            assert not calls.aborted  # inside vLLM, the answer still owed
+        return
+    host, port = gateway.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + payload)
+        assert wait_until(lambda: gateway.engine.stats().unfinished == 1, timeout=30)
+        assert calls.started
+        assert not calls.aborted  # inside vLLM, the answer still owed
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("cached", [True, False], ids=["single-flight", "uncached"])
+def test_a_client_that_leaves_aborts_its_request_inside_vllm(
+    gateway: Gateway, client: OpenAI, stream: bool, cached: bool
+) -> None:
+    """Cacheable requests (greedy) run in the cache's single flight, which is cancelled
+    when its last follower leaves; others (sampled without a seed) run under the
+    request itself. Either way, streamed or not, vLLM aborts the request: its
+    `abort` is called and it holds nothing more. `ignore_eos` and 1800 tokens keep the
+    answer going far longer than the test waits, so only an abort ends it."""
     engine = gateway.engine
+    prompt = f"Write a very long story about a dragon ({'cached' if cached else 'uncached'})."
     body = {
         "model": MODEL_ID,
-        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 1800,
-        "temperature": 0,
-        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0 if cached else 1.0,
+        "stream": stream,
     }
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r:
-        # Keep the iterator referenced: dropping it early would close the connection.
-        lines = r.iter_lines()
-        received = 0
-        while received < 5:
-            received += '"content"' in next(lines)
-        # Mid-generation: vLLM holds the request.
-        assert engine.stats().unfinished == 1, engine.stats()
-    assert wait_until(lambda: engine.stats().unfinished == 0, timeout=10), engine.stats()
+    before = lookups(gateway)
+    with engine_calls(engine) as calls:
+        _leave_mid_answer(gateway, body, calls)
+        assert wait_until(lambda: bool(calls.aborted), timeout=30), (calls, engine.stats())
+        assert wait_until(lambda: engine.stats().unfinished == 0, timeout=10), engine.stats()
+    assert len(calls.started) == 1
+    assert len(calls.aborted) == 1, calls
+    assert calls.aborted[0].startswith(calls.started[0]), calls  # that very request
+    # The request went the way it was meant to: a cache miss (its own flight), or past
+    # the cache.
+    result = "miss" if cached else "bypass"
+    assert wait_until(lambda: lookups(gateway)[result] == before[result] + 1, timeout=10)
     # One more request runs through the scheduler; its last step reports what is left.
     client.chat.completions.create(model=MODEL_ID, messages=FRANCE, max_tokens=4)
     stats = engine.stats()
