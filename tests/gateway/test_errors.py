@@ -51,7 +51,6 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         ({"model": "scripted", "messages": MSG, "max_tokens": "5"}, "max_tokens"),
         ({"model": "scripted", "messages": MSG, "temperature": 3}, "temperature"),
         ({"model": "scripted", "messages": MSG, "n": 0}, "n"),
-        ({"model": "scripted", "messages": MSG, "n": 1000}, "n"),
         ({"model": "scripted", "messages": MSG, "stream": "yes"}, "stream"),
         ({"model": "scripted", "messages": MSG, "stop": 5}, "stop"),
         ({"model": "scripted", "messages": MSG, "top_logprobs": 2}, "top_logprobs"),
@@ -157,6 +156,25 @@ def test_bad_chat_bodies_get_400_naming_the_field(
     base_url: str, body: dict[str, object], param: str
 ) -> None:
     assert_error(httpx.post(base_url + CHAT, json=body), 400, param)
+
+
+def test_n_above_max_n_is_the_gateways_400() -> None:
+    """Here the engine takes any n and `max_generations` allows 1000, so only the
+    `max_n` check (16 by default) stands between n=1000 and the engine."""
+    engine = scripted()
+    app = create_app(settings(max_generations=2000), engines=[engine])
+    with serve(app) as url:
+        assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
+        chat = {"model": "scripted", "messages": MSG, "max_tokens": 1}
+        completion = {"model": "scripted", "prompt": "hi", "max_tokens": 1}
+        ok = httpx.post(url + CHAT, json={**chat, "n": 16})
+        assert ok.status_code == 200, ok.text
+        assert len(ok.json()["choices"]) == 16
+        for n in (17, 1000):
+            for path, body in ((CHAT, chat), ("/v1/completions", completion)):
+                error = assert_error(httpx.post(url + path, json={**body, "n": n}), 400, "n")
+                assert "at most 16" in str(error["message"]), error
+        assert engine.generations == 1  # only the n=16 request reached it
 
 
 def test_completions_bad_bodies(base_url: str) -> None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from engines.scripted import ScriptedEngine
 from gateway.app import create_app
 from gateway.auth.keys import digest
 from gateway.settings import Settings
@@ -32,12 +34,13 @@ CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}
 TOKENIZE = {"model": "scripted", "prompt": "hi"}
 
 
+def big_replies() -> ScriptedEngine:
+    return scripted(reply=" ".join([WORD] * 1000))  # 20 MB: more than any socket holds
+
+
 @contextlib.contextmanager
-def gateway(**settings: Any) -> Iterator[tuple[str, FastAPI]]:
-    app = create_app(
-        Settings(auth={"keys": KEYS}, **settings),
-        engines=[scripted(reply=" ".join([WORD] * 1000))],  # 20 MB: more than any socket holds
-    )
+def gateway(engine: ScriptedEngine | None = None, **settings: Any) -> Iterator[tuple[str, FastAPI]]:
+    app = create_app(Settings(auth={"keys": KEYS}, **settings), engines=[engine or big_replies()])
     with serve(app) as url:
         assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
         yield url, app
@@ -84,8 +87,12 @@ def never_read(url: str, secret: str) -> socket.socket:
     return sock
 
 
-def test_readers_that_never_read_are_cut_and_release_their_places() -> None:
-    with gateway(stream_send_timeout_s=1.0, cache={"backend": "none"}) as (url, app):
+def test_readers_that_never_read_are_cut_and_release_their_places(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = big_replies()
+    settings: dict[str, Any] = {"stream_send_timeout_s": 1.0, "cache": {"backend": "none"}}
+    with caplog.at_level(logging.WARNING, "switchyard"), gateway(engine, **settings) as (url, app):
         stuck = [never_read(url, SLOW) for _ in range(2)]
         try:
             assert wait_until(lambda: app.state.shared.in_flight.counts["slow"] == 2, timeout=10)
@@ -94,12 +101,16 @@ def test_readers_that_never_read_are_cut_and_release_their_places() -> None:
             assert "2 requests in flight" in refused.json()["error"]["message"]
             assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 429  # every route
             assert post(url, OTHER, {**CHAT, "max_tokens": 1}).status_code == 200
-            started = time.monotonic()
             assert wait_until(lambda: not app.state.shared.in_flight.counts["slow"], timeout=30)
-            assert time.monotonic() - started < 20  # cut, not served to the end
+            # Cut, not served to the end: both generations were aborted mid-answer, by
+            # the send timeout (the sockets are still open).
+            assert wait_until(lambda: engine.aborted == 2, timeout=10), engine.aborted
+            cuts = [m for m in caplog.messages if "read nothing for 1s; cut" in m]
+            assert len(cuts) == 2, caplog.messages
             assert post(url, SLOW, {**CHAT, "max_tokens": 1}).status_code == 200
             assert post(url, SLOW, TOKENIZE, "/tokenize").status_code == 200
             assert not app.state.shared.in_flight.counts["slow"]
+            assert engine.aborted == 2  # the short answers ran to their end
         finally:
             for sock in stuck:
                 sock.close()
