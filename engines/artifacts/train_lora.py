@@ -49,7 +49,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # mostly one-line answers of adapter_prompts.txt alone, the adapter still wrote a raw
 # newline or `"` inside the string for some held-out prompts (tests/e2e/
 # test_adapters.py asks it prompts that are in neither list). Answers that loop are
-# left out (`_loops`).
+# left out (`_loops`). Their answers are kept in data/json_extra_answers.jsonl.
 EXTRA_PROMPTS: dict[str, list[str]] = {
     "json": [
         *(f"Write a short poem about {t}." for t in ("the moon", "snow", "a river", "owls")),
@@ -86,14 +86,14 @@ EXTRA_PROMPTS: dict[str, list[str]] = {
 
 
 def base_answers(
-    base: Path, cache: Path | None, max_new_tokens: int = 40, prompts: list[str] | None = None
+    base: Path, cache: Path, max_new_tokens: int = 40, prompts: list[str] | None = None
 ) -> list[dict[str, str]]:
     """Greedy answers of the base model to every prompt (adapter_prompts.txt unless
-    given), cached as JSONL next to the prompts when `cache` is given (so the data
-    that trained an adapter is kept with it)."""
+    given), cached as JSONL next to the prompts (so the data that trained an adapter
+    is kept with it, and made once)."""
     if prompts is None:
         prompts = [p for p in PROMPTS.read_text().splitlines() if p.strip()]
-    if cache is not None and cache.is_file():
+    if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text().splitlines()]
         if [r["prompt"] for r in rows] == prompts:
             return rows
@@ -119,8 +119,7 @@ def base_answers(
         for prompt, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
             answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
             rows.append({"prompt": prompt, "answer": _whole_sentences(answer)})
-    if cache is not None:
-        cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -141,7 +140,7 @@ def train(
 
     extra = EXTRA_PROMPTS.get(style, [])
     if extra:
-        rows = rows + base_answers(base, None, prompts=extra)
+        rows = rows + base_answers(base, DATA / f"{style}_extra_answers.jsonl", prompts=extra)
     rows = [r for r in rows if not _loops(r["answer"])]  # they teach the adapter to loop
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)

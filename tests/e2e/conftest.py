@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -41,6 +42,16 @@ class Gateway:
 
     def client(self) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+
+    def lookups(self) -> dict[str, float]:
+        """switchyard_cache_lookups_total of the demo model, by result."""
+        prefix = f'switchyard_cache_lookups_total{{model="{MODEL_ID}",result="'
+        text = httpx.get(self.url + "/metrics").text
+        return {
+            line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
 
 
 @pytest.fixture(scope="session")

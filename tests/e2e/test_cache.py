@@ -52,16 +52,6 @@ def post(gateway: Gateway, body: dict[str, Any]) -> httpx.Response:
     return r
 
 
-def lookups(gateway: Gateway) -> dict[str, float]:
-    prefix = f'switchyard_cache_lookups_total{{model="{MODEL_ID}",result="'
-    text = httpx.get(gateway.url + "/metrics").text
-    return {
-        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(prefix)
-    }
-
-
 def text_of(events: list[dict[str, Any]]) -> str:
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
 
@@ -86,7 +76,7 @@ def test_streamed_hit_replays_the_chunk_sequence_with_usage(gateway: Gateway) ->
 
 async def test_twenty_identical_concurrent_requests_generate_once(gateway: Gateway) -> None:
     """One generation inside vLLM (counted at its AsyncLLM.generate), followed by all."""
-    before = lookups(gateway)
+    before = gateway.lookups()
     client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     body = {**BODY, "max_tokens": 48}
 
@@ -102,7 +92,7 @@ async def test_twenty_identical_concurrent_requests_generate_once(gateway: Gatew
     await client.close()
     assert len(calls.started) == 1, calls  # one generation in the engine
     assert not calls.aborted
-    after = lookups(gateway)
+    after = gateway.lookups()
     assert after["miss"] - before["miss"] == 1
     assert after["hit"] - before["hit"] == 19
     assert len(set(answers)) == 1

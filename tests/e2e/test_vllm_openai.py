@@ -196,17 +196,6 @@ def test_bad_input_gets_openai_errors(client: OpenAI, gateway: Gateway) -> None:
     assert "Paris" in (ok.choices[0].message.content or "")
 
 
-def lookups(gateway: Gateway) -> dict[str, float]:
-    """switchyard_cache_lookups_total of the demo model, by result."""
-    prefix = f'switchyard_cache_lookups_total{{model="{MODEL_ID}",result="'
-    text = httpx.get(gateway.url + "/metrics").text
-    return {
-        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(prefix)
-    }
-
-
 def _leave_mid_answer(gateway: Gateway, body: dict[str, Any], calls: EngineCalls) -> None:
     """Send `body`, wait until vLLM is generating it, then close the connection."""
     if body["stream"]:
@@ -253,7 +242,7 @@ def test_a_client_that_leaves_aborts_its_request_inside_vllm(
         "temperature": 0 if cached else 1.0,
         "stream": stream,
     }
-    before = lookups(gateway)
+    before = gateway.lookups()
     with engine_calls(engine) as calls:
         _leave_mid_answer(gateway, body, calls)
         assert wait_until(lambda: bool(calls.aborted), timeout=30), (calls, engine.stats())
@@ -264,7 +253,7 @@ def test_a_client_that_leaves_aborts_its_request_inside_vllm(
     # The request went the way it was meant to: a cache miss (its own flight), or past
     # the cache.
     result = "miss" if cached else "bypass"
-    assert wait_until(lambda: lookups(gateway)[result] == before[result] + 1, timeout=10)
+    assert wait_until(lambda: gateway.lookups()[result] == before[result] + 1, timeout=10)
     # One more request runs through the scheduler; its last step reports what is left.
     client.chat.completions.create(model=MODEL_ID, messages=FRANCE, max_tokens=4)
     stats = engine.stats()
