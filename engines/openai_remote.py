@@ -64,7 +64,6 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
-from aiohttp.http_exceptions import LineTooLong
 
 from engines.errors import (
     AdapterMissing,
@@ -79,13 +78,12 @@ from engines.errors import (
     upstream_refusal,
 )
 from engines.openai_wire import (
+    EventParser,
     EventReader,
     Reader,
     error_text,
     openai_body,
-    read_events,
     response_chunks,
-    sse_data,
 )
 from engines.options import blame_field
 from engines.tasks import require
@@ -171,7 +169,7 @@ class OpenAIRemoteEngine:
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(limit=config.max_connections),
-            read_bufsize=READ_BUFFER,  # SSE lines (one event each) up to twice this
+            read_bufsize=READ_BUFFER,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=config.first_token_timeout_s,  # waiting for a pooled connection
@@ -273,31 +271,27 @@ class OpenAIRemoteEngine:
         self._running += 1
         try:
             path, body, reader = self.prepare(await self.fitted(request))
-            async with contextlib.aclosing(self._answer(path, body, reader)) as chunks:
-                async for chunk in chunks:
-                    if not (isinstance(chunk.index, int) and 0 <= chunk.index < request.n):
-                        raise EngineUnavailable(
-                            f"{self.root} sent choice index {chunk.index!r} for n={request.n}"
-                        )
-                    yield chunk
+            if not body.get("stream"):
+                for chunk in response_chunks(await self.post(path, body), reader.chat):
+                    yield self._checked(chunk, request.n)
+                return
+            async with contextlib.aclosing(self.stream_events(path, body)) as bursts:
+                async for payloads in bursts:
+                    for payload in payloads:
+                        for chunk in reader.read(payload):
+                            yield self._checked(chunk, request.n)
+            for chunk in reader.finish():
+                yield chunk
         except InvalidGenerationRequest as exc:
             blame_field(exc, request)
             raise
         finally:
             self._running -= 1
 
-    async def _answer(
-        self, path: str, body: dict[str, Any], reader: Reader
-    ) -> AsyncGenerator[Chunk, None]:
-        if not body.get("stream"):
-            for chunk in response_chunks(await self.post(path, body), reader.chat):
-                yield chunk
-            return
-        async with contextlib.aclosing(
-            read_events(self.stream_events(path, body), reader)
-        ) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    def _checked(self, chunk: Chunk, n: int) -> Chunk:
+        if not (isinstance(chunk.index, int) and 0 <= chunk.index < n):
+            raise EngineUnavailable(f"{self.root} sent choice index {chunk.index!r} for n={n}")
+        return chunk
 
     async def fitted(self, request: GenerationRequest) -> GenerationRequest:
         """`request` with a default max_tokens fitted to the context: no larger than
@@ -386,9 +380,10 @@ class OpenAIRemoteEngine:
 
     async def stream_events(
         self, path: str, body: dict[str, Any]
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """POST `body` and yield the JSON of each SSE `data:` event until `[DONE]`,
-        with the timeouts applied and failures mapped onto the engine errors."""
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """POST `body` and yield the JSON of the SSE `data:` events until `[DONE]`, those
+        that arrived together in one list, with the timeouts applied and failures mapped
+        onto the engine errors."""
         config = self.config
         first = asyncio.get_running_loop().time() + config.first_token_timeout_s
         deadline = time.monotonic() + config.total_timeout_s
@@ -400,24 +395,26 @@ class OpenAIRemoteEngine:
                     read_bounded(response, MAX_ERROR_BYTES), "first_token_timeout_s", first
                 )
                 raise self.refusal(Reply(response.status, content), body)
-            async with contextlib.aclosing(sse_data(response.content)) as events:
-                limit: Limit = "first_token_timeout_s"
-                until: float | None = first
-                while True:
-                    try:
-                        payload = await self._within(anext(events), limit, until)
-                    except StopAsyncIteration:
-                        # Read the end of the body so the connection can be reused.
-                        with contextlib.suppress(EngineError):
-                            await self._within(response.content.read(), "idle_timeout_s")
-                        return
-                    yield payload
-                    limit, until = "idle_timeout_s", None
-                    if time.monotonic() > deadline:
-                        raise EngineTimedOut(
-                            f"{self.root} did not finish within total_timeout_s="
-                            f"{config.total_timeout_s}"
-                        )
+            events = EventParser(max_line=READ_BUFFER * 2)
+            limit: Limit = "first_token_timeout_s"
+            until: float | None = first
+            while not events.done:
+                data = await self._within(response.content.readany(), limit, until)
+                if not data:
+                    return  # the end of the body without [DONE]: the reader tells it cut
+                payloads = events.feed(data)
+                if not payloads:
+                    continue
+                yield payloads
+                limit, until = "idle_timeout_s", None
+                if time.monotonic() > deadline:
+                    raise EngineTimedOut(
+                        f"{self.root} did not finish within total_timeout_s="
+                        f"{config.total_timeout_s}"
+                    )
+            # Read the end of the body so the connection can be reused.
+            with contextlib.suppress(EngineError):
+                await self._within(response.content.read(), "idle_timeout_s")
         finally:
             # A stream left early closes its connection, which aborts the upstream's
             # generation; a finished one goes back to the pool.
@@ -450,10 +447,6 @@ class OpenAIRemoteEngine:
             raise EngineTimedOut(f"{self.root} sent nothing within {limit}={seconds}") from None
         except aiohttp.ClientError as exc:
             raise transport_error(exc, self.root) from None
-        except LineTooLong:
-            raise EngineUnavailable(
-                f"{self.root} sent an event line over {READ_BUFFER * 2} bytes: not OpenAI's stream"
-            ) from None
 
     async def _while_alive(self, step: Awaitable[T]) -> T:
         """`step` within total_timeout_s, given up earlier if the upstream stops

@@ -1,6 +1,6 @@
 """The OpenAI wire format both vLLM paths speak: the request body an engine request
 becomes (what `vllm serve` would receive), and the answers coming back, streamed
-(`EventReader` over `sse_data`) or whole (`response_chunks`), read into engine chunks.
+(`EventReader` over `EventParser`) or whole (`response_chunks`), read into engine chunks.
 
 `openai_remote` sends the body over HTTP; `vllm_serving` hands it to vLLM's serving
 classes in-process. Both read the same events with the same code, so the two paths
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 import orjson
@@ -101,26 +101,19 @@ class EventReader:
             self.usage = payload["usage"]
         chunks = []
         for choice in payload.get("choices") or ():
-            chunk = _choice_chunk(choice, self.chat, whole=False, index=choice.get("index", 0))
-            ids = _token_ids(choice.get("token_ids"))
+            ids = choice.get("token_ids")
             prompt_ids = _token_ids(
                 choice.get("prompt_token_ids") or payload.get("prompt_token_ids")
             )
-            finish = chunk.finish_reason
-            if not (chunk.text or chunk.tool_calls or chunk.reasoning or finish or ids):
-                if prompt_ids:  # the role chunk (chat) carries the prompt's ids alone
-                    chunks.append(dataclasses.replace(chunk, prompt_token_ids=prompt_ids))
-                continue
-            if choice.get("token_ids") is not None:
-                tokens = len(ids)
-            else:
-                tokens = len(chunk.logprobs) or (0 if finish and not chunk.text else 1)
-            self.counted += tokens
-            chunks.append(
-                dataclasses.replace(
-                    chunk, token_count=tokens, token_ids=ids, prompt_token_ids=prompt_ids or None
-                )
-            )
+            chunk = _choice_chunk(
+                choice, self.chat, whole=False, index=choice.get("index", 0),
+                token_ids=None if ids is None else _token_ids(ids),
+                prompt_token_ids=prompt_ids or None,
+            )  # fmt: skip
+            said = chunk.text or chunk.tool_calls or chunk.reasoning or chunk.finish_reason
+            if said or chunk.token_ids or prompt_ids:  # the role chunk: the prompt's ids
+                self.counted += chunk.token_count
+                chunks.append(chunk)
         return chunks
 
     def finish(self) -> list[Chunk]:
@@ -185,23 +178,44 @@ async def read_events(
         yield chunk
 
 
-def _choice_chunk(choice: dict[str, Any], chat: bool, whole: bool, index: int) -> Chunk:
+def _choice_chunk(
+    choice: dict[str, Any],
+    chat: bool,
+    whole: bool,
+    index: int,
+    token_ids: tuple[int, ...] | None = None,
+    prompt_token_ids: tuple[int, ...] | None = None,
+) -> Chunk:
     """One choice of an answer, streamed (chat: its `delta`) or whole (its `message`),
-    as a chunk; token counts are the caller's to fill."""
+    as a chunk. A streamed one counts its tokens: its `token_ids` where the upstream
+    sent them, else its logprobs, else one per event with text; a whole answer's count
+    is the caller's to fill from the usage."""
     finish = finish_reason(choice.get("finish_reason"))
     stop = stop_reason(choice)
-    if not chat:
+    calls: tuple[ToolCallDelta, ...] = ()
+    reasoning = ""
+    prompt_logprobs = None
+    if chat:
+        part = choice.get("message" if whole else "delta") or {}
+        text = part.get("content") or ""
+        logprobs = chat_logprobs(choice.get("logprobs"))
+        if whole:
+            logprobs = _visible(logprobs, text)
+        calls = tool_call_deltas(part.get("tool_calls"))
+        reasoning = _reasoning(part)
+    else:
         logprobs = completion_logprobs(choice.get("logprobs"))
         text = choice.get("text") or ""
-        return Chunk(index, text, 0, 0, logprobs, finish,
-                     stop_reason=stop, prompt_logprobs=_prompt_logprobs(choice))  # fmt: skip
-    part = choice.get("message" if whole else "delta") or {}
-    text = part.get("content") or ""
-    logprobs = chat_logprobs(choice.get("logprobs"))
+        prompt_logprobs = _prompt_logprobs(choice)
+    tokens = 0
     if whole:
-        logprobs = _visible(logprobs, text)
-    calls = tool_call_deltas(part.get("tool_calls"))
-    return Chunk(index, text, 0, 0, logprobs, finish, calls, _reasoning(part), stop)
+        pass
+    elif token_ids is not None:
+        tokens = len(token_ids)
+    elif text or calls or reasoning or finish:
+        tokens = len(logprobs) or (0 if finish and not text else 1)
+    return Chunk(index, text, tokens, 0, logprobs, finish, calls, reasoning, stop,
+                 prompt_logprobs, token_ids or (), prompt_token_ids)  # fmt: skip
 
 
 def _token_ids(value: Any) -> tuple[int, ...]:
@@ -248,22 +262,43 @@ def _reasoning(delta: dict[str, Any]) -> str:
     return str(delta.get("reasoning") or delta.get("reasoning_content") or "")
 
 
-async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
-    async for line in lines:
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
+class EventParser:
+    """OpenAI's SSE stream, fed as the bytes arrive: the JSON of each `data:` event,
+    as many as the bytes complete, until `[DONE]` (then `done`). Reading whatever has
+    arrived and parsing it here costs one read per burst of events, not one per line."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.done = False
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        lines = (self._pending + data if self._pending else data).split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > self.max_line:
             raise EngineUnavailable(
-                f"the upstream sent a malformed event: {data[:200]!r}"
-            ) from None
-        if not isinstance(payload, dict):
-            raise EngineUnavailable(f"the upstream sent a malformed event: {data[:200]!r}")
-        yield payload
+                f"the upstream sent an event line over {self.max_line} bytes: not OpenAI's stream"
+            )
+        payloads = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                break
+            payloads.append(_event(data))
+        return payloads
+
+
+def _event(data: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise EngineUnavailable(f"the upstream sent a malformed event: {data[:200]!r}")
+    return payload
 
 
 def finish_reason(value: Any) -> FinishReason | None:

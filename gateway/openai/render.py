@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from engines.types import Chunk, FinishReason, TokenLogprob, ToolCallDelta
 from gateway.errors import GatewayError
 from gateway.openai.sse import DONE, event
@@ -82,6 +84,7 @@ class Renderer:
         self.choices = [_Choice() for _ in range(n)]
         self.usage = Usage()
         self._prompt_seen: set[int] = set()
+        self._templates: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
 
     def count(self, chunk: Chunk, prompt_slot: int) -> None:
         """Usage: completion tokens summed; each prompt counted once, from the first
@@ -145,7 +148,19 @@ class Renderer:
         return [event(self.chunk(self.opening(), include_usage))]
 
     def events(self, chunk: Chunk, include_usage: bool) -> list[bytes]:
+        if self.plain(chunk):
+            return [self._text_event(chunk.index, chunk.text, include_usage)]
         return [event(self.chunk([delta], include_usage)) for delta in self.deltas(chunk)]
+
+    def _text_event(self, index: int, text: str, include_usage: bool) -> bytes:
+        """The event of a plain chunk, from a template this stream renders once per
+        choice: the same bytes `deltas` and `chunk` make, without building them."""
+        template = self._templates.get((index, include_usage))
+        if template is None:
+            whole = event(self.chunk([self.text_delta(index, _MARK)], include_usage))
+            before, _, after = whole.rpartition(orjson.dumps(_MARK))  # after id and model
+            template = self._templates[(index, include_usage)] = (before, after)
+        return template[0] + orjson.dumps(text) + template[1]
 
     def tail(self, include_usage: bool) -> list[bytes]:
         """Events after the last chunk."""
@@ -165,6 +180,16 @@ class Renderer:
 
     def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def plain(self, chunk: Chunk) -> bool:
+        """Whether `deltas(chunk)` is the one `text_delta` of its text: most chunks."""
+        return False
+
+    def text_delta(self, index: int, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+_MARK = "\x00switchyard-text\x00"  # where a template's text goes; JSON-escaped, unique
 
 
 class ChatRenderer(Renderer):
@@ -219,6 +244,16 @@ class ChatRenderer(Renderer):
             for i in range(self.n)
         ]
 
+    def plain(self, chunk: Chunk) -> bool:
+        return bool(
+            chunk.text
+            and not (chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
+            and not self.with_logprobs
+        )
+
+    def text_delta(self, index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+
     def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
         out = []
         delta: dict[str, Any] = {}
@@ -262,6 +297,17 @@ class CompletionRenderer(Renderer):
         if choice.prompt_logprobs is not None:  # per choice: a batch has several prompts
             body["prompt_logprobs"] = choice.prompt_logprobs
         return _stopped(body, choice.stop_reason)
+
+    def plain(self, chunk: Chunk) -> bool:
+        return bool(
+            chunk.text
+            and not chunk.finish_reason
+            and chunk.stop_reason is None
+            and not self.with_logprobs
+        )
+
+    def text_delta(self, index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": None}
 
     def deltas(self, chunk: Chunk) -> list[dict[str, Any]]:
         if not chunk.text and not chunk.finish_reason:

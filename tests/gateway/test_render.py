@@ -3,8 +3,12 @@ and streamed."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engines.types import Chunk, ToolCallDelta
-from gateway.openai.render import ChatRenderer, CompletionRenderer
+from gateway.openai.render import ChatRenderer, CompletionRenderer, Renderer
+from gateway.openai.sse import event
 
 CALL = (
     ToolCallDelta(0, "call_1", "get_weather", '{"city": '),
@@ -67,3 +71,31 @@ def test_cached_prompt_tokens_are_summed_per_prompt_where_the_engine_says_them()
     unsaid = ChatRenderer("rid", "m", 1, logprobs=False)
     unsaid.count(Chunk(0, "a", 1, 40), prompt_slot=0)
     assert "prompt_tokens_details" not in unsaid.usage.body()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(min_size=1),
+    index=st.integers(0, 3),
+    include_usage=st.booleans(),
+    renderer=st.sampled_from([ChatRenderer, CompletionRenderer]),
+)
+def test_a_plain_chunks_templated_event_is_the_generic_one(
+    text: str, index: int, include_usage: bool, renderer: type[Renderer]
+) -> None:
+    streamed = renderer("rid", 'm"odel', 4, logprobs=False)
+    chunk = Chunk(index, text, 1, 0)
+    assert streamed.plain(chunk)
+    generic = [event(streamed.chunk([d], include_usage)) for d in streamed.deltas(chunk)]
+    for _ in range(2):  # rendering the template, then reusing it
+        assert streamed.events(chunk, include_usage) == generic
+
+
+def test_chunks_that_are_not_plain_take_the_generic_path() -> None:
+    chat = ChatRenderer("rid", "m", 1, logprobs=False)
+    with_logprobs = ChatRenderer("rid", "m", 1, logprobs=True)
+    assert not chat.plain(Chunk(0, "", 1, 0))  # the end-of-sequence token
+    assert not chat.plain(Chunk(0, "x", 1, 0, finish_reason="stop"))
+    assert not chat.plain(Chunk(0, "x", 1, 0, reasoning="r"))
+    assert not chat.plain(Chunk(0, "x", 1, 0, tool_calls=CALL[:1]))
+    assert not with_logprobs.plain(Chunk(0, "x", 1, 0))
