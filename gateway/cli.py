@@ -26,7 +26,7 @@ from gateway.settings import EngineSettings, SettingsFileError, load_settings
 # `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
 BENCHMARKS = [
     "engine", "embeddings", "adapters", "routing", "http-clients", "metrics", "cache", "auth",
-    "artifacts", "overhead", "resume", "suite",
+    "artifacts", "overhead", "resume", "suite", "frontend",
 ]  # fmt: skip
 
 

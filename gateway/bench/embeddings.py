@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         embeds(url, MODEL_ID),
         env,
         work,
-        lambda: asyncio.run(run(url, load)),
+        lambda _: asyncio.run(run(url, load)),
     )
     results = {name: summarize(runs, load) for name, runs in samples.items()}
     ours, ref = results.values()

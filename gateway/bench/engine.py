@@ -2,15 +2,16 @@
 
 Same model, same engine settings (the demo's tool-aware chat template and hermes tool
 parser on both), same load (prompts, concurrency, max_tokens, temperature 0), one
-server after the other on this machine, in one run; with
-`--rounds 2` (the default) the order alternates (A B B A) so drift in the machine
-weighs on both alike, and each side's requests are pooled. Prints
-output tokens/s and TTFT p50/p99 for both and their ratios, and writes
+server after the other on this machine, in one run; over `--rounds` (3 by default)
+the order alternates (A B, B A, A B) so drift in the machine weighs on both alike, and
+each side's requests are pooled. Prints output tokens/s and TTFT p50/p99 for both and
+their ratios, pooled and round by round (the spread), and writes
 docs/benchmarks/engine.{json,md}; `--shape structured` (strict json_schema answers and
 forced tool calls, half each) writes engine-structured.{json,md}; `--shape responses`
 (the same prompts streamed through /v1/responses on both) engine-responses.{json,md}.
+`switchyard bench frontend` measures the same two servers' CPU per streamed token.
 
-    switchyard bench engine [--requests 64] [--concurrency 8] [--max-tokens 64] [--rounds 2]
+    switchyard bench engine [--requests 64] [--concurrency 8] [--max-tokens 64] [--rounds 3]
                             [--shape plain|structured|responses]
 """
 
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.load import SHAPES, Load, results_table, run, summarize
+from gateway.bench.load import SHAPES, Load, Sample, results_table, run, summarize
 from gateway.bench.process import (
     answers,
     gateway_command,
@@ -40,6 +41,11 @@ from gateway.bench.process import (
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"
 TOOL_TEMPLATE = ROOT / "configs" / "chat-templates" / "smollm2-tools.jinja"
+OURS = "switchyard (in-process vLLM)"
+THEIRS = "vllm serve (OpenAI server)"
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONUNBUFFERED": "1"}
+THROUGHPUT = "throughput (ours/vllm, higher is better)"
+TTFT_P50 = "ttft_p50 (ours/vllm, lower is better)"
 
 
 def machine() -> dict[str, Any]:
@@ -64,21 +70,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
-    Load.add_arguments(parser)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="plain")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--port", type=int, default=8750)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    args = parser.parse_args(argv)
-    load = Load.from_arguments(args)
-    url = f"http://127.0.0.1:{args.port}"
+def contenders(model: str, port: int, work: Path) -> dict[str, list[str]]:
+    """The two servers' commands, ours first, with the same engine settings: the
+    demo model, eager, a 2048-token context, the tool-aware chat template and hermes
+    tool parser. Their environment is `ENV`."""
     engine = {
-        "model": args.model,
+        "model": model,
         "max_model_len": 2048,
         "enforce_eager": True,
         "cpu_kvcache_space_gib": 2,
@@ -87,26 +84,40 @@ def main(argv: list[str] | None = None) -> int:
     }
     flags = ["--max-model-len", "2048", "--chat-template", str(TOOL_TEMPLATE)]
     flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONUNBUFFERED": "1"}
-    work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     gateway = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]
-    contenders = {
-        "switchyard (in-process vLLM)": gateway_command(gateway, args.port, work),
-        "vllm serve (OpenAI server)": vllm_server_command(args.model, MODEL_ID, args.port, *flags),
+    return {
+        OURS: gateway_command(gateway, port, work),
+        THEIRS: vllm_server_command(model, MODEL_ID, port, *flags),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
+    Load.add_arguments(parser)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="plain")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8750)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args(argv)
+    load = Load.from_arguments(args)
+    url = f"http://127.0.0.1:{args.port}"
+    work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     samples = serve_in_turns(
-        contenders,
+        contenders(args.model, args.port, work),
         args.rounds,
         answers(url, MODEL_ID),
-        env,
+        ENV,
         work,
-        lambda: asyncio.run(run(url, MODEL_ID, load)),
+        lambda _: asyncio.run(run(url, MODEL_ID, load)),
     )
     results = {name: summarize(runs) for name, runs in samples.items()}
     ours, ref = results.values()
     ratios = {
-        "throughput (ours/vllm, higher is better)": round(ours.tokens_per_s / ref.tokens_per_s, 3),
-        "ttft_p50 (ours/vllm, lower is better)": round(ours.ttft_p50_ms / ref.ttft_p50_ms, 3),
+        THROUGHPUT: round(ours.tokens_per_s / ref.tokens_per_s, 3),
+        TTFT_P50: round(ours.ttft_p50_ms / ref.ttft_p50_ms, 3),
         "ttft_p99 (ours/vllm, lower is better)": round(ours.ttft_p99_ms / ref.ttft_p99_ms, 3),
     }
     report = {
@@ -117,10 +128,28 @@ def main(argv: list[str] | None = None) -> int:
         "load": {**dataclasses.asdict(load), "rounds": args.rounds},
         "results": {name: r.row() for name, r in results.items()},
         "ratios": ratios,
+        "rounds": _by_round(samples[OURS], samples[THEIRS]),
     }
     name = "engine" if load.shape == "plain" else f"engine-{load.shape}"
     write_report(args.out, name, report, _markdown(report))
     return 0
+
+
+def _by_round(ours: list[Sample], theirs: list[Sample]) -> list[dict[str, Any]]:
+    """Each round's figures for both and their ratios: the spread behind the pooled
+    ratios (round i pairs the i-th run of each)."""
+    rows = []
+    for a, b in zip(ours, theirs, strict=True):
+        mine, ref = summarize([a]), summarize([b])
+        rows.append(
+            {
+                "tokens_per_s": [mine.tokens_per_s, ref.tokens_per_s],
+                "ttft_p50_ms": [mine.ttft_p50_ms, ref.ttft_p50_ms],
+                THROUGHPUT: round(mine.tokens_per_s / ref.tokens_per_s, 3),
+                TTFT_P50: round(mine.ttft_p50_ms / ref.ttft_p50_ms, 3),
+            }
+        )
+    return rows
 
 
 _TITLES = {
@@ -142,6 +171,19 @@ def _markdown(report: dict[str, Any]) -> str:
         *results_table(report["results"], "server"),
     ]
     lines += ["", *(f"- {k}: **{v}**" for k, v in report["ratios"].items()), ""]
+    lines += [
+        "Round by round (ours, vllm serve; the order alternates):",
+        "",
+        "| round | tokens/s | TTFT p50 ms | throughput ratio | TTFT p50 ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for i, r in enumerate(report["rounds"], 1):
+        lines.append(
+            f"| {i} | {r['tokens_per_s'][0]} / {r['tokens_per_s'][1]} | "
+            f"{r['ttft_p50_ms'][0]} / {r['ttft_p50_ms'][1]} | {r[THROUGHPUT]} | {r[TTFT_P50]} |"
+        )
+    spread = {k: [r[k] for r in report["rounds"]] for k in (THROUGHPUT, TTFT_P50)}
+    lines += ["", *(f"- {k}: min {min(v)}, max {max(v)}" for k, v in spread.items()), ""]
     return "\n".join(lines)
 
 

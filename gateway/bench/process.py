@@ -104,16 +104,16 @@ def serve_in_turns(
     ready: Callable[[], bool],
     env: dict[str, str],
     work: Path,
-    measure: Callable[[], T],
+    measure: Callable[[subprocess.Popen[bytes]], T],
 ) -> dict[str, list[T]]:
     """Each contender's server command started for each of its `rounds`, in
-    alternating order (A B, B A, ...), `measure()` taken while it serves; the
+    alternating order (A B, B A, ...), `measure(server)` taken while it serves; the
     measurements per contender. Logs go to `work`."""
     samples: dict[str, list[T]] = {name: [] for name in contenders}
     for round_, name in alternating(list(contenders), rounds):
         log = work / f"{round_}-{len(samples[name])}-{name.split()[0]}.log"
-        with server_process(contenders[name], ready, log, env):
-            samples[name].append(measure())
+        with server_process(contenders[name], ready, log, env) as server:
+            samples[name].append(measure(server))
     return samples
 
 

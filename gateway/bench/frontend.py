@@ -1,0 +1,354 @@
+"""`make bench-frontend`: CPU per streamed token in the process that serves HTTP, the
+gateway with its in-process vLLM vs `vllm serve`'s API server.
+
+Both servers are `switchyard bench engine`'s (same model, engine settings, chat
+template). In both, vLLM's engine core (scheduler and model) runs in a child process
+doing the same work; what differs is the frontend process: HTTP, the chat template,
+vLLM's output processing and detokenization, the OpenAI chunks, SSE, and in the gateway
+also its middleware, balancer, cache lookup and metrics. That process's own CPU time
+(user + system, children excluded, from /proc) is read before and after a load and
+divided by the output tokens; the engine core's is reported beside it.
+
+The load is vLLM's own `vllm bench serve` (run in this process): random prompts of
+`--input-len` tokens, `--output-len` output tokens each with `ignore_eos`, so every
+answer is exactly that long, checked on both (completion tokens = prompts times
+output length), streamed through /v1/chat/completions at `--concurrency`. Each server
+serves a warm-up load first. Over `--rounds` (3 by default) the order alternates (A B, B A,
+A B) and each round's figures are kept: the ratio is the pooled CPU per token, ours
+over vLLM's, with each round's ratio beside it (the spread).
+
+`--profile` adds one load per server, after its first measured one, sampled by py-spy
+(not measured: the sampler takes a core of its own), and writes where each frontend's
+CPU goes, by concern and by function. Writes docs/benchmarks/frontend.{json,md}.
+
+    switchyard bench frontend [--prompts 96] [--concurrency 16] [--input-len 256]
+                              [--output-len 64] [--rounds 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import io
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.bench.engine import ENV, MODEL_ID, OURS, THEIRS, contenders, machine
+from gateway.bench.process import answers, serve_in_turns, write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+PY_SPY = Path(sys.executable).parent / "py-spy"
+RATIO = "frontend CPU per token (ours/vllm, lower is better)"
+# (concern, substrings of "file:function"): a sample goes to the first concern that
+# matches the innermost frame matching any concern.
+CONCERNS: list[tuple[str, tuple[str, ...]]] = [
+    ("vLLM: prompt rendering & tokenization", ("vllm/renderers/", "jinja2/", "transformers/")),
+    (
+        "vLLM: output processing & detokenization",
+        (
+            "vllm/v1/engine/output_processor",
+            "vllm/v1/engine/detokenizer",
+            "vllm/v1/engine/logprobs",
+            "tokenizers/",
+        ),
+    ),
+    (
+        "vLLM: engine-core client (ZMQ, msgpack)",
+        ("vllm/v1/engine/core_client", "vllm/v1/serial_utils", "zmq/", "msgspec"),
+    ),
+    (
+        "vLLM: AsyncLLM (requests in, outputs out)",
+        ("vllm/v1/engine/", "vllm/sampling_params", "vllm/v1/metrics/"),
+    ),
+    (
+        "vLLM: OpenAI serving (chat stream, pydantic chunks)",
+        ("vllm/entrypoints/", "vllm/tool_parsers/", "vllm/reasoning/"),
+    ),
+    ("engine adapter (engines/: vLLM's SSE text to chunks)", ("engines/",)),
+    ("gateway: metrics", ("gateway/metrics", "prometheus_client")),
+    ("gateway: OpenAI rendering & SSE", ("gateway/openai/",)),
+    ("gateway: middleware", ("gateway/middleware/",)),
+    ("gateway: pipeline, routes, observe, balancer", ("gateway/",)),
+    ("HTTP: FastAPI & Starlette", ("fastapi/", "starlette/")),
+    ("HTTP: uvicorn", ("uvicorn/", "h11/", "httptools/")),
+    ("pydantic", ("pydantic",)),
+    ("event loop & tasks", ("asyncio/", "uvloop/", "anyio/")),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One measured load on one server."""
+
+    completed: int
+    failed: int
+    output_tokens: int
+    frontend_cpu_s: float
+    engine_core_cpu_s: float
+    wall_s: float
+    ttft_p50_ms: float
+
+    @property
+    def frontend_us_per_token(self) -> float:
+        return round(self.frontend_cpu_s / self.output_tokens * 1e6, 1)
+
+    @property
+    def engine_core_us_per_token(self) -> float:
+        return round(self.engine_core_cpu_s / self.output_tokens * 1e6, 1)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "frontend_us_per_token": self.frontend_us_per_token,
+            "engine_core_us_per_token": self.engine_core_us_per_token,
+            "tokens_per_s": round(self.output_tokens / self.wall_s, 2),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=str(ROOT / "models" / MODEL_ID))
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--input-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="py-spy each frontend once")
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--port", type=int, default=8752)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args(argv)
+    if args.profile and not PY_SPY.is_file():
+        print(f"py-spy is missing: {sys.executable} -m pip install py-spy", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+    servers = contenders(args.model, args.port, work)
+    profiles: dict[str, dict[str, Any]] = {}
+
+    def measure(server: subprocess.Popen[bytes]) -> Run:
+        name = next(n for n, cmd in servers.items() if cmd == server.args)
+        _load(args, prompts=args.concurrency)  # warm-up
+        run = _measured(server.pid, args)
+        if args.profile and name not in profiles:
+            profiles[name] = _profiled(server.pid, args, work / f"profile-{len(profiles)}.txt")
+        return run
+
+    url = f"http://127.0.0.1:{args.port}"
+    samples = serve_in_turns(servers, args.rounds, answers(url, MODEL_ID), ENV, work, measure)
+    expected = args.prompts * args.output_len
+    wrong = {n: [r.output_tokens for r in runs if r.output_tokens != expected or r.failed]
+             for n, runs in samples.items()}  # fmt: skip
+    report = _report(samples, args, profiles)
+    write_report(args.out, "frontend", report, _markdown(report))
+    if any(wrong.values()):
+        print(f"output tokens differ from {expected} (ignore_eos not honoured?): {wrong}")
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace, prompts: int) -> dict[str, Any]:
+    """`vllm bench serve` against the server on `args.port`; its result (quiet)."""
+    from vllm.benchmarks.serve import add_cli_args, main_async
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    options = parser.parse_args(
+        [
+            "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
+            "--base-url", f"http://127.0.0.1:{args.port}",
+            "--model", MODEL_ID, "--tokenizer", args.model,
+            "--dataset-name", "random", "--random-input-len", str(args.input_len),
+            "--random-output-len", str(args.output_len), "--ignore-eos",
+            "--num-prompts", str(prompts), "--max-concurrency", str(args.concurrency),
+            "--temperature", "0", "--ready-check-timeout-sec", "0", "--disable-tqdm",
+        ]
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        result: dict[str, Any] = asyncio.run(main_async(options))
+    return result
+
+
+def _measured(pid: int, args: argparse.Namespace) -> Run:
+    """One load of `args.prompts`, with the CPU the frontend (`pid`) and its engine core
+    spent on it."""
+    import psutil
+
+    frontend = psutil.Process(pid)
+    core = _engine_core(frontend)
+    before = _cpu(frontend), _cpu(core)
+    start = time.perf_counter()
+    result = _load(args, args.prompts)
+    wall = time.perf_counter() - start
+    after = _cpu(frontend), _cpu(core)
+    return Run(
+        completed=result["completed"],
+        failed=result["failed"],
+        output_tokens=result["total_output_tokens"],
+        frontend_cpu_s=round(after[0] - before[0], 3),
+        engine_core_cpu_s=round(after[1] - before[1], 3),
+        wall_s=round(wall, 3),
+        ttft_p50_ms=round(result["median_ttft_ms"], 1),
+    )
+
+
+def _engine_core(frontend: Any) -> Any:
+    """The frontend's child process that runs vLLM's engine core (named so by vLLM)."""
+    for child in frontend.children(recursive=True):
+        with contextlib.suppress(Exception):
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return child
+    raise RuntimeError(f"process {frontend.pid} has no EngineCore child: is it the frontend?")
+
+
+def _cpu(process: Any) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _profiled(pid: int, args: argparse.Namespace, raw: Path) -> dict[str, Any]:
+    """A load sampled by py-spy: shares of the frontend's samples by concern, and the
+    functions with most samples of their own."""
+    spy = subprocess.Popen(
+        [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--output", str(raw),
+         "--rate", str(args.rate), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached
+    _load(args, args.prompts)
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    spy.wait(timeout=60)
+    stacks = _read(raw)
+    total = sum(stacks.values()) or 1
+    concerns: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    for frames, count in stacks.items():
+        concerns[next((c for f in reversed(frames) if (c := _concern(f))), "other")] += count
+        own[frames[-1] if frames else "?"] += count
+    return {
+        "samples": sum(stacks.values()),
+        "concerns": {k: round(100 * v / total, 1) for k, v in concerns.most_common()},
+        "top_functions": [[f, round(100 * v / total, 1)] for f, v in own.most_common(25)],
+    }
+
+
+def _read(path: Path) -> collections.Counter[tuple[str, ...]]:
+    """py-spy's raw (collapsed) stacks: frames root first, each "function (file:line)",
+    as ("path/in/package.py:function", ...)."""
+    stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        stacks[tuple(_frame(f) for f in stack.split(";") if f)] += int(count)
+    return stacks
+
+
+def _frame(text: str) -> str:
+    function, _, where = text.partition(" (")
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/", f"{ROOT}/"):
+        file = file.split(marker, 1)[-1]
+    return f"{file}:{function.strip()}"
+
+
+def _concern(frame: str) -> str | None:
+    return next((c for c, needles in CONCERNS if any(n in frame for n in needles)), None)
+
+
+def _report(
+    samples: dict[str, list[Run]], args: argparse.Namespace, profiles: dict[str, Any]
+) -> dict[str, Any]:
+    def pooled(runs: list[Run], attribute: str) -> float:
+        tokens = sum(r.output_tokens for r in runs)
+        return round(sum(float(getattr(r, attribute)) for r in runs) / tokens * 1e6, 1)
+
+    ours, theirs = samples[OURS], samples[THEIRS]
+    by_round = [round(a.frontend_us_per_token / b.frontend_us_per_token, 3)
+                for a, b in zip(ours, theirs, strict=True)]  # fmt: skip
+    return {
+        "benchmark": "frontend CPU per streamed token",
+        "command": "switchyard bench frontend",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load": {
+            "driver": "vllm bench serve --backend openai-chat --dataset-name random --ignore-eos",
+            "prompts": args.prompts,
+            "concurrency": args.concurrency,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "rounds": args.rounds,
+        },
+        "results": {
+            name: {
+                "frontend_us_per_token": pooled(runs, "frontend_cpu_s"),
+                "engine_core_us_per_token": pooled(runs, "engine_core_cpu_s"),
+                "rounds": [r.row() for r in runs],
+            }
+            for name, runs in samples.items()
+        },
+        "ratios": {
+            RATIO: round(pooled(ours, "frontend_cpu_s") / pooled(theirs, "frontend_cpu_s"), 3),
+            "by round": by_round,
+        },
+        "goal": "≤ 0.9",
+        "profiles": profiles,
+    }
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    m, load = report["machine"], report["load"]
+    lines = [
+        "# Frontend CPU per streamed token: Switchyard with in-process vLLM vs `vllm serve`",
+        "",
+        f"`{report['command']}` on {m['cpus']} CPUs ({m['cpu']}), vLLM {m['vllm']}, "
+        f"{report['when']}. Load: `{load['driver']}`, {load['prompts']} prompts of "
+        f"{load['input_len']} tokens, {load['output_len']} output tokens each, concurrency "
+        f"{load['concurrency']}, {load['rounds']} alternating rounds.",
+        "",
+        "CPU time of the process that serves HTTP (the engine core, a child process in "
+        "both, excluded; its own figure beside it) per output token:",
+        "",
+        "| server | round | frontend µs/token | engine core µs/token | tokens/s | "
+        "TTFT p50 ms | output tokens |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, result in report["results"].items():
+        for i, r in enumerate(result["rounds"], 1):
+            lines.append(
+                f"| {name} | {i} | {r['frontend_us_per_token']} | "
+                f"{r['engine_core_us_per_token']} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
+                f"{r['output_tokens']} |"
+            )
+        lines.append(
+            f"| {name} | pooled | **{result['frontend_us_per_token']}** | "
+            f"{result['engine_core_us_per_token']} | | | |"
+        )
+    ratios = report["ratios"]
+    lines += [
+        "",
+        f"- {RATIO}: **{ratios[RATIO]}** (goal {report['goal']}); by round "
+        f"{ratios['by round']} (min {min(ratios['by round'])}, max {max(ratios['by round'])})",
+        "",
+    ]
+    for name, profile in report["profiles"].items():
+        lines += [f"## Where {name}'s frontend CPU goes (py-spy, {profile['samples']} samples)",
+                  "", "| concern | % of samples |", "| --- | --- |"]  # fmt: skip
+        lines += [f"| {k} | {v} |" for k, v in profile["concerns"].items()]
+        lines += ["", "| function (own samples) | % |", "| --- | --- |"]
+        lines += [f"| `{f}` | {v} |" for f, v in profile["top_functions"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
