@@ -15,17 +15,21 @@ from engines.types import Chunk, GenerationRequest
 from gateway.cache.flights import Item, Watch
 
 
-async def generate(engine: Engine, requests: list[GenerationRequest]) -> AsyncGenerator[Item, None]:
-    """(prompt slot, chunk) for every request on `engine`, with choice indexes made
-    response-wide: choice j of prompt i becomes i * n + j, as OpenAI numbers batched
-    completions."""
+async def generate(
+    engine: Engine, requests: list[GenerationRequest], watch: Watch | None = None
+) -> AsyncGenerator[Item, None]:
+    """(prompt slot, chunk) for every request on `engine`, each shown to `watch` with
+    the time it left the engine, and with choice indexes made response-wide: choice j
+    of prompt i becomes i * n + j, as OpenAI numbers batched completions."""
     if len(requests) == 1:  # the hot path: no slot to shift, nothing to merge
         async with contextlib.aclosing(to_the_end(engine, requests[0])) as stream:
             async for chunk in stream:
+                if watch is not None:
+                    watch(chunk, time.perf_counter())
                 yield 0, chunk
         return
     streams = [_slotted(i, engine, r) for i, r in enumerate(requests)]
-    async with contextlib.aclosing(merged(streams)) as chunks:
+    async with contextlib.aclosing(watched(merged(streams), watch)) as chunks:
         async for item in chunks:
             yield item
 

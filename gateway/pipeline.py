@@ -32,10 +32,10 @@ from gateway.attempts import Attempts, acquire, retryable
 from gateway.balancer.policies import RouteKey
 from gateway.balancer.pool import Pool
 from gateway.cache.flights import Item, Watch
-from gateway.cache.responses import ResponseCache
+from gateway.cache.responses import Plan, ResponseCache
 from gateway.call import Call, Outcome
 from gateway.catalog import Catalog, Route
-from gateway.generation import generate, watched
+from gateway.generation import generate
 from gateway.resume import Transcript, resumed, resumes
 
 
@@ -88,7 +88,7 @@ class Primed:
         await self._rest.aclose()
 
 
-async def _answer(
+def _answer(
     catalog: Catalog,
     cache: ResponseCache | None,
     call: Call,
@@ -104,11 +104,19 @@ async def _answer(
     if cache is not None:
         plan = cache.plan(identity, call.kind, call.requests, call.scope, call.cache_control)
     if cache is None or plan is None:
-        own = _chunks(route, call.requests, outcome, call.watch, buffered)
-        async with contextlib.aclosing(own) as chunks:
-            async for item in chunks:
-                yield item
-        return
+        return _chunks(route, call.requests, outcome, call.watch, buffered)
+    return _cached(cache, plan, route, call, outcome, buffered)
+
+
+async def _cached(
+    cache: ResponseCache,
+    plan: Plan,
+    route: Route,
+    call: Call,
+    outcome: Outcome,
+    buffered: bool,
+) -> AsyncGenerator[Item, None]:
+    identity = route.identity()
     outcome.model, outcome.adapter = identity.base, identity.adapter
     watch = call.watch
     with _holding(route.adapter):  # counted per request, leaders and followers alike
@@ -155,7 +163,7 @@ def _holding(adapter: AdapterRecord | None) -> Iterator[None]:
         adapter.release()
 
 
-async def _chunks(
+def _chunks(
     route: Route,
     requests: list[GenerationRequest],
     outcome: Outcome,
@@ -177,10 +185,17 @@ async def _chunks(
         requests = [dataclasses.replace(r, adapter=adapter.adapter) for r in requests]
     key = route.pool.route_key(outcome.adapter, requests[0])
     placed = adapter.placed if adapter else None
-    with _holding(adapter if hold else None):
-        balanced = _balanced(route.pool, key, placed, requests, outcome, watch, buffered)
-        async with contextlib.aclosing(balanced):
-            async for item in balanced:
+    balanced = _balanced(route.pool, key, placed, requests, outcome, watch, buffered)
+    return _held(adapter, balanced) if adapter is not None and hold else balanced
+
+
+async def _held(
+    adapter: AdapterRecord, items: AsyncGenerator[Item, None]
+) -> AsyncGenerator[Item, None]:
+    """`items`, the request counted on `adapter` from the first step to the close."""
+    with _holding(adapter):
+        async with contextlib.aclosing(items):
+            async for item in items:
                 yield item
 
 
@@ -203,7 +218,7 @@ async def _balanced(
             failure: BaseException | None = None
             sent = False
             try:
-                own = watched(generate(backend.engine, requests), watch)
+                own = generate(backend.engine, requests, watch)
                 async with contextlib.aclosing(own) as chunks:
                     if buffered:
                         items = [item async for item in chunks]

@@ -79,8 +79,9 @@ async def framed(
             yield head
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
-            for item in renderer.events(chunk, include_usage):
-                yield item
+            events = renderer.events(chunk, include_usage)
+            if events:  # one send per chunk, whatever number of events it makes
+                yield events[0] if len(events) == 1 else b"".join(events)
         await renderer.seal()
         for tail in renderer.tail(include_usage):
             yield tail
