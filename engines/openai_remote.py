@@ -83,6 +83,7 @@ from engines.openai_wire import (
     Reader,
     error_text,
     openai_body,
+    read_burst,
     response_chunks,
 )
 from engines.options import blame_field
@@ -277,9 +278,11 @@ class OpenAIRemoteEngine:
                 return
             async with contextlib.aclosing(self.stream_events(path, body)) as bursts:
                 async for payloads in bursts:
-                    for payload in payloads:
-                        for chunk in reader.read(payload):
-                            yield self._checked(chunk, request.n)
+                    chunks, failure = read_burst(reader, payloads)
+                    for chunk in chunks:
+                        yield self._checked(chunk, request.n)
+                    if failure is not None:
+                        raise failure
             for chunk in reader.finish():
                 yield chunk
         except InvalidGenerationRequest as exc:

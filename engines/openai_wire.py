@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from engines.errors import EngineUnavailable, GenerationFailed
+from engines.errors import EngineError, EngineUnavailable, GenerationFailed
 from engines.types import (
     Chunk,
     FinishReason,
@@ -163,6 +163,59 @@ def cached(usage: dict[str, Any]) -> int | None:
     if not isinstance(details, dict) or details.get("cached_tokens") is None:
         return None
     return count(details, "cached_tokens")
+
+
+def read_burst(
+    reader: Reader, payloads: list[dict[str, Any]]
+) -> tuple[list[Chunk], EngineError | None]:
+    """The chunks of events that arrived together (`coalesced`), and the failure one
+    of them reported: it comes after the chunks of the events before it."""
+    chunks: list[Chunk] = []
+    for payload in payloads:
+        try:
+            chunks += reader.read(payload)
+        except EngineError as exc:
+            return coalesced(chunks), exc
+    return coalesced(chunks), None
+
+
+def coalesced(chunks: list[Chunk]) -> list[Chunk]:
+    """`chunks` that arrived together, each choice's consecutive text joined into one
+    chunk, as vLLM joins the outputs its reader has not taken yet (its
+    RequestOutputCollector): a gateway behind its upstream then sends fewer, larger
+    events rather than fall further behind. Tool calls, reasoning, the prompt's ids
+    and usage are never joined, nor anything after a choice's end."""
+    if len(chunks) < 2:
+        return chunks
+    out = [chunks[0]]
+    for chunk in chunks[1:]:
+        last = out[-1]
+        if not (_open_text(last) and _more_text(chunk) and last.index == chunk.index):
+            out.append(chunk)
+            continue
+        out[-1] = Chunk(
+            last.index, last.text + chunk.text, last.token_count + chunk.token_count, 0,
+            last.logprobs + chunk.logprobs, chunk.finish_reason, stop_reason=chunk.stop_reason,
+            token_ids=last.token_ids + chunk.token_ids, prompt_token_ids=last.prompt_token_ids,
+        )  # fmt: skip
+    return out
+
+
+def _open_text(chunk: Chunk) -> bool:
+    """Text that more text may join: its choice goes on, nothing else rides on it."""
+    return bool(chunk.text) and not (
+        chunk.finish_reason or chunk.tool_calls or chunk.reasoning or chunk.prompt_tokens
+        or chunk.stop_reason is not None or chunk.prompt_logprobs is not None
+        or chunk.cached_tokens is not None
+    )  # fmt: skip
+
+
+def _more_text(chunk: Chunk) -> bool:
+    """A chunk that only adds text, tokens or its choice's end."""
+    return not (
+        chunk.tool_calls or chunk.reasoning or chunk.prompt_tokens or chunk.prompt_token_ids
+        or chunk.prompt_logprobs is not None or chunk.cached_tokens is not None
+    )  # fmt: skip
 
 
 async def read_events(

@@ -245,18 +245,23 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _cpu_per_chunk(port: int, pid: int, streams: int = 300) -> float:
-    """µs of the gateway's CPU per relayed chunk: 65-chunk minus 1-chunk streams."""
+def _cpu_per_chunk(port: int, pid: int, streams: int = 300) -> tuple[float, float]:
+    """µs of the gateway's CPU per relayed chunk: 65-chunk minus 1-chunk streams; and
+    how many events the client got per 65-chunk stream (a gateway may join text that
+    reached it together, as vLLM's own output collector does)."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
     used = {}
+    events = 0
     for tokens in (1, 65):
         body = {**BODY, "max_tokens": tokens, "stream": True}
         before = _cpu_seconds(pid)
         for _ in range(streams):
-            status, _ = _post(conn, body)
+            status, answer = _post(conn, body)
             assert status == 200
+            if tokens == 65:  # events with text (the role's opening event has none)
+                events += answer.count(b'"content":"') - answer.count(b'"content":""')
         used[tokens] = _cpu_seconds(pid) - before
-    return round((used[65] - used[1]) / (streams * 64) * 1e6, 2)
+    return round((used[65] - used[1]) / (streams * 64) * 1e6, 2), round(events / streams, 1)
 
 
 # -- report -------------------------------------------------------------------------
@@ -266,7 +271,7 @@ def _report(
     latency: dict[str, list[float]],
     streams: dict[str, dict[str, list[float]]],
     throughput: dict[str, dict[int, dict[str, float]]],
-    cpu: dict[str, float],
+    cpu: dict[str, tuple[float, float]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     def pct(values: list[float], q: float) -> float:
@@ -294,7 +299,7 @@ def _report(
         row["added_chunk_p50_us"] = round(row["chunk_p50_us"] - base["chunk_p50_us"], 1)
         row["added_chunk_p99_us"] = round(row["chunk_p99_us"] - base["chunk_p99_us"], 1)
         row["added_ttft_p50_ms"] = round(row["ttft_p50_ms"] - base["ttft_p50_ms"], 3)
-        row["cpu_us_per_chunk"] = cpu[name]
+        row["cpu_us_per_chunk"], row["text_events_per_65_chunks"] = cpu[name]
         within = [
             level["rps"]
             for c, level in throughput[name].items()
@@ -355,8 +360,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | median of paired diffs ms "
         "| added chunk p50 µs | added chunk p99 µs | added TTFT p50 ms | CPU µs/chunk "
-        "| max req/s (added p99 ≤ 10 ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| text events per 65 chunks | max req/s (added p99 ≤ 10 ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows.items():
         lines.append(
@@ -364,6 +369,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {r.get('added_p99_ms', '—')} | {r.get('added_median_of_pairs_ms', '—')} "
             f"| {r.get('added_chunk_p50_us', '—')} | {r.get('added_chunk_p99_us', '—')} "
             f"| {r.get('added_ttft_p50_ms', '—')} | {r.get('cpu_us_per_chunk', '—')} "
+            f"| {r.get('text_events_per_65_chunks', '—')} "
             f"| {r.get('max_rps_added_p99_le_10ms', '—')} |"
         )
     lines += [

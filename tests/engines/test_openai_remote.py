@@ -26,8 +26,9 @@ from engines.errors import (
     UnsupportedEndpoint,
 )
 from engines.openai_remote import OpenAIRemoteConfig, OpenAIRemoteEngine
+from engines.openai_wire import coalesced
 from engines.scripted import ScriptedConfig, ScriptedEngine
-from engines.types import Adapter, Chunk, GenerationRequest, Message
+from engines.types import Adapter, Chunk, GenerationRequest, Message, ToolCallDelta
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.doubles.vllm import VLLMServerDouble
@@ -269,7 +270,8 @@ async def test_failure_mid_stream_is_generation_failed() -> None:
             chunks: list[Chunk] = []
             with pytest.raises(GenerationFailed, match="scripted failure"):
                 await collect_until_error(engine, GenerationRequest("r", CHAT), chunks)
-            assert len([c for c in chunks if c.text]) == 2
+            # The two tokens before the failure come first (joined when they arrive together).
+            assert sum(c.token_count for c in chunks if c.text) == 2
 
 
 async def test_closing_the_stream_aborts_the_upstream_request() -> None:
@@ -381,3 +383,20 @@ async def test_an_untrusted_upstream_is_unavailable_never_a_crash(kind: str, sai
             with pytest.raises(EngineUnavailable, match=said) as info:
                 await collect(engine, GenerationRequest("r", CHAT))
             assert len(info.value.message) < 2000  # bounded, whatever it was sent
+
+
+def test_text_that_arrives_together_is_joined_and_nothing_else_is() -> None:
+    ids = (1,)
+    first = Chunk(0, "", 0, 0, prompt_token_ids=(7, 8))  # the role chunk: the prompt's ids
+    a, b = Chunk(0, "Hel", 1, 0, token_ids=ids), Chunk(0, "lo", 1, 0, token_ids=(2,))
+    other = Chunk(1, "x", 1, 0)
+    end = Chunk(0, "", 1, 0, finish_reason="stop", stop_reason="\n", token_ids=(3,))
+    call = Chunk(0, "", 1, 0, tool_calls=(ToolCallDelta(0, "c", "f", "{}"),))
+    joined = coalesced([first, a, b, end, call])
+    assert joined == [
+        first,
+        Chunk(0, "Hello", 3, 0, finish_reason="stop", stop_reason="\n", token_ids=(1, 2, 3)),
+        call,
+    ]
+    assert coalesced([a, other, b]) == [a, other, b]  # another choice in between
+    assert coalesced([end, a]) == [end, a]  # nothing joins a choice's end
