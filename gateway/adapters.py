@@ -22,11 +22,19 @@ and so does one that restarted empty between two probes (gateway/balancer/health
 so a replica that restarted serves them again. Reloading a name with different
 files makes the new version ready at once; the old one drains in the background and
 is then unloaded.
+
+Workers of one gateway (gateway/workers/) each keep a registry and agree through a
+ledger (gateway/adapter_ledger.py, `share`): what one loads or unloads through the
+API is published there, the others `follow` it within a probe interval (and before
+they restore a backend's adapters, so none puts back what another unloaded), and a
+version leaves the engines only once no worker holds it: an unload answers once every
+worker stopped routing to it and finished its requests on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,7 +42,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +52,7 @@ import anyio.to_thread
 from engines.artifacts.manifest import read_manifest
 from engines.errors import EngineUnavailable
 from engines.types import Adapter, AdapterSupport
+from gateway.adapter_ledger import Entry, Ledger, View, version
 from gateway.balancer.backend import Backend
 from gateway.balancer.pool import Pool
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -56,6 +65,7 @@ WEIGHTS = "adapter_model.safetensors"
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # loading may run code
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 STORE = ".switchyard-store"
+RELEASE_POLL_S = 0.1  # how often a drained version asks whether other workers hold it
 
 
 class AdapterRejected(InvalidRequest):
@@ -71,6 +81,7 @@ class AdapterRecord:
     state: State = "ready"
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    seq: int = 0  # the ledger entry it is (0: none, or no ledger)
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -114,6 +125,16 @@ class AdapterRegistry:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self.loads = self.unloads = 0  # versions, for metrics
+        self._ledger: Ledger | None = None
+        self._hosts: Callable[[str], AdapterHost] | None = None
+        self._seen: dict[str, int] = {}  # per name: the ledger entry followed last
+
+    def share(self, ledger: Ledger, hosts: Callable[[str], AdapterHost]) -> None:
+        """Agree with the other workers through `ledger`: loads and unloads are
+        published there and theirs followed (`follow`); `hosts` finds a base model's
+        AdapterHost by its id (Catalog.host)."""
+        self._ledger = ledger
+        self._hosts = hosts
 
     def get(self, name: str) -> AdapterRecord | None:
         record = self._records.get(name)
@@ -134,7 +155,22 @@ class AdapterRegistry:
     ) -> AdapterRecord:
         """Validate, then load. A bad adapter raises AdapterRejected and changes nothing.
         With `require_placed`, no healthy backend to load it on is a 503; without
-        (start-up), the adapter waits for a backend to recover."""
+        (start-up), the adapter waits for a backend to recover, and with a ledger it
+        is published only where the ledger has nothing under its name yet (a worker
+        started late follows what the others did since)."""
+        return await self._load(name, path, base_id, host, enforce_root, require_placed)
+
+    async def _load(
+        self,
+        name: str,
+        path: Path,
+        base_id: str,
+        host: AdapterHost,
+        enforce_root: bool,
+        require_placed: bool,
+        followed: Entry | None = None,
+    ) -> AdapterRecord:
+        """`load`; of a `followed` ledger entry: not published again."""
         support = host.pool.support
         if support is None:
             raise AdapterRejected(
@@ -157,7 +193,7 @@ class AdapterRegistry:
                 )
             except AdapterRejected as exc:
                 if copy != path:
-                    self._prune(str(copy))  # a rejected copy is not kept
+                    await self._prune(str(copy))  # a rejected copy is not kept
                 raise AdapterRejected(
                     exc.message.replace(str(copy), str(path)), param=exc.param
                 ) from None
@@ -169,6 +205,8 @@ class AdapterRegistry:
             if current is not None and current.state == "draining":
                 raise AdapterRejected(f"'{name}' is being unloaded; retry once it is gone.")
             if current is not None and current.adapter.digest == digest:
+                if followed is not None:
+                    current.seq = self._seen[name] = followed.seq
                 return current
             adapter = Adapter(name, str(real_path), digest, next(self._ids))
             placed = await _place(adapter, host.pool)
@@ -180,6 +218,15 @@ class AdapterRegistry:
             record = AdapterRecord(adapter, base_id, host.pool, placed)
             self._records[name] = record
             self.loads += 1
+            if followed is not None:
+                record.seq = self._seen[name] = followed.seq
+            elif self._ledger is not None:
+                entry = Entry(name, base_id, str(real_path), digest)
+                published = await self._ledger.publish(
+                    entry, self._view(), if_absent=not require_placed
+                )
+                if published == dataclasses.replace(entry, seq=published.seq):
+                    record.seq = self._seen[name] = published.seq
         if current is not None:
             self._retire(current)
         log.info(
@@ -193,7 +240,9 @@ class AdapterRegistry:
 
     async def restore(self, pool: Pool, backend: Backend) -> None:
         """Load every listed adapter of `pool` on `backend` (which may have restarted
-        empty). Raises EngineUnavailable if the backend fails while at it."""
+        empty), after following the ledger (an adapter another worker unloaded is
+        not put back). Raises EngineUnavailable if the backend fails while at it."""
+        await self.follow()
         async with self._lock:
             for record in list(self._records.values()):
                 if record.pool is not pool or record.state != "ready":
@@ -220,7 +269,64 @@ class AdapterRegistry:
         record = self.get(name)
         if record is None:
             raise NotFound(f"No adapter named '{name}' is loaded.", param="name")
+        if self._ledger is not None:
+            record.state = "draining"
+            adapter = record.adapter
+            gone = Entry(name, record.base, adapter.path, adapter.digest, removed=True)
+            published = await self._ledger.publish(gone, self._view())
+            record.seq = self._seen[name] = published.seq
         await self._drain(record)
+
+    async def follow(self) -> None:
+        """Apply the ledger's entries newer than this worker's: load a version
+        another worker loaded, replace one it replaced, drain one it unloaded. One
+        that cannot be loaded here is logged and not tried again."""
+        if self._ledger is None or self._hosts is None:
+            return
+        sync = await self._ledger.sync(self._view())
+        for entry in sync.entries.values():
+            current = self._records.get(entry.name)
+            if entry.seq <= self._seen.get(entry.name, 0):
+                continue
+            if current is not None and current.state == "draining":
+                continue  # followed once it is gone
+            if entry.removed:
+                self._seen[entry.name] = entry.seq
+                if current is not None:
+                    current.state = "draining"  # no new requests from now on
+                    self._retire(current)
+                continue
+            try:
+                host = self._hosts(entry.base)
+                path = Path(entry.path)
+                await self._load(entry.name, path, entry.base, host, False, False, entry)
+            except Exception as exc:
+                self._seen[entry.name] = entry.seq
+                log.error("adapter %s (from another worker) not loaded: %s", entry.name, exc)
+
+    def _view(self) -> View:
+        """What this worker holds: the versions it routes to or has requests on."""
+        held = {
+            version(r.adapter.name, r.adapter.digest)
+            for r in itertools.chain(self._records.values(), self._leaving)
+            if r.state == "ready" or r.in_flight
+        }
+        return View(frozenset(held), dict(self._seen))
+
+    async def _released(self, record: AdapterRecord) -> bool:
+        """Wait until no other live worker holds `record`'s version; whether to take it
+        off the engines (not if it was loaded again meanwhile: it stays there)."""
+        assert self._ledger is not None
+        adapter = record.adapter
+        mine = version(adapter.name, adapter.digest)
+        while True:
+            sync = await self._ledger.sync(self._view())
+            again = sync.entries.get(adapter.name)
+            if again and again.seq > record.seq and again.version == mine and not again.removed:
+                return False
+            if mine not in sync.held_elsewhere:
+                return True
+            await asyncio.sleep(RELEASE_POLL_S)
 
     def _retire(self, record: AdapterRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(record))
@@ -233,24 +339,33 @@ class AdapterRegistry:
         try:
             while record.in_flight:
                 await record.idle.wait()
-            await _remove(record.adapter, record.pool, record.placed)
+            if self._ledger is None or await self._released(record):
+                await _remove(record.adapter, record.pool, record.placed)
         finally:
             self._leaving.discard(record)
         async with self._lock:
             if self._records.get(record.adapter.name) is record:
                 del self._records[record.adapter.name]
-            self._prune(record.adapter.path)
+            await self._prune(record.adapter.path)
         self.unloads += 1
         log.info("adapter %s (lora id %d) unloaded", record.adapter.name, record.adapter.engine_id)
 
-    def _prune(self, path: str) -> None:
+    async def _prune(self, path: str) -> None:
         """Delete the store's copy at `path` once no adapter, ready or draining, uses
-        it (a path outside the store is the operator's, and left alone)."""
+        it, here or (with a ledger) in another worker: the copy is named by its
+        digest. A path outside the store is the operator's, and left alone."""
         if Path(path).parent.name != STORE:
             return
         users = itertools.chain(self._records.values(), self._leaving)
-        if all(r.adapter.path != path for r in users):
-            shutil.rmtree(path, ignore_errors=True)
+        if any(r.adapter.path == path for r in users):
+            return
+        if self._ledger is not None:
+            digest = Path(path).name
+            sync = await self._ledger.sync(self._view())
+            listed = any(e.digest == digest and not e.removed for e in sync.entries.values())
+            if listed or any(v.endswith("@" + digest) for v in sync.held_elsewhere):
+                return
+        shutil.rmtree(path, ignore_errors=True)
 
     async def aclose(self) -> None:
         for task in list(self._draining):

@@ -1,6 +1,6 @@
 """`switchyard serve`: run the gateway.
 
-    switchyard serve --config configs/demo.yaml [--host H] [--port P]
+    switchyard serve --config configs/demo.yaml [--host H] [--port P] [--workers N]
     switchyard serve --model models/smollm2-135m-instruct --served-model-name NAME
     switchyard bench SUITE [--requests N ...]
     switchyard hash-key [--new]       # the sha256 for auth.keys (key read from stdin)
@@ -21,7 +21,7 @@ import pydantic
 
 from engines.errors import EngineError
 from gateway.auth.keys import KeyConfigError, digest
-from gateway.settings import EngineSettings, SettingsFileError, load_settings
+from gateway.settings import EngineSettings, Settings, SettingsFileError, load_settings
 
 # `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
 BENCHMARKS = [
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--workers", type=int, help="worker processes on one socket (remote engines only)"
+    )
     serve.add_argument("--model", help="serve this model directory with the vllm engine")
     serve.add_argument("--served-model-name", help="the model id clients use (with --model)")
     serve.add_argument(
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            workers=args.workers,
             engines=engines,
             auth=no_auth,
         )
@@ -90,10 +94,57 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from gateway.workers.plan import per_worker, refusals
+
+    refused = refusals(settings)
+    if refused:
+        for problem in refused:
+            print(
+                f"switchyard: cannot serve with {settings.workers} workers: {problem}",
+                file=sys.stderr,
+            )
+        return 2
+
     import uvicorn
 
     from gateway.app import create_app
 
+    configure_logging(settings)
+    if not settings.auth.enabled and not _loopback(settings.host):
+        if not settings.auth.allow_public_without_auth:
+            print(
+                f"switchyard: refusing to serve on {settings.host} without API keys: configure"
+                " auth.keys, or bind 127.0.0.1, or set auth.allow_public_without_auth: true",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("switchyard").warning("serving on %s WITHOUT API keys", settings.host)
+    try:
+        # With workers, each builds its own app: this one only checks the settings.
+        app = create_app(settings if settings.workers == 1 else per_worker(settings)[0])
+    except (EngineError, KeyConfigError) as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    if settings.workers > 1:
+        from gateway.workers.supervisor import serve as serve_workers
+
+        return serve_workers(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # ours (switchyard.access) says more, as JSON
+        # On SIGTERM uvicorn stops accepting, lets open requests and streams finish
+        # for up to this long, then cancels them and runs the lifespan's shutdown.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
+    return 0
+
+
+def configure_logging(settings: Settings) -> None:
+    """The gateway's log (level, format) and its access log: one JSON object a line
+    on stderr, or off. Each worker process calls it too."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -106,31 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         access.setLevel(logging.INFO)
     else:
         access.disabled = True
-    if not settings.auth.enabled and not _loopback(settings.host):
-        if not settings.auth.allow_public_without_auth:
-            print(
-                f"switchyard: refusing to serve on {settings.host} without API keys: configure"
-                " auth.keys, or bind 127.0.0.1, or set auth.allow_public_without_auth: true",
-                file=sys.stderr,
-            )
-            return 2
-        logging.getLogger("switchyard").warning("serving on %s WITHOUT API keys", settings.host)
-    try:
-        app = create_app(settings)
-    except (EngineError, KeyConfigError) as exc:
-        print(f"switchyard: {exc}", file=sys.stderr)
-        return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # ours (switchyard.access) says more, as JSON
-        # On SIGTERM uvicorn stops accepting, lets open requests and streams finish
-        # for up to this long, then cancels them and runs the lifespan's shutdown.
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-    )
-    return 0
 
 
 def _loopback(host: str) -> bool:

@@ -9,19 +9,36 @@ scheduler stats, in-flight counts) is read at scrape time by a collector, never 
 Labels are bounded: `model` and `adapter` are only names this gateway serves (a name a
 client made up is counted as model="unknown"), `backend` only configured engine names.
 
-One process per gateway: `switchyard serve` runs a single uvicorn worker (the engines
-live in it), so there is no multiprocess aggregation to do; scale out with replicas,
-each scraped on its own /metrics, and aggregate in PromQL with `sum by (...)`.
+One process, by default: the registry holds the metrics themselves. With worker
+processes (`switchyard serve --workers N`, gateway/workers/) prometheus-client runs in
+its multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set before any worker imports it):
+each process writes its values to files in that directory, and a scrape, whichever
+worker answers it, reads every process's files (`MultiProcessCollector`): counters
+and histograms summed over all workers, those that exited included. State read at
+scrape time lives in one worker only, so each worker copies its collectors' samples
+into those files (`_Mirror`: on every scrape it answers, and each second from the
+worker's own loop) and they aggregate over the live workers: in-flight counts, queue
+depths, cache sizes and flights summed (`livesum`); `backend_up` and
+`backend_healthy` the least of the workers' views (1: every worker routes to it);
+circuit states, adapters listed and keys loaded the most (a circuit state is 1 where
+any worker is in it); counters among them (probe failures, adapter operations, store
+errors) summed over every worker, each of which probes, loads and reads the keys file
+on its own. `switchyard_workers` counts the live workers and
+`switchyard_worker_requests{pid}` what each finished. Replicas are scraped each on its
+own /metrics and aggregated in PromQL with `sum by (...)`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from engines.types import Chunk
@@ -47,8 +64,9 @@ class Metrics:
         limiter: Limiter | None = None,
         keys: KeyRing | None = None,
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        shared = shared_values()
+        own = CollectorRegistry(auto_describe=True) if shared is None else None
+        r = own
         by = ("model", "adapter")
         self.requests = Counter(
             "switchyard_requests",
@@ -134,13 +152,23 @@ class Metrics:
             ("key", "limit"),
             registry=r,
         )
-        r.register(_StateCollector(catalog))
+        live = own if own is not None else CollectorRegistry(auto_describe=True)
+        live.register(_StateCollector(catalog))
         if cache is not None:
-            r.register(_CacheCollector(cache))
+            live.register(_CacheCollector(cache))
         if limiter is not None:
-            r.register(_LimiterCollector(limiter))
+            live.register(_LimiterCollector(limiter))
         if keys is not None and keys.settings.keys_file is not None:
-            r.register(_KeysCollector(keys))
+            live.register(_KeysCollector(keys))
+        # What /metrics serves: this process's registry, or every worker's files.
+        self.mirror: _Mirror | None = None
+        self.registry = live
+        if shared is not None:
+            live.register(_WorkerCollector(self.requests))
+            self.mirror = _Mirror(live)
+            self.registry = CollectorRegistry()
+            self.registry.register(self.mirror)  # first: this worker's state, fresh
+            MultiProcessCollector(self.registry, str(shared))  # type: ignore[no-untyped-call]
         # Series that may stay at zero exist from the start, so rates and ratios over
         # them answer 0 rather than nothing.
         for model in catalog.models:
@@ -227,6 +255,15 @@ class Observation:
             tpot = (self.last_token - self.first_token) / (completion_tokens - 1)
             m.tpot.labels(*labels).observe(tpot)
         return facts
+
+
+def shared_values() -> Path | None:
+    """The directory where prometheus-client keeps every process's values, if it runs
+    in its multiprocess mode (decided when it was imported); None otherwise."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory is None or values.ValueClass is values.MutexValue:
+        return None
+    return Path(directory)
 
 
 class _StateCollector(Collector):
@@ -371,3 +408,84 @@ class _KeysCollector(Collector):
         yield GaugeMetricFamily(
             "switchyard_keys_loaded", "API keys accepted now (config and file).", self.keys.loaded
         )
+
+
+class _WorkerCollector(Collector):
+    """This worker, for the aggregate: 1 (summed: the live workers) and the requests
+    it finished (one series per live worker, by pid)."""
+
+    def __init__(self, requests: Counter) -> None:
+        self.requests = requests
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("switchyard_workers", "Worker processes alive.", 1)
+        finished = sum(
+            sample.value
+            for metric in self.requests.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+        yield GaugeMetricFamily(
+            "switchyard_worker_requests", "Requests this worker finished (by pid).", finished
+        )
+
+
+# How a worker's state aggregates over the live workers (gateway/workers/): `livesum`
+# unless named here; `liveall` keeps one series per worker (a `pid` label).
+_MODES = {
+    "switchyard_backend_up": "livemin",
+    "switchyard_backend_healthy": "livemin",
+    "switchyard_backend_circuit_state": "livemax",
+    "switchyard_engine_kv_cache_usage": "livemax",
+    "switchyard_adapters_loaded": "livemax",
+    "switchyard_keys_loaded": "livemax",
+    "switchyard_worker_requests": "liveall",
+}
+
+
+class _Mirror(Collector):
+    """Copies this worker's live collectors into prometheus-client's multiprocess
+    files, where every worker's scrape reads them: gauges as gauges of their mode
+    (`_MODES`), counters as counters advanced by what they grew since the last copy.
+    As a collector it yields nothing: collecting refreshes the copy (first thing in a
+    scrape). `refresh` is also called each second by the worker (gateway/workers/)."""
+
+    def __init__(self, live: CollectorRegistry) -> None:
+        self.live = live
+        self._gauges: dict[str, Gauge] = {}
+        self._counters: dict[str, Counter] = {}
+        self._copied: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        self.refresh()
+        yield from ()
+
+    def refresh(self) -> None:
+        for family in self.live.collect():
+            if not family.samples:
+                continue
+            labels = tuple(family.samples[0].labels)
+            if family.type == "gauge":
+                gauge = self._gauges.get(family.name)
+                if gauge is None:
+                    mode = _MODES.get(family.name, "livesum")
+                    gauge = Gauge(
+                        family.name, family.documentation, labels, registry=None,
+                        multiprocess_mode=mode,  # type: ignore[arg-type]
+                    )  # fmt: skip
+                    self._gauges[family.name] = gauge
+                for sample in family.samples:
+                    (gauge.labels(**sample.labels) if labels else gauge).set(sample.value)
+            elif family.type == "counter":
+                counter = self._counters.get(family.name)
+                if counter is None:
+                    counter = Counter(family.name, family.documentation, labels, registry=None)
+                    self._counters[family.name] = counter
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    key = (family.name, tuple(sample.labels.values()))
+                    grown = sample.value - self._copied.get(key, 0.0)
+                    if grown > 0:
+                        (counter.labels(**sample.labels) if labels else counter).inc(grown)
+                        self._copied[key] = sample.value

@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     default_max_tokens: int | None = Field(4096, ge=1)  # when neither request nor key sets one
     stream_send_timeout_s: float = Field(30.0, gt=0)  # a client not reading is cut
     shutdown_grace_s: int = Field(30, ge=0)
+    # Worker processes on one socket, for engines that are all remote (gateway/workers/):
+    # 1 is one process, as ever; more share limits, adapters and metrics, or are refused.
+    workers: int = Field(1, ge=1, le=32)
     metrics: bool = True  # /metrics and request metrics
     access_log: bool = True  # one JSON line per generation request
     log_prompts: bool = False  # put prompt text in access-log lines
