@@ -121,3 +121,9 @@ bench-cache: model system-deps
 ## bench-auth: requests/s with API keys and rate limits (memory, Redis) vs auth off
 bench-auth: venv system-deps
 	$(VENV)/bin/switchyard bench auth
+
+## bench-workers: requests/s through `switchyard serve --workers 2` vs `--workers 1`
+## in front of the fast scripted upstream (non-streamed and streamed, alternating rounds)
+.PHONY: bench-workers
+bench-workers: venv
+	$(VENV)/bin/switchyard bench workers
