@@ -7,10 +7,13 @@ start after a warm-up, and each round gives its own ratio; the report has every
 round, the median and the spread. The gateway runs with its defaults (metrics and
 access log on, keys and the cache off, the Responses store off: workers refuse it in
 memory). CPU seconds of the gateway (all its processes), the upstream and this load
-generator are measured too: on a machine with few cores they share them, and the
-ratio is what a second worker adds there.
+generator are measured too, and whatever else ran meanwhile ("others"): on a machine
+with few cores they share them, and the ratio is what a second worker adds there. The
+report also gives the ceiling those measurements set: the requests/s the machine's
+cores allow at the CPU each request costs the gateway, the upstream and the client
+together, over the median of one worker.
 
-    switchyard bench workers [--requests 3000] [--concurrency 32] [--rounds 3]
+    switchyard bench workers [--requests 3000] [--concurrency 32] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=3000, help="per mode, per round")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--port", type=int, default=8830)
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args(argv)
@@ -179,14 +182,22 @@ def _report(rounds: list[dict[str, Any]], args: Any) -> dict[str, Any]:
         mode: [round(r[two][mode]["rps"] / r[one][mode]["rps"], 3) for r in rounds]
         for mode in MODES
     }
-    summary = {
-        mode: {
+    cpus = os.cpu_count() or 1
+    summary = {}
+    for mode, values in ratios.items():
+        measured = [r[side][mode] for r in rounds for side in SIDES]
+        per_request = statistics.median(
+            sum(m["cpu_s"][p] for p in ("gateway", "upstream", "client")) / args.requests
+            for m in measured
+        )
+        alone = statistics.median(r[one][mode]["rps"] for r in rounds)
+        summary[mode] = {
             "median": round(statistics.median(values), 3),
             "min": min(values),
             "max": max(values),
+            "cpu_us_per_request_all_parties": round(per_request * 1e6, 1),
+            "ceiling_ratio_on_these_cores": round(cpus / per_request / alone, 3),
         }
-        for mode, values in ratios.items()
-    }
     return {
         "benchmark": "worker processes",
         "command": "make bench-workers",
@@ -231,13 +242,24 @@ def _markdown(report: dict[str, Any]) -> str:
                 )
     lines += [
         "",
-        "| mode | ratio per round (2 / 1) | median | spread |",
-        "| --- | --- | --- | --- |",
+        "| mode | ratio per round (2 / 1) | median | spread | CPU µs/request, all parties "
+        "| ceiling on these cores |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for mode, values in report["ratio_2_to_1"].items():
         s = report["ratio_summary"][mode]
-        lines.append(f"| {mode} | {values} | **{s['median']}** | {s['min']} to {s['max']} |")
-    lines += ["", f"Goal: {report['goal']} (issue 21).", ""]
+        lines.append(
+            f"| {mode} | {values} | **{s['median']}** | {s['min']} to {s['max']} "
+            f"| {s['cpu_us_per_request_all_parties']} | {s['ceiling_ratio_on_these_cores']} |"
+        )
+    lines += [
+        "",
+        f"Goal: {report['goal']} (issue 21). The ceiling is the most these cores allow over "
+        "one worker, at the CPU a request costs the gateway, the upstream and the load "
+        "generator together (all three on this machine); CPU s others is what other "
+        "programs took meanwhile.",
+        "",
+    ]
     return "\n".join(lines)
 
 

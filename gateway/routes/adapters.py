@@ -51,7 +51,8 @@ async def load_adapter(request: Request) -> dict[str, Any]:
 
 @router.delete("/v1/adapters/{name}")
 async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
-    """Stop routing to the adapter now; answer once its in-flight requests are done."""
+    """Stop routing to the adapter now; answer once its in-flight requests are done
+    (with workers: once every worker stopped routing to it and finished its own)."""
     await shared(request).catalog.adapters.unload(name)
     return {"name": name, "object": "adapter", "deleted": True}
 
