@@ -72,6 +72,10 @@ class AdapterRejected(InvalidRequest):
     code = "invalid_adapter"
 
 
+class _Superseded(Exception):
+    """A ledger entry being followed was overtaken by a newer one meanwhile."""
+
+
 @dataclass(slots=True, eq=False)  # one per load: compared by identity
 class AdapterRecord:
     adapter: Adapter
@@ -186,6 +190,8 @@ class AdapterRegistry:
             )
         root = host.root if enforce_root else None
         async with self._lock:
+            if followed is not None and followed.seq <= self._seen.get(name, 0):
+                raise _Superseded
             copy = path if root is None else await anyio.to_thread.run_sync(stored, path, root)
             try:
                 real_path, digest = await anyio.to_thread.run_sync(
@@ -270,10 +276,14 @@ class AdapterRegistry:
         if record is None:
             raise NotFound(f"No adapter named '{name}' is loaded.", param="name")
         if self._ledger is not None:
-            record.state = "draining"
+            record.state = "draining"  # no new requests from now on
             adapter = record.adapter
             gone = Entry(name, record.base, adapter.path, adapter.digest, removed=True)
-            published = await self._ledger.publish(gone, self._view())
+            try:
+                published = await self._ledger.publish(gone, self._view())
+            except BaseException:
+                record.state = "ready"
+                raise
             record.seq = self._seen[name] = published.seq
         await self._drain(record)
 
@@ -300,6 +310,8 @@ class AdapterRegistry:
                 host = self._hosts(entry.base)
                 path = Path(entry.path)
                 await self._load(entry.name, path, entry.base, host, False, False, entry)
+            except _Superseded:
+                continue
             except Exception as exc:
                 self._seen[entry.name] = entry.seq
                 log.error("adapter %s (from another worker) not loaded: %s", entry.name, exc)
