@@ -453,19 +453,41 @@ class OpenAIRemoteEngine:
 
     async def _while_alive(self, step: Awaitable[T]) -> T:
         """`step` within total_timeout_s, given up earlier if the upstream stops
-        answering `health_path` (asked each idle_timeout_s while `step` waits)."""
-        answer = asyncio.ensure_future(self._within(step, "total_timeout_s"))
+        answering `health_path` (asked each idle_timeout_s once `step` has waited that
+        long: most answers come sooner, and cost no second task)."""
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.current_task()
+        assert waiting is not None
+        dead: list[EngineError] = []
+        pinger: asyncio.Task[None] | None = None
+
+        def start() -> None:
+            nonlocal pinger
+            pinger = loop.create_task(self._pinging(waiting, dead))
+
+        timer = loop.call_later(self.config.idle_timeout_s, start)
         try:
-            while True:
-                done, _ = await asyncio.wait({answer}, timeout=self.config.idle_timeout_s)
-                if done:
-                    return answer.result()
-                await self._within(self._ping(), "idle_timeout_s")
+            return await self._within(step, "total_timeout_s")
+        except asyncio.CancelledError:
+            if dead and waiting.uncancel() == 0:
+                raise dead[0] from None
+            raise
         finally:
-            if not answer.done():
-                answer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, EngineError):
-                    await answer
+            timer.cancel()
+            if pinger is not None:
+                pinger.cancel()
+
+    async def _pinging(self, waiting: asyncio.Task[Any], dead: list[EngineError]) -> None:
+        """Ask `health_path` each idle_timeout_s; the first failure cancels `waiting`,
+        which raises it (`dead`)."""
+        while True:
+            try:
+                await self._within(self._ping(), "idle_timeout_s")
+            except EngineError as exc:
+                dead.append(exc)
+                waiting.cancel()
+                return
+            await asyncio.sleep(self.config.idle_timeout_s)
 
     async def _ping(self) -> None:
         async with self._http().get(self.root + self.config.health_path) as response:
