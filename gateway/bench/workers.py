@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 [engine], args.port + 1, work, responses=none, workers=SIDES[side]
             )
             log = work / f"{round_}-{SIDES[side]}.log"
-            with server_process(command, _answers(url), log, env) as gateway:
+            ready = _all_ready(url, SIDES[side])
+            with server_process(command, ready, log, env) as gateway:
                 rounds[round_][side] = _measure(url, args, gateway.pid, upstream.pid)
     report = _report(rounds, args)
     write_report(args.out, "workers", report, _markdown(report))
@@ -93,9 +95,43 @@ def _answers(url: str) -> Callable[[], bool]:
     return probe
 
 
+def _all_ready(url: str, workers: int) -> Callable[[], bool]:
+    """A readiness probe: `workers` different workers answered /ready with 200 (each
+    starts its engines on its own), found over fresh connections; with workers, /metrics
+    says which one a connection reached (x-switchyard-worker)."""
+    import http.client
+
+    port = int(url.rsplit(":", 1)[1])
+    ready: set[str] = set()
+
+    def probe() -> bool:
+        for _ in range(8 * workers):
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    conn.request("GET", "/metrics")
+                    answer = conn.getresponse()
+                    answer.read()
+                    pid = answer.getheader("x-switchyard-worker", "the one")
+                    conn.request("GET", "/ready")
+                    answer = conn.getresponse()
+                    answer.read()
+                    if answer.status == 200:
+                        ready.add(pid)
+                finally:
+                    conn.close()
+            if len(ready) >= workers:
+                return True
+        return False
+
+    return probe
+
+
 def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]:
     """Both modes against one running gateway: requests/s and CPU seconds of each party."""
-    asyncio.run(_load(url, 200, args.concurrency, stream=False))  # warm-up
+    warm = asyncio.run(_load(url, 200, args.concurrency, stream=False))
+    if warm:
+        raise RuntimeError(f"{url} failed its warm-up: {dict(warm)}")
     measured: dict[str, Any] = {}
     for mode in MODES:
         before = {
@@ -105,7 +141,8 @@ def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]
             "machine": _busy(),
         }
         started = time.perf_counter()
-        failures = asyncio.run(_load(url, args.requests, args.concurrency, mode == "stream"))
+        failed = asyncio.run(_load(url, args.requests, args.concurrency, mode == "stream"))
+        failures = sum(failed.values())
         wall = time.perf_counter() - started
         used = {
             "gateway": _cpu(gateway) - before["gateway"],
@@ -117,6 +154,7 @@ def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]
         measured[mode] = {
             "rps": round((args.requests - failures) / wall, 1),
             "failures": failures,
+            "failed": dict(failed),
             "wall_s": round(wall, 3),
             "cpu_s": {party: round(s, 2) for party, s in used.items()},
             "gateway_cpu_us_per_request": round(used["gateway"] / args.requests * 1e6, 1),
@@ -124,26 +162,28 @@ def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]
     return measured
 
 
-async def _load(url: str, requests: int, concurrency: int, stream: bool) -> int:
-    """`requests` chat completions, `concurrency` at a time; the failures."""
+async def _load(url: str, requests: int, concurrency: int, stream: bool) -> Counter[str]:
+    """`requests` chat completions, `concurrency` at a time; the failures, by status
+    (or error)."""
     import aiohttp
 
     body = {**BODY, "stream": stream}
     left = requests
-    failures = 0
+    failures: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
-            nonlocal left, failures
+            nonlocal left
             while left > 0:
                 left -= 1
                 try:
                     async with session.post(url + "/v1/chat/completions", json=body) as r:
                         await r.read()
-                        failures += r.status != 200
-                except aiohttp.ClientError:
-                    failures += 1
+                        if r.status != 200:
+                            failures[str(r.status)] += 1
+                except aiohttp.ClientError as exc:
+                    failures[type(exc).__name__] += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return failures
