@@ -68,10 +68,14 @@ from gateway.state import Shared
 log = logging.getLogger("switchyard")
 
 
-def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engines: Sequence[Engine] | None = None, in_flight: InFlight | None = None
+) -> FastAPI:
     """Build the app. Engines passed in are used as they are and stay owned by the
     caller (tests share one across apps); otherwise they are built from `settings`,
-    started in the background and closed on shutdown."""
+    started in the background and closed on shutdown. `in_flight` counts each key's
+    requests in flight: this process's own unless given (the workers of one serve
+    share theirs: gateway/workers/)."""
     owned = engines is None
     if engines is None:
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
@@ -111,7 +115,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         cache=cache,
         responses=store,
         limiter=limiter,
-        in_flight=InFlight(),
+        in_flight=in_flight or InFlight(),
         metrics=Metrics(catalog, cache, limiter, keys) if settings.metrics else None,
         started_at=int(time.time()),
     )

@@ -37,9 +37,21 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 # frame that matches any takes the sample.
 CONCERNS: list[tuple[str, tuple[str, ...]]] = [
     ("auth & rate limits", ("gateway/auth/", "middleware/auth.py")),
-    ("middleware (request id, body limit, errors)", ("gateway/middleware/", "starlette/middleware/", "starlette/_exception_handler", "starlette/applications", "fastapi/applications")),  # fmt: skip
+    (
+        "middleware (request id, body limit, errors)",
+        (
+            "gateway/middleware/",
+            "starlette/middleware/",
+            "starlette/_exception_handler",
+            "starlette/applications",
+            "fastapi/applications",
+        ),
+    ),
     ("routing", ("starlette/routing", "fastapi/routing")),
-    ("body parsing & validation", ("routes/_respond.py:parse", "pydantic", "openai/schemas", "starlette/requests")),  # fmt: skip
+    (
+        "body parsing & validation",
+        ("routes/_respond.py:parse", "pydantic", "openai/schemas", "starlette/requests"),
+    ),
     ("request conversion", ("openai/convert",)),
     ("response cache", ("gateway/cache/",)),
     ("balancer & retries", ("gateway/balancer/", "gateway/attempts")),
@@ -49,7 +61,17 @@ CONCERNS: list[tuple[str, tuple[str, ...]]] = [
     ("response headers & objects", ("starlette/responses", "starlette/datastructures")),
     ("ASGI server (uvicorn: parse, send)", ("uvicorn/",)),
     ("upstream client (aiohttp, wire)", ("engines/", "aiohttp/", "yarl/", "multidict/")),
-    ("pipeline & generators", ("gateway/pipeline", "gateway/generation", "gateway/resume", "gateway/observe", "gateway/routes/", "gateway/call")),  # fmt: skip
+    (
+        "pipeline & generators",
+        (
+            "gateway/pipeline",
+            "gateway/generation",
+            "gateway/resume",
+            "gateway/observe",
+            "gateway/routes/",
+            "gateway/call",
+        ),
+    ),
     ("event loop & tasks", ("asyncio/", "uvloop", "anyio/", "contextlib")),
 ]
 
@@ -164,7 +186,7 @@ def _read(path: Path) -> collections.Counter[tuple[str, ...]]:
 
 
 def _frame(text: str) -> str:
-    """"function (path/to/file.py:12)" as "path/to/file.py:function"."""
+    """ "function (path/to/file.py:12)" as "path/to/file.py:function"."""
     function, _, where = text.partition(" (")
     file = where.rstrip(")").rsplit(":", 1)[0]
     for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):

@@ -1,8 +1,8 @@
 """One worker: the app uvicorn's supervisor builds in each worker process
 (`create_worker_app`, an app factory), from what the parent left in the environment.
 
-It is the app `create_app` builds, with what the workers share put in place of what
-one process keeps to itself: the per-key in-flight counts (in_flight.py), and the
+It is the app `create_app` builds, with what the workers share in place of what one
+process keeps to itself: the per-key in-flight counts (in_flight.py), and the
 adapter registry following the ledger in the run directory, each probe interval
 (gateway/adapter_ledger.py). Its lifespan also copies this worker's live metrics
 into the shared files each second (gateway/metrics.py), and on the way out leaves the
@@ -12,7 +12,6 @@ drop out of the aggregate; its counters stay in it).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -44,10 +43,9 @@ def create_worker_app() -> FastAPI:
     settings = Settings.model_validate_json(os.environ[SETTINGS])
     run = Path(os.environ[RUN_DIR])
     configure_logging(settings)
-    app = create_app(settings)
-    shared: Shared = app.state.shared
     in_flight = SharedInFlight(run / "in_flight")
-    app.state.shared = dataclasses.replace(shared, in_flight=in_flight)
+    app = create_app(settings, in_flight=in_flight)
+    shared: Shared = app.state.shared
     probe_s = settings.balancer.probe_interval_s
     # A worker that stopped beating for this long holds no adapter version any more.
     ledger = FileLedger(run, str(os.getpid()), stale_after_s=max(10.0, 3 * probe_s))
