@@ -25,6 +25,39 @@ def refused(url: str) -> bool:
     return False
 
 
+def assert_drains_after_sigterm(proc: subprocess.Popen[bytes], url: str, words: int) -> None:
+    """SIGTERM `proc` once a stream of `words` words (scripted model "s") has begun:
+    new connections are refused while most of its words are still to come, and the
+    stream goes on to its end."""
+    body = {
+        "model": "s",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "temperature": 0,
+    }
+    text: list[str] = []
+    refused_after: int | None = None  # lines of the stream read when it was refused
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if '"content":"w' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        # Read the stream as it comes (a word per 0.2 s, so at most one waits
+        # unread) and, after each line, try a new connection.
+        for line in lines:
+            if line:
+                text.append(line)
+            if refused_after is None and refused(url):
+                refused_after = len(text)
+    assert text[-1] == "data: [DONE]"
+    assert any('"finish_reason":"stop"' in line for line in text)
+    assert refused_after is not None, "new connections were accepted to the stream's end"
+    # Refused while the stream was still draining: most of its words came after.
+    drained = [line for line in text[refused_after:] if '"content":" w' in line]
+    assert len(drained) >= words // 2, (refused_after, text)
+
+
 def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"
@@ -56,33 +89,7 @@ def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
                 return False
 
         assert wait_until(ready, timeout=30, interval=0.2)
-        body = {
-            "model": "s",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": True,
-            "temperature": 0,
-        }
-        text: list[str] = []
-        refused_after: int | None = None  # lines of the stream read when it was refused
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
-            lines = r.iter_lines()
-            for line in lines:
-                if '"content":"w' in line:
-                    break
-            proc.send_signal(signal.SIGTERM)
-            # Read the stream as it comes (a word per 0.2 s, so at most one waits
-            # unread) and, after each line, try a new connection.
-            for line in lines:
-                if line:
-                    text.append(line)
-                if refused_after is None and refused(url):
-                    refused_after = len(text)
-        assert text[-1] == "data: [DONE]"
-        assert any('"finish_reason":"stop"' in line for line in text)
-        assert refused_after is not None, "new connections were accepted to the stream's end"
-        # Refused while the stream was still draining: most of its words came after.
-        drained = [line for line in text[refused_after:] if '"content":" w' in line]
-        assert len(drained) >= words // 2, (refused_after, text)
+        assert_drains_after_sigterm(proc, url, words)
         assert refused(url)
         # uvicorn re-raises the signal it caught once shut down, so the exit status
         # says "terminated by SIGTERM", as for any well-behaved server.

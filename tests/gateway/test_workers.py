@@ -29,6 +29,7 @@ from starlette.responses import Response
 
 from tests.doubles.vllm import VLLMServerDouble
 from tests.gateway.test_adapters import make_adapter
+from tests.gateway.test_shutdown import assert_drains_after_sigterm
 from tests.redis_server import RedisServer
 from tests.servers import free_port, serve, wait_until
 
@@ -414,37 +415,8 @@ def test_sigterm_lets_streams_on_workers_finish(tmp_path: Path) -> None:
     }  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with gateway(config, tmp_path, "--workers", "2") as proc:
-        body = {"model": "s", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        body["temperature"] = 0  # the words in order
-        text: list[str] = []
-        refused_after: int | None = None
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
-            lines = r.iter_lines()
-            for line in lines:
-                if '"content":"w' in line:
-                    break
-            proc.send_signal(signal.SIGTERM)
-            for line in lines:
-                if line:
-                    text.append(line)
-                if refused_after is None and _refused(url):
-                    refused_after = len(text)
-        assert text[-1] == "data: [DONE]"
-        assert any('"finish_reason":"stop"' in line for line in text)
-        assert refused_after is not None, "new connections were accepted to the stream's end"
-        drained = [line for line in text[refused_after:] if '"content":" w' in line]
-        assert len(drained) >= words // 2, (refused_after, text)
+        assert_drains_after_sigterm(proc, url, words)
         assert proc.wait(timeout=30) == 0
     log = (tmp_path / "gateway.log").read_text()
     assert "Traceback" not in log
     assert "Stopping parent process" in log
-
-
-def _refused(url: str) -> bool:
-    try:
-        httpx.get(url + "/health", timeout=2)
-    except httpx.ConnectError:
-        return True
-    except httpx.HTTPError:
-        pass
-    return False
