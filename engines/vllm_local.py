@@ -33,7 +33,7 @@ from engines.errors import (
     EngineUnavailable,
     InvalidGenerationRequest,
 )
-from engines.openai_wire import EventReader, read_events, response_chunks
+from engines.openai_wire import response_chunks
 from engines.registry import EngineConfigError
 from engines.tasks import EMBED, GENERATE
 from engines.types import (
@@ -239,8 +239,7 @@ class VLLMEngine:
                 for chunk in response_chunks(answer, request.is_chat):
                     yield chunk
                 return
-            reader = EventReader(chat=request.is_chat)
-            async with contextlib.aclosing(read_events(answer, reader)) as chunks:
+            async with contextlib.aclosing(answer) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except EngineDeadError as exc:

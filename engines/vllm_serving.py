@@ -9,8 +9,10 @@ chat templates (with `tools`, `chat_template_kwargs`, content parts), structured
 outputs, forced and auto tool calls (vLLM's tool parsers), reasoning parsers, the
 model's generation_config defaults, `echo`, token-id prompts and every sampling extra
 behave exactly as behind `vllm serve`, and so do its validation errors. What comes
-back is OpenAI JSON: the engine reads it with the same reader as a remote vLLM's
-answer.
+back is OpenAI JSON, which the engine reads with the same reader as a remote vLLM's
+answer, except for streamed chat answers: those are read from vLLM's outputs
+directly, with vLLM's parser (engines/vllm_stream.py), instead of from JSON built
+for each token and parsed back.
 
 Failures are vLLM's own verdicts: an `ErrorResponse` or an exception is classified by
 vLLM's `create_error_response` and mapped here by status:
@@ -39,10 +41,11 @@ from engines.errors import (
     upstream_refusal,
 )
 from engines.openai_remote import upstream_name
-from engines.openai_wire import openai_body
+from engines.openai_wire import EventReader, openai_body, read_events
 from engines.options import blame_field, refuse_non_text
 from engines.tasks import GENERATE, require
-from engines.types import Adapter, GenerationRequest, Task
+from engines.types import Adapter, Chunk, GenerationRequest, Task
+from engines.vllm_stream import chat_serving_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,6 @@ class Serving:
         options: ServingOptions,
         serves: Collection[Task] = GENERATE,
     ) -> None:
-        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
@@ -115,7 +117,7 @@ class Serving:
         self.embedding: Any = None
         if "generate" in self.serves:
             details = options.enable_prompt_tokens_details
-            self.chat = OpenAIServingChat(
+            self.chat = chat_serving_class()(
                 llm,
                 self.models,
                 "assistant",
@@ -163,8 +165,9 @@ class Serving:
 
     async def answer(
         self, request: GenerationRequest
-    ) -> dict[str, Any] | AsyncGenerator[dict[str, Any], None]:
-        """The whole answer's JSON, or (incremental requests) its stream events."""
+    ) -> dict[str, Any] | AsyncGenerator[Chunk, None]:
+        """The whole answer's JSON, or (incremental requests) its stream's chunks;
+        closing the stream aborts the generation."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -199,7 +202,9 @@ class Serving:
                 blame_field(error, request)
             raise error from None
         if isinstance(result, AsyncGenerator):
-            return _events(result)
+            if request.is_chat:
+                return result  # chunks already (vllm_stream.py)
+            return read_events(_events(result), EventReader(chat=False))
         answer: dict[str, Any] = result.model_dump(mode="json")
         return answer
 
