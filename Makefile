@@ -92,6 +92,14 @@ bench-engine: model
 	$(VENV)/bin/switchyard bench engine
 	$(VENV)/bin/switchyard bench engine --shape structured
 	$(VENV)/bin/switchyard bench engine --shape responses
+	@echo ">>> CPU per streamed token of the same two servers: make bench-frontend"
+
+## bench-frontend: CPU per streamed token in the serving process (the engine core
+## excluded), the in-process engine vs `vllm serve`, driven by `vllm bench serve`; with
+## py-spy's breakdown of both processes
+.PHONY: bench-frontend
+bench-frontend: model
+	$(VENV)/bin/switchyard bench frontend --profile
 
 ## bench-embeddings: /v1/embeddings requests/s (batches of 32 short texts), the in-process
 ## engine's pooling runner vs `vllm serve --runner pooling`, same model and load
