@@ -26,7 +26,7 @@ from gateway.settings import EngineSettings, Settings, SettingsFileError, load_s
 # `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
 BENCHMARKS = [
     "engine", "embeddings", "adapters", "routing", "http-clients", "metrics", "cache", "auth",
-    "artifacts", "overhead", "resume", "suite", "frontend", "workers",
+    "artifacts", "overhead", "resume", "suite", "frontend", "workers", "profile",
 ]  # fmt: skip
 
 
