@@ -2,12 +2,13 @@
 gateway with its in-process vLLM vs `vllm serve`'s API server.
 
 Both servers are `switchyard bench engine`'s (same model, engine settings, chat
-template). In both, vLLM's engine core (scheduler and model) runs in a child process
-doing the same work; what differs is the frontend process: HTTP, the chat template,
-vLLM's output processing and detokenization, the OpenAI chunks, SSE, and in the gateway
-also its middleware, balancer, cache lookup and metrics. That process's own CPU time
-(user + system, children excluded, from /proc) is read before and after a load and
-divided by the output tokens; the engine core's is reported beside it.
+template). In both, vLLM's engine (the EngineCore process and its model worker)
+runs in child processes doing the same work; what differs is the frontend process:
+HTTP, the chat template, vLLM's output processing and detokenization, the OpenAI
+chunks, SSE, and in the gateway also its middleware, balancer, cache lookup and
+metrics. That process's own CPU time (user + system, children excluded, from /proc) is
+read before and after a load and divided by the output tokens; the engine processes'
+is reported beside it (on CPU the engine core polls: its figure follows the wall time).
 
 The load is vLLM's own `vllm bench serve` (run in this process): random prompts of
 `--input-len` tokens, `--output-len` output tokens each with `ignore_eos`, so every
@@ -18,8 +19,11 @@ A B) and each round's figures are kept: the ratio is the pooled CPU per token, o
 over vLLM's, with each round's ratio beside it (the spread).
 
 `--profile` adds one load per server, after its first measured one, sampled by py-spy
-(not measured: the sampler takes a core of its own), and writes where each frontend's
-CPU goes, by concern and by function. Writes docs/benchmarks/frontend.{json,md}.
+(`--gil`: the thread that runs Python; not measured, the sampler takes a core of its
+own), and writes where each frontend's time goes, by concern and by function. A thread
+preempted while it holds the GIL still counts, so on a busy machine the share of
+uvicorn's `send` (whose write() wakes the client) is wall time more than CPU. Writes
+docs/benchmarks/frontend.{json,md}.
 
     switchyard bench frontend [--prompts 96] [--concurrency 16] [--input-len 256]
                               [--output-len 64] [--rounds 3] [--profile]
@@ -48,6 +52,7 @@ from gateway.bench.process import answers, serve_in_turns, write_report
 ROOT = Path(__file__).resolve().parents[2]
 PY_SPY = Path(sys.executable).parent / "py-spy"
 RATIO = "frontend CPU per token (ours/vllm, lower is better)"
+NOTES = "<!-- notes: kept when the benchmark rewrites this file -->"
 # (concern, substrings of "file:function"): a sample goes to the first concern that
 # matches the innermost frame matching any concern.
 CONCERNS: list[tuple[str, tuple[str, ...]]] = [
@@ -73,10 +78,11 @@ CONCERNS: list[tuple[str, tuple[str, ...]]] = [
         "vLLM: OpenAI serving (chat stream, pydantic chunks)",
         ("vllm/entrypoints/", "vllm/tool_parsers/", "vllm/reasoning/"),
     ),
-    ("engine adapter (engines/: vLLM's SSE text to chunks)", ("engines/",)),
-    ("gateway: metrics", ("gateway/metrics", "prometheus_client")),
+    ("engine (engines/: vLLM's outputs as chunks)", ("engines/",)),
+    ("metrics (gateway/metrics.py, prometheus_client)", ("gateway/metrics", "prometheus_client")),
     ("gateway: OpenAI rendering & SSE", ("gateway/openai/",)),
     ("gateway: middleware", ("gateway/middleware/",)),
+    ("gateway: resume transcript", ("gateway/resume",)),
     ("gateway: pipeline, routes, observe, balancer", ("gateway/",)),
     ("HTTP: FastAPI & Starlette", ("fastapi/", "starlette/")),
     ("HTTP: uvicorn", ("uvicorn/", "h11/", "httptools/")),
@@ -93,7 +99,7 @@ class Run:
     failed: int
     output_tokens: int
     frontend_cpu_s: float
-    engine_core_cpu_s: float
+    engine_cpu_s: float
     wall_s: float
     ttft_p50_ms: float
 
@@ -102,14 +108,14 @@ class Run:
         return round(self.frontend_cpu_s / self.output_tokens * 1e6, 1)
 
     @property
-    def engine_core_us_per_token(self) -> float:
-        return round(self.engine_core_cpu_s / self.output_tokens * 1e6, 1)
+    def engine_us_per_token(self) -> float:
+        return round(self.engine_cpu_s / self.output_tokens * 1e6, 1)
 
     def row(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "frontend_us_per_token": self.frontend_us_per_token,
-            "engine_core_us_per_token": self.engine_core_us_per_token,
+            "engine_us_per_token": self.engine_us_per_token,
             "tokens_per_s": round(self.output_tokens / self.wall_s, 2),
         }
 
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="py-spy each frontend once")
-    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--port", type=int, default=8752)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     wrong = {n: [r.output_tokens for r in runs if r.output_tokens != expected or r.failed]
              for n, runs in samples.items()}  # fmt: skip
     report = _report(samples, args, profiles)
-    write_report(args.out, "frontend", report, _markdown(report))
+    notes = _notes(args.out / "frontend.md")
+    write_report(args.out, "frontend", report, _markdown(report, notes))
     if any(wrong.values()):
         print(f"output tokens differ from {expected} (ignore_eos not honoured?): {wrong}")
         return 1
@@ -181,40 +188,43 @@ def _load(args: argparse.Namespace, prompts: int) -> dict[str, Any]:
 
 
 def _measured(pid: int, args: argparse.Namespace) -> Run:
-    """One load of `args.prompts`, with the CPU the frontend (`pid`) and its engine core
-    spent on it."""
+    """One load of `args.prompts`, with the CPU the frontend (`pid`) and the engine's
+    processes spent on it."""
     import psutil
 
     frontend = psutil.Process(pid)
-    core = _engine_core(frontend)
-    before = _cpu(frontend), _cpu(core)
+    engine = _engine(frontend)
+    before = _cpu([frontend]), _cpu(engine)
     start = time.perf_counter()
     result = _load(args, args.prompts)
     wall = time.perf_counter() - start
-    after = _cpu(frontend), _cpu(core)
+    after = _cpu([frontend]), _cpu(engine)
     return Run(
         completed=result["completed"],
         failed=result["failed"],
         output_tokens=result["total_output_tokens"],
         frontend_cpu_s=round(after[0] - before[0], 3),
-        engine_core_cpu_s=round(after[1] - before[1], 3),
+        engine_cpu_s=round(after[1] - before[1], 3),
         wall_s=round(wall, 3),
-        ttft_p50_ms=round(result["median_ttft_ms"], 1),
+        ttft_p50_ms=round(float(result["median_ttft_ms"]), 1),
     )
 
 
-def _engine_core(frontend: Any) -> Any:
-    """The frontend's child process that runs vLLM's engine core (named so by vLLM)."""
-    for child in frontend.children(recursive=True):
-        with contextlib.suppress(Exception):
-            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
-                return child
-    raise RuntimeError(f"process {frontend.pid} has no EngineCore child: is it the frontend?")
+def _engine(frontend: Any) -> list[Any]:
+    """The frontend's child processes: vLLM's engine core (named so by vLLM) and its
+    model worker. A frontend without an engine core child is not one."""
+    children = frontend.children(recursive=True)
+    if not any("EngineCore" in child.name() for child in children):
+        raise RuntimeError(f"process {frontend.pid} has no EngineCore child: not a frontend")
+    return list(children)
 
 
-def _cpu(process: Any) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def _cpu(processes: list[Any]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _profiled(pid: int, args: argparse.Namespace, raw: Path) -> dict[str, Any]:
@@ -222,7 +232,7 @@ def _profiled(pid: int, args: argparse.Namespace, raw: Path) -> dict[str, Any]:
     functions with most samples of their own."""
     spy = subprocess.Popen(
         [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--output", str(raw),
-         "--rate", str(args.rate), "--nonblocking"],
+         "--rate", str(args.rate), "--gil", "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # attached
@@ -291,7 +301,7 @@ def _report(
         "results": {
             name: {
                 "frontend_us_per_token": pooled(runs, "frontend_cpu_s"),
-                "engine_core_us_per_token": pooled(runs, "engine_core_cpu_s"),
+                "engine_us_per_token": pooled(runs, "engine_cpu_s"),
                 "rounds": [r.row() for r in runs],
             }
             for name, runs in samples.items()
@@ -305,7 +315,7 @@ def _report(
     }
 
 
-def _markdown(report: dict[str, Any]) -> str:
+def _markdown(report: dict[str, Any], notes: str) -> str:
     m, load = report["machine"], report["load"]
     lines = [
         "# Frontend CPU per streamed token: Switchyard with in-process vLLM vs `vllm serve`",
@@ -315,23 +325,22 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{load['input_len']} tokens, {load['output_len']} output tokens each, concurrency "
         f"{load['concurrency']}, {load['rounds']} alternating rounds.",
         "",
-        "CPU time of the process that serves HTTP (the engine core, a child process in "
-        "both, excluded; its own figure beside it) per output token:",
+        "CPU time of the process that serves HTTP per output token; the engine's processes "
+        "(EngineCore and its worker, children in both) are excluded and shown beside it:",
         "",
-        "| server | round | frontend µs/token | engine core µs/token | tokens/s | "
+        "| server | round | frontend µs/token | engine µs/token | tokens/s | "
         "TTFT p50 ms | output tokens |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, result in report["results"].items():
         for i, r in enumerate(result["rounds"], 1):
             lines.append(
-                f"| {name} | {i} | {r['frontend_us_per_token']} | "
-                f"{r['engine_core_us_per_token']} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
-                f"{r['output_tokens']} |"
+                f"| {name} | {i} | {r['frontend_us_per_token']} | {r['engine_us_per_token']} "
+                f"| {r['tokens_per_s']} | {r['ttft_p50_ms']} | {r['output_tokens']} |"
             )
         lines.append(
             f"| {name} | pooled | **{result['frontend_us_per_token']}** | "
-            f"{result['engine_core_us_per_token']} | | | |"
+            f"{result['engine_us_per_token']} | | | |"
         )
     ratios = report["ratios"]
     lines += [
@@ -340,14 +349,34 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{ratios['by round']} (min {min(ratios['by round'])}, max {max(ratios['by round'])})",
         "",
     ]
-    for name, profile in report["profiles"].items():
-        lines += [f"## Where {name}'s frontend CPU goes (py-spy, {profile['samples']} samples)",
-                  "", "| concern | % of samples |", "| --- | --- |"]  # fmt: skip
-        lines += [f"| {k} | {v} |" for k, v in profile["concerns"].items()]
-        lines += ["", "| function (own samples) | % |", "| --- | --- |"]
-        lines += [f"| `{f}` | {v} |" for f, v in profile["top_functions"]]
+    profiles = report["profiles"]
+    if profiles:
+        names = list(profiles)
+        concerns = dict.fromkeys(c for p in profiles.values() for c in p["concerns"])
+        lines += [
+            "## Where the frontends' time goes (py-spy --gil, % of each one's samples)",
+            "",
+            "A thread preempted while it holds the GIL is still sampled: on a busy machine "
+            "uvicorn's `send` (its write() wakes the client) counts wall time more than CPU.",
+            "",
+            f"| concern | {' | '.join(names)} |",
+            f"| --- |{' --- |' * len(names)}",
+        ]
+        for concern in concerns:
+            shares = [str(p["concerns"].get(concern, 0.0)) for p in profiles.values()]
+            lines.append(f"| {concern} | {' | '.join(shares)} |")
+        for name, profile in profiles.items():
+            lines += ["", f"{name}, functions by own samples ({profile['samples']} samples):", ""]
+            lines += ["| function | % |", "| --- | --- |"]
+            lines += [f"| `{f}` | {v} |" for f, v in profile["top_functions"]]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n{NOTES}\n{notes}" if notes else "")
+
+
+def _notes(path: Path) -> str:
+    """What follows `NOTES` in the report at `path`: written by hand, kept across runs."""
+    text = path.read_text() if path.is_file() else ""
+    return text.partition(NOTES + "\n")[2]
 
 
 if __name__ == "__main__":
