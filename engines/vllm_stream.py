@@ -78,7 +78,11 @@ class _ChatStream:
         from vllm.entrypoints.openai.chat_completion.protocol import (
             ChatCompletionNamedToolChoiceParam,
         )
+        from vllm.entrypoints.serve.utils.tool_calls_utils import (
+            maybe_filter_parallel_tool_calls,
+        )
 
+        self.first_call_only = maybe_filter_parallel_tool_calls
         self.serving = serving
         self.request = request
         self.request_id = request_id
@@ -152,38 +156,28 @@ class _ChatStream:
     def _delta(self, res: Any, output: Any) -> Chunk | None:
         """One choice's new output as a chunk; None where vLLM's generator sends
         nothing, or sends an event `EventReader` would drop."""
-        from vllm.entrypoints.generate.base.protocol import DeltaMessage
-        from vllm.entrypoints.serve.utils.tool_calls_utils import (
-            maybe_filter_parallel_tool_calls,
-        )
-
         i, request = output.index, self.request
         if self.finished[i]:
             return None
         self.serving._raise_if_error(output.finish_reason, self.request_id)
         logprobs = self._logprobs(output) if request.logprobs and not self.hidden else ()
-        token_ids = list(output.token_ids)
+        token_ids = output.token_ids
         if not output.text and not token_ids and not self.tokens[i]:
             return None  # chunked prefill
-        parser = self.parsers[i]
-        delta = (
-            parser.parse_delta(
+        self.tokens[i] += len(token_ids)
+        text, reasoning = output.text, ""
+        calls: tuple[ToolCallDelta, ...] = ()
+        if (parser := self.parsers[i]) is not None:
+            delta = parser.parse_delta(
                 delta_text=output.text,
-                delta_token_ids=token_ids,
+                delta_token_ids=list(token_ids),
                 request=request,
                 prompt_token_ids=res.prompt_token_ids,
                 finished=output.finish_reason is not None,
             )
-            if parser is not None
-            else DeltaMessage(content=output.text)
-        )
-        if delta is not None and delta.tool_calls:
-            self.tools_streamed[i] = True
-        self.tokens[i] += len(token_ids)
-        if delta is None:
-            if output.finish_reason is None and not logprobs and not self.ids:
+            if delta is None and output.finish_reason is None and not logprobs and not self.ids:
                 return None
-            delta = DeltaMessage()
+            text, reasoning, calls = self._parsed(i, delta)
         finish, stop = None, None
         if output.finish_reason is not None:
             self.finished[i] = True
@@ -191,8 +185,22 @@ class _ChatStream:
             if self.tools_streamed[i] and not self.named_tool and finish == "stop":
                 finish = "tool_calls"
             stop = output.stop_reason
-        delta = maybe_filter_parallel_tool_calls(delta, request)
-        text, reasoning = delta.content or "", delta.reasoning or ""
+        ids = tuple(token_ids) if self.ids else ()
+        if not (text or calls or reasoning or finish or ids):
+            return None
+        return Chunk(i, text, len(token_ids), 0, logprobs, finish_reason(finish), calls,
+                     reasoning, stop, token_ids=ids)  # fmt: skip
+
+    def _parsed(self, i: int, delta: Any) -> tuple[str, str, tuple[ToolCallDelta, ...]]:
+        """A parser's delta (None: it held everything back) as text, reasoning and tool
+        calls; choice `i` streamed tool calls if it has some, before the filter of
+        `parallel_tool_calls: false` keeps the first call alone."""
+        if delta is None:
+            return "", "", ()
+        if not delta.tool_calls:
+            return delta.content or "", delta.reasoning or "", ()
+        self.tools_streamed[i] = True
+        delta = self.first_call_only(delta, self.request)
         calls = tuple(
             ToolCallDelta(
                 call.index,
@@ -202,11 +210,7 @@ class _ChatStream:
             )
             for call in delta.tool_calls
         )
-        ids = tuple(token_ids) if self.ids else ()
-        if not (text or calls or reasoning or finish or ids):
-            return None
-        return Chunk(i, text, len(token_ids), 0, logprobs, finish_reason(finish), calls,
-                     reasoning, stop, token_ids=ids)  # fmt: skip
+        return delta.content or "", delta.reasoning or "", calls
 
     def _logprobs(self, output: Any) -> tuple[TokenLogprob, ...]:
         request = self.request

@@ -2,13 +2,14 @@
 chunks that vLLM's own stream generator gives once its JSON is read back
 (engines/openai_wire.py's EventReader, the path the engine took before): the same
 outputs go through both, on the session gateway's serving objects (the demo model's
-tokenizer, the tool-aware template, the hermes tool parser). Chunks compare whole
-except their token counts, which the two paths spread differently and which must add
-up to the same total; tool calls' ids are random on both."""
+tokenizer, the tool-aware template), with the hermes tool parser and without a parser.
+Chunks compare whole except their token counts, which the two paths spread differently
+and which must add up to the same total; tool calls' ids are random on both."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 from collections.abc import AsyncGenerator
@@ -59,6 +60,7 @@ CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("parser", ["hermes", "none"])
 @pytest.mark.parametrize(("case", "fields", "texts", "finish", "stop"), CASES,
                          ids=[c[0] for c in CASES])  # fmt: skip
 def test_chat_stream_chunks_match_vllms_generator_read_back(
@@ -68,6 +70,7 @@ def test_chat_stream_chunks_match_vllms_generator_read_back(
     texts: list[str],
     finish: str,
     stop: str | None,
+    parser: str,
 ) -> None:
     from vllm.entrypoints.generate.base.protocol import RequestResponseMetadata
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -75,7 +78,9 @@ def test_chat_stream_chunks_match_vllms_generator_read_back(
 
     serving = gateway.engine._serving
     assert serving is not None
-    chat = serving.chat
+    chat = copy.copy(serving.chat)
+    if parser == "none":  # as served without --tool-call-parser
+        chat.parser_cls = None
     tokenizer = chat.renderer.tokenizer
     request = ChatCompletionRequest.model_validate(json.loads(json.dumps(fields)))
     conversation = fields["messages"]
