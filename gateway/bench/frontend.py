@@ -75,8 +75,8 @@ CONCERNS: list[tuple[str, tuple[str, ...]]] = [
         ("vllm/v1/engine/", "vllm/sampling_params", "vllm/v1/metrics/"),
     ),
     (
-        "vLLM: OpenAI serving (chat stream, pydantic chunks)",
-        ("vllm/entrypoints/", "vllm/tool_parsers/", "vllm/reasoning/"),
+        "vLLM: OpenAI serving (requests, parsers, pydantic chunks)",
+        ("vllm/entrypoints/", "vllm/parser/", "vllm/tool_parsers/", "vllm/reasoning/"),
     ),
     ("engine (engines/: vLLM's outputs as chunks)", ("engines/",)),
     ("metrics (gateway/metrics.py, prometheus_client)", ("gateway/metrics", "prometheus_client")),
