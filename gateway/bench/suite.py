@@ -111,13 +111,12 @@ def summary() -> list[dict[str, Any]]:
             "≤ 200",
             ours["added_chunk_p99_us"] <= 200,
         )
-        add(
-            "overhead",
-            "gateway CPU µs per chunk",
-            ours["cpu_us_per_chunk"],
-            "≤ 10",
-            ours["cpu_us_per_chunk"] <= 10,
-        )
+        for measure, key in (
+            ("gateway CPU µs per chunk (a burst)", "cpu_us_per_chunk"),
+            ("gateway CPU µs per chunk (1 ms apart)", "cpu_us_per_spaced_chunk"),
+        ):
+            value = ours.get(key)
+            add("overhead", measure, value, "≤ 10", value is not None and value <= 10)
     engine = _load("engine")
     if engine:
         value = engine["ratios"]["throughput (ours/vllm, higher is better)"]
