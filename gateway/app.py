@@ -222,8 +222,9 @@ async def _run_engines(catalog: Catalog, settings: Settings) -> None:
 def _freeze() -> None:
     """Move what start-up made (modules, engines, the model's tables) out of the
     garbage collector's sight, as vLLM's server does: each full collection would
-    otherwise walk it all again, a pause every request in flight waits out."""
-    gc.collect()
+    otherwise walk it all again, a pause every request in flight waits out. No
+    collection first: requests are already being served, and in a big process one
+    full collection is such a pause itself."""
     gc.freeze()
 
 
