@@ -18,12 +18,12 @@ serves a warm-up load first. Over `--rounds` (3 by default) the order alternates
 A B) and each round's figures are kept: the ratio is the pooled CPU per token, ours
 over vLLM's, with each round's ratio beside it (the spread).
 
-`--profile` adds one load per server, after its first measured one, sampled by py-spy
-(`--gil`: the thread that runs Python; not measured, the sampler takes a core of its
-own), and writes where each frontend's time goes, by concern and by function. A thread
-preempted while it holds the GIL still counts, so on a busy machine the share of
-uvicorn's `send` (whose write() wakes the client) is wall time more than CPU. Writes
-docs/benchmarks/frontend.{json,md}.
+`--profile` adds one load per server (three times `--prompts`), after its first measured
+one, sampled by py-spy (`--gil`: the thread that runs Python; not measured, the sampler
+takes a core of its own), and writes where each frontend's time goes, by concern and by
+function. A thread preempted while it holds the GIL still counts, so on a busy machine
+the share of uvicorn's `send` (whose write() wakes the client) is wall time more than
+CPU. Writes docs/benchmarks/frontend.{json,md}.
 
     switchyard bench frontend [--prompts 96] [--concurrency 16] [--input-len 256]
                               [--output-len 64] [--rounds 3] [--profile]
@@ -236,7 +236,7 @@ def _profiled(pid: int, args: argparse.Namespace, raw: Path) -> dict[str, Any]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # attached
-    _load(args, args.prompts)
+    _load(args, 3 * args.prompts)  # py-spy --gil keeps a few hundred samples per load
     spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     spy.wait(timeout=60)
     stacks = _read(raw)
