@@ -370,7 +370,7 @@ def _markdown(report: dict[str, Any], notes: str) -> str:
             lines += ["| function | % |", "| --- | --- |"]
             lines += [f"| `{f}` | {v} |" for f, v in profile["top_functions"]]
         lines.append("")
-    return "\n".join(lines) + (f"\n{NOTES}\n{notes}" if notes else "")
+    return "\n".join(lines) + (f"{NOTES}\n{notes}" if notes else "")
 
 
 def _notes(path: Path) -> str:
