@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import io
 import signal
@@ -48,9 +47,9 @@ from typing import Any
 
 from gateway.bench.engine import ENV, MODEL_ID, OURS, THEIRS, contenders, machine
 from gateway.bench.process import answers, serve_in_turns, write_report
+from gateway.bench.profile import PY_SPY, by_concern, own_samples, read_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
-PY_SPY = Path(sys.executable).parent / "py-spy"
 RATIO = "frontend CPU per token (ours/vllm, lower is better)"
 NOTES = "<!-- notes: kept when the benchmark rewrites this file -->"
 # (concern, substrings of "file:function"): a sample goes to the first concern that
@@ -239,40 +238,15 @@ def _profiled(pid: int, args: argparse.Namespace, raw: Path) -> dict[str, Any]:
     _load(args, 3 * args.prompts)  # py-spy --gil keeps a few hundred samples per load
     spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     spy.wait(timeout=60)
-    stacks = _read(raw)
+    stacks = read_stacks(raw)
     total = sum(stacks.values()) or 1
-    concerns: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    for frames, count in stacks.items():
-        concerns[next((c for f in reversed(frames) if (c := _concern(f))), "other")] += count
-        own[frames[-1] if frames else "?"] += count
+    concerns = by_concern(stacks, CONCERNS)
+    own = own_samples(stacks)
     return {
         "samples": sum(stacks.values()),
         "concerns": {k: round(100 * v / total, 1) for k, v in concerns.most_common()},
         "top_functions": [[f, round(100 * v / total, 1)] for f, v in own.most_common(25)],
     }
-
-
-def _read(path: Path) -> collections.Counter[tuple[str, ...]]:
-    """py-spy's raw (collapsed) stacks: frames root first, each "function (file:line)",
-    as ("path/in/package.py:function", ...)."""
-    stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        stacks[tuple(_frame(f) for f in stack.split(";") if f)] += int(count)
-    return stacks
-
-
-def _frame(text: str) -> str:
-    function, _, where = text.partition(" (")
-    file = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/lib/python3.11/", f"{ROOT}/"):
-        file = file.split(marker, 1)[-1]
-    return f"{file}:{function.strip()}"
-
-
-def _concern(frame: str) -> str | None:
-    return next((c for c, needles in CONCERNS if any(n in frame for n in needles)), None)
 
 
 def _report(

@@ -241,14 +241,18 @@ def _levels(port: int, per_level: int) -> dict[int, dict[str, float]]:
     return {c: asyncio.run(level(c)) for c in LEVELS}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children, from /proc."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children alive now (one that
+    ends while being read counts as nothing)."""
     import psutil
 
     total = 0.0
-    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        times = proc.cpu_times()
-        total += times.user + times.system
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
     return total
 
 
@@ -264,13 +268,13 @@ def _cpu_per_chunk(port: int, pid: int, streams: int = 300) -> tuple[float, floa
     events = 0
     for tokens in (1, 65):
         body = {**BODY, "max_tokens": tokens, "stream": True}
-        before = _cpu_seconds(pid)
+        before = cpu_seconds(pid)
         for _ in range(streams):
             status, answer = _post(conn, body)
             assert status == 200
             if tokens == 65:  # events with text (the role's opening event has none)
                 events += len(_TEXT.findall(answer))
-        used[tokens] = _cpu_seconds(pid) - before
+        used[tokens] = cpu_seconds(pid) - before
     return round((used[65] - used[1]) / (streams * 64) * 1e6, 2), round(events / streams, 1)
 
 

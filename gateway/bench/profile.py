@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.engine import machine
-from gateway.bench.overhead import BODY, ROOT, _answers, _cpu_seconds
+from gateway.bench.overhead import BODY, ROOT, _answers, cpu_seconds
 from gateway.bench.process import gateway_command, server_process, write_report
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -135,14 +135,14 @@ def _phase(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # py-spy attached
-    cpu_before = _cpu_seconds(pid)
+    cpu_before = cpu_seconds(pid)
     done = asyncio.run(_load(port, body, args.concurrency, args.seconds - 1.5))
-    cpu = _cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid) - cpu_before
     spy.wait()
-    stacks = _read(raw)
+    stacks = read_stacks(raw)
     total = sum(stacks.values())
-    shares = _by_concern(stacks)
-    own = _own(stacks)
+    shares = by_concern(stacks, CONCERNS)
+    own = own_samples(stacks)
     per_request_us = cpu / done * 1e6 if done else 0.0
     return {
         "requests": done,
@@ -175,13 +175,13 @@ async def _load(port: int, body: dict[str, Any], concurrency: int, seconds: floa
     return done
 
 
-def _read(path: Path) -> collections.Counter[tuple[str, ...]]:
-    """py-spy's raw (collapsed) output: frames root first, each "function (file:line)"."""
+def read_stacks(path: Path) -> collections.Counter[tuple[str, ...]]:
+    """py-spy's raw (collapsed) output: frames root first, each "function (file:line)",
+    as ("path/in/package.py:function", ...)."""
     stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = tuple(_frame(f) for f in stack.split(";") if f)
-        stacks[frames] += int(count)
+        stacks[tuple(_frame(f) for f in stack.split(";") if f)] += int(count)
     return stacks
 
 
@@ -189,28 +189,28 @@ def _frame(text: str) -> str:
     """ "function (path/to/file.py:12)" as "path/to/file.py:function"."""
     function, _, where = text.partition(" (")
     file = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
-        if marker in file:
-            file = file.split(marker, 1)[1]
+    for marker in ("site-packages/", "/lib/python3.11/", f"{ROOT}/"):
+        file = file.split(marker, 1)[-1]
     return f"{file}:{function.strip()}"
 
 
-def _concern(frame: str) -> str | None:
-    for concern, needles in CONCERNS:
-        if any(needle in frame for needle in needles):
-            return concern
-    return None
+def by_concern(
+    stacks: collections.Counter[tuple[str, ...]], concerns: list[tuple[str, tuple[str, ...]]]
+) -> collections.Counter[str]:
+    """Samples per concern: each stack goes to the first concern matching its innermost
+    frame that matches any ("other" if none does)."""
 
+    def concern(frame: str) -> str | None:
+        return next((c for c, needles in concerns if any(n in frame for n in needles)), None)
 
-def _by_concern(stacks: collections.Counter[tuple[str, ...]]) -> collections.Counter[str]:
     shares: collections.Counter[str] = collections.Counter()
     for frames, count in stacks.items():
-        concern = next((c for f in reversed(frames) if (c := _concern(f))), "other")
-        shares[concern] += count
+        shares[next((c for f in reversed(frames) if (c := concern(f))), "other")] += count
     return shares
 
 
-def _own(stacks: collections.Counter[tuple[str, ...]]) -> collections.Counter[str]:
+def own_samples(stacks: collections.Counter[tuple[str, ...]]) -> collections.Counter[str]:
+    """Samples per function on top of the stack."""
     own: collections.Counter[str] = collections.Counter()
     for frames, count in stacks.items():
         own[frames[-1] if frames else "?"] += count

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.load import REPORTS, alternating
+from gateway.bench.overhead import cpu_seconds
 from gateway.bench.process import gateway_command, server_process, write_report
 
 MODES = ("whole", "stream")
@@ -135,8 +136,8 @@ def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]
     measured: dict[str, Any] = {}
     for mode in MODES:
         before = {
-            "gateway": _cpu(gateway),
-            "upstream": _cpu(upstream),
+            "gateway": cpu_seconds(gateway),
+            "upstream": cpu_seconds(upstream),
             "client": _own_cpu(),
             "machine": _busy(),
         }
@@ -145,8 +146,8 @@ def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]
         failures = sum(failed.values())
         wall = time.perf_counter() - started
         used = {
-            "gateway": _cpu(gateway) - before["gateway"],
-            "upstream": _cpu(upstream) - before["upstream"],
+            "gateway": cpu_seconds(gateway) - before["gateway"],
+            "upstream": cpu_seconds(upstream) - before["upstream"],
             "client": _own_cpu() - before["client"],
         }
         # What else ran on the machine meanwhile (other work shares the cores).
@@ -187,20 +188,6 @@ async def _load(url: str, requests: int, concurrency: int, stream: bool) -> Coun
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return failures
-
-
-def _cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its children, alive now."""
-    import psutil
-
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = proc.cpu_times()
-                total += times.user + times.system
-    return total
 
 
 def _busy() -> float:
