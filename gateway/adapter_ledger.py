@@ -21,26 +21,39 @@ that died stops holding anything after that.
 
     FileLedger   a JSON file in the workers' run directory under an fcntl lock: the
                  workers of one `switchyard serve --workers N`, on one host
+    RedisLedger  keys in Redis (`adapter_registry: {backend: redis}`): gateway
+                 replicas, and their workers, on any number of hosts
 
-Another store (Redis, for gateway replicas on several hosts) implements `Ledger`: a
-transaction that reads the entries and writes this worker's heartbeat in one step.
+Either reads the entries and writes this worker's heartbeat in one transaction. A
+ledger that cannot be reached raises LedgerUnavailable (a 503 for a load or unload;
+a follow tries again at the next probe interval).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
+import redis.asyncio as redis
+
+from gateway.errors import ServiceUnavailable
+from gateway.settings import Settings
 
 T = TypeVar("T")
+
+
+class LedgerUnavailable(ServiceUnavailable):
+    """The ledger could not be read or written."""
 
 
 def version(name: str, digest: str) -> str:
@@ -176,3 +189,135 @@ class FileLedger:
 
 def _entries(state: dict[str, Any]) -> dict[str, Entry]:
     return {name: Entry(**fields) for name, fields in state.get("adapters", {}).items()}
+
+
+class RedisLedger:
+    """The ledger in Redis under `prefix`: `entries` (a hash, name -> entry as JSON),
+    `seq` (the last sequence number given), `workers` (a set of worker names) and
+    `worker:NAME` (what it holds, as JSON) that expires `stale_after_s` after its
+    last beat: liveness is Redis's clock, never the hosts'. Each step watches
+    `entries` and `seq` and is retried when another worker changed them meanwhile
+    (WATCH/MULTI), so what a worker says it holds always matches the entries it read.
+    Each step is bounded by `timeout_s`; past it, or on any Redis error,
+    LedgerUnavailable."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        worker: str,
+        stale_after_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._entries = prefix + "entries"
+        self._seq = prefix + "seq"
+        self._workers = prefix + "workers"
+        self._prefix = prefix
+        self.worker = worker
+        self._ttl_ms = int(stale_after_s * 1000)
+        self._timeout_s = timeout_s
+
+    async def sync(self, view: View) -> Sync:
+        async with self._reaching("read"):
+            entries, _ = await self._transaction(view)
+            return Sync(entries, await self._held_elsewhere())
+
+    async def publish(self, entry: Entry, view: View, *, if_absent: bool = False) -> Entry:
+        async with self._reaching("write"):
+            _, stored = await self._transaction(view, entry, if_absent)
+            assert stored is not None
+            return stored
+
+    async def aclose(self) -> None:
+        try:
+            async with self._reaching("leave"):
+                await self._client.delete(self._worker_key(self.worker))
+                await self._client.srem(self._workers, self.worker)
+        finally:
+            await self._client.aclose()
+
+    def _worker_key(self, worker: str) -> str:
+        return f"{self._prefix}worker:{worker}"
+
+    async def _transaction(
+        self, view: View, entry: Entry | None = None, if_absent: bool = False
+    ) -> tuple[dict[str, Entry], Entry | None]:
+        """Read the entries; store `entry` (as `publish` does), if any, and this
+        worker's beat, unless another worker wrote meanwhile: then again."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self._entries, self._seq)
+                    raw = await pipe.hgetall(self._entries)
+                    entries = {
+                        _text(name): Entry(**json.loads(fields)) for name, fields in raw.items()
+                    }
+                    stored = entries.get(entry.name) if entry is not None else None
+                    writes = entry is not None and (stored is None or not if_absent)
+                    seq = int(await pipe.get(self._seq) or 0) + 1 if writes else 0
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if entry is not None and writes:
+                        stored = Entry(**{**asdict(entry), "seq": seq})
+                        entries = {**entries, entry.name: stored}
+                        pipe.set(self._seq, seq)
+                        pipe.hset(self._entries, entry.name, json.dumps(asdict(stored)))
+                    beat = json.dumps(view.holds(entries))
+                    pipe.set(self._worker_key(self.worker), beat, px=self._ttl_ms)
+                    pipe.sadd(self._workers, self.worker)
+                    await pipe.execute()
+                    return entries, stored
+                except redis.WatchError:
+                    continue
+
+    async def _held_elsewhere(self) -> frozenset[str]:
+        """What the other live workers hold; a worker whose beat expired leaves the set."""
+        others = [_text(w) for w in await self._client.smembers(self._workers)]
+        others = [w for w in others if w != self.worker]
+        if not others:
+            return frozenset()
+        beats = await self._client.mget([self._worker_key(w) for w in others])
+        held: set[str] = set()
+        gone = []
+        for worker, beat in zip(others, beats, strict=True):
+            if beat is None:
+                gone.append(worker)
+            else:
+                held.update(json.loads(beat))
+        if gone:
+            await self._client.srem(self._workers, *gone)
+        return frozenset(held)
+
+    @contextlib.asynccontextmanager
+    async def _reaching(self, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise LedgerUnavailable(
+                f"The adapter registry in Redis could not {what}: {type(exc).__name__}: {exc}. "
+                "Check that Redis is up (adapter_registry.redis_url), then retry."
+            ) from None
+
+
+def open_ledger(settings: Settings, run: Path | None = None) -> Ledger | None:
+    """The ledger `settings.adapter_registry` names, for this process: Redis's; with
+    `local`, the run directory's file when there is one (workers), else none (one
+    process agrees with itself)."""
+    registry = settings.adapter_registry
+    probe_s = settings.balancer.probe_interval_s
+    # A worker that stopped beating for this long holds no adapter version any more.
+    stale_after_s = registry.stale_after_s or max(10.0, 3 * probe_s)
+    if registry.backend == "redis":
+        from gateway import redis_client
+
+        client = redis_client.connect_section(registry)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        return RedisLedger(client, registry.prefix, worker, stale_after_s, registry.timeout_s)
+    if run is not None:
+        return FileLedger(run, str(os.getpid()), stale_after_s)
+    return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -23,12 +23,14 @@ so a replica that restarted serves them again. Reloading a name with different
 files makes the new version ready at once; the old one drains in the background and
 is then unloaded.
 
-Workers of one gateway (gateway/workers/) each keep a registry and agree through a
+Workers of one gateway (gateway/workers/), and gateway replicas sharing a Redis
+(`adapter_registry: {backend: redis}`), each keep a registry and agree through a
 ledger (gateway/adapter_ledger.py, `share`): what one loads or unloads through the
 API is published there, the others `follow` it within a probe interval (and before
 they restore a backend's adapters, so none puts back what another unloaded), and a
 version leaves the engines only once no worker holds it: an unload answers once every
-worker stopped routing to it and finished its requests on it.
+worker stopped routing to it and finished its requests on it. A load or unload the
+ledger cannot record is a 503 and changes nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import anyio.to_thread
 from engines.artifacts.manifest import read_manifest
 from engines.errors import EngineUnavailable
 from engines.types import Adapter, AdapterSupport
-from gateway.adapter_ledger import Entry, Ledger, View, version
+from gateway.adapter_ledger import Entry, Ledger, LedgerUnavailable, View, version
 from gateway.balancer.backend import Backend
 from gateway.balancer.pool import Pool
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -66,6 +68,7 @@ PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # loading may run
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 STORE = ".switchyard-store"
 RELEASE_POLL_S = 0.1  # how often a drained version asks whether other workers hold it
+LEDGER_RETRY_S = 1.0  # and how often while the ledger cannot be reached
 
 
 class AdapterRejected(InvalidRequest):
@@ -223,16 +226,23 @@ class AdapterRegistry:
                 )
             record = AdapterRecord(adapter, base_id, host.pool, placed)
             self._records[name] = record
-            self.loads += 1
             if followed is not None:
                 record.seq = self._seen[name] = followed.seq
             elif self._ledger is not None:
                 entry = Entry(name, base_id, str(real_path), digest)
-                published = await self._ledger.publish(
-                    entry, self._view(), if_absent=not require_placed
-                )
+                try:
+                    published = await self._ledger.publish(
+                        entry, self._view(), if_absent=not require_placed
+                    )
+                except BaseException:  # not shared: not loaded (the ledger is down)
+                    self._records.pop(name)
+                    if current is not None:
+                        self._records[name] = current
+                    await _remove(adapter, host.pool, placed)
+                    raise
                 if published == dataclasses.replace(entry, seq=published.seq):
                     record.seq = self._seen[name] = published.seq
+            self.loads += 1
         if current is not None:
             self._retire(current)
         log.info(
@@ -247,8 +257,12 @@ class AdapterRegistry:
     async def restore(self, pool: Pool, backend: Backend) -> None:
         """Load every listed adapter of `pool` on `backend` (which may have restarted
         empty), after following the ledger (an adapter another worker unloaded is
-        not put back). Raises EngineUnavailable if the backend fails while at it."""
-        await self.follow()
+        not put back; with the ledger unreachable, what this worker knows is put
+        back). Raises EngineUnavailable if the backend fails while at it."""
+        try:
+            await self.follow()
+        except LedgerUnavailable as exc:
+            log.warning("restoring %s's adapters without the ledger: %s", backend.name, exc)
         async with self._lock:
             for record in list(self._records.values()):
                 if record.pool is not pool or record.state != "ready":
@@ -332,7 +346,12 @@ class AdapterRegistry:
         adapter = record.adapter
         mine = version(adapter.name, adapter.digest)
         while True:
-            sync = await self._ledger.sync(self._view())
+            try:
+                sync = await self._ledger.sync(self._view())
+            except LedgerUnavailable as exc:
+                log.warning("adapter %s waits for the ledger to unload it: %s", mine, exc)
+                await asyncio.sleep(LEDGER_RETRY_S)
+                continue
             again = sync.entries.get(adapter.name)
             if again and again.seq > record.seq and again.version == mine and not again.removed:
                 return False
@@ -373,7 +392,10 @@ class AdapterRegistry:
             return
         if self._ledger is not None:
             digest = Path(path).name
-            sync = await self._ledger.sync(self._view())
+            try:
+                sync = await self._ledger.sync(self._view())
+            except LedgerUnavailable:
+                return  # another worker may use it: kept, as an unused copy would be
             listed = any(e.digest == digest and not e.removed for e in sync.entries.values())
             if listed or any(v.endswith("@" + digest) for v in sync.held_elsewhere):
                 return

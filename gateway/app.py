@@ -27,6 +27,7 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
+from gateway.adapter_ledger import Ledger, LedgerUnavailable, open_ledger
 from gateway.adapters import AdapterHost, Artifact, identities
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import InFlight, build_limiter
@@ -69,13 +70,18 @@ log = logging.getLogger("switchyard")
 
 
 def create_app(
-    settings: Settings, engines: Sequence[Engine] | None = None, in_flight: InFlight | None = None
+    settings: Settings,
+    engines: Sequence[Engine] | None = None,
+    in_flight: InFlight | None = None,
+    ledger: Ledger | None = None,
 ) -> FastAPI:
     """Build the app. Engines passed in are used as they are and stay owned by the
     caller (tests share one across apps); otherwise they are built from `settings`,
     started in the background and closed on shutdown. `in_flight` counts each key's
     requests in flight: this process's own unless given (the workers of one serve
-    share theirs: gateway/workers/)."""
+    share theirs: gateway/workers/). The adapter registry agrees with other
+    processes through `ledger`, or the one `settings.adapter_registry` names
+    (gateway/adapter_ledger.py), following it each probe interval; the app owns it."""
     owned = engines is None
     if engines is None:
         engines = [build_engine(e.kind, e.name, e.model_id, e.options) for e in settings.engines]
@@ -85,15 +91,22 @@ def create_app(
     auth = settings.auth
     keys = KeyRing(auth) if auth.enabled else None
     limiter = build_limiter(auth.rate_limit) if auth.enabled else None
+    ledger = ledger or open_ledger(settings)
+    if ledger is not None:
+        catalog.adapters.share(ledger, catalog.host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_run_engines, catalog, settings)
+            if ledger is not None:
+                tg.start_soon(_follow, catalog, settings.balancer.probe_interval_s)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+                if ledger is not None:
+                    await _leave(ledger)
                 await cache.aclose()
                 if store is not None:
                     await store.aclose()
@@ -217,6 +230,29 @@ async def _run_engines(catalog: Catalog, settings: Settings) -> None:
             body.replace("MODEL", model.id),
         )
     await catalog.prober.run()
+
+
+async def _follow(catalog: Catalog, interval_s: float) -> None:
+    """Follow the adapter ledger each `interval_s`, once no engine is still starting."""
+    while True:
+        await anyio.sleep(interval_s)
+        if any(model.pool.state() == "loading" for model in catalog.models):
+            continue
+        try:
+            await catalog.adapters.follow()
+        except LedgerUnavailable as exc:
+            log.warning("adapters not followed: %s", exc.message)
+        except Exception:
+            log.exception("following the adapter ledger failed; trying again")
+
+
+async def _leave(ledger: Ledger) -> None:
+    """This process leaves the ledger: it holds nothing from now on."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await ledger.aclose()
+        except LedgerUnavailable as exc:
+            log.warning("left the adapter ledger without saying so: %s", exc.message)
 
 
 def _freeze() -> None:

@@ -21,6 +21,7 @@ import pydantic
 
 from engines.errors import EngineError
 from gateway.auth.keys import KeyConfigError, digest
+from gateway.redis_client import RedisConfigError
 from gateway.settings import EngineSettings, Settings, SettingsFileError, load_settings
 
 # `switchyard bench NAME` runs gateway/bench/NAME.py (dashes as underscores).
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # With workers, each builds its own app: this one only checks the settings.
         app = create_app(settings if settings.workers == 1 else per_worker(settings)[0])
-    except (EngineError, KeyConfigError) as exc:
+    except (EngineError, KeyConfigError, RedisConfigError) as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     if settings.workers > 1:

@@ -81,18 +81,41 @@ class BalancerSettings(BaseModel):
 CacheMode = Literal["deterministic", "all", "off"]
 
 
-class RedisBacked(BaseModel):
-    """What a section kept in Redis (the cache, rate limits, stored responses) says
-    of it: where it is, the prefix of its keys, the bound on each call, and how long
-    to leave it alone after a failure (gateway/backoff.py). Each section opens its
-    own client (gateway/redis_client.py): their call budgets differ tenfold."""
+class RedisConnection(BaseModel):
+    """Where a section kept in Redis is: its URL, the prefix of its keys, the bound on
+    each call, and the environment variable holding Redis's password (`requirepass`;
+    none: the URL's, if any). Each section opens its own client
+    (gateway/redis_client.py): their call budgets differ tenfold."""
 
     model_config = ConfigDict(extra="forbid")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchyard:"
     timeout_s: float = Field(0.05, gt=0)  # per Redis call
+    password_env: str | None = None
+
+
+class RedisBacked(RedisConnection):
+    """A section answered from Redis per request (the cache, rate limits, stored
+    responses): also how long to leave Redis alone after a failure
+    (gateway/backoff.py)."""
+
     retry_after_s: float = Field(1.0, ge=0)  # after a Redis failure, before trying again
+
+
+class AdapterRegistrySettings(RedisConnection):
+    """Where runtime adapter loads and unloads are agreed on (gateway/adapter_ledger.py):
+    `local`, by this gateway's processes (its workers share a file); `redis`, by every
+    gateway replica using that Redis, on any host. Shared, a load or unload through
+    one gateway reaches the others within a probe interval, and an unload answers once
+    no gateway routes to the adapter or has requests on it. A gateway that stops
+    beating holds nothing after `stale_after_s` (default: 3 probe intervals, 10 s at
+    least)."""
+
+    backend: Literal["local", "redis"] = "local"
+    prefix: str = "switchyard:adapters:"
+    timeout_s: float = Field(2.0, gt=0)
+    stale_after_s: float | None = Field(None, gt=0)
 
 
 class CacheSettings(RedisBacked):
@@ -214,6 +237,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     responses: ResponseStoreSettings = Field(default_factory=ResponseStoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    adapter_registry: AdapterRegistrySettings = Field(default_factory=AdapterRegistrySettings)
     max_messages: int = Field(1024, ge=1)
     max_embedding_inputs: int = Field(2048, ge=1)  # texts, token lists or conversations
     max_tools: int = Field(128, ge=0)  # tools (or functions) in one request

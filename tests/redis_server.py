@@ -19,15 +19,18 @@ from tests.servers import free_port, wait_until
 class RedisServer:
     """`persistent`: an append-only file synced on every write, so a `kill -9` and a
     restart keep the data (what an operator runs for rate limits that must survive
-    one)."""
+    one). `password`: clients must AUTH with it (`requirepass`)."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, persistent: bool = False, password: str | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed: `make test` installs Debian's package"
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
         self.persistent = persistent
+        self.password = password  # `requirepass`
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +45,8 @@ class RedisServer:
         aof = ["yes", "--appendfsync", "always"] if self.persistent else ["no"]
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", *aof, "--dir", str(self.workdir)],
+             "--appendonly", *aof, "--dir", str(self.workdir),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         assert wait_until(self._answers, timeout=10)

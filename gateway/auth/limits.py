@@ -194,7 +194,7 @@ class RedisLimiter:
         self.errors = 0
         self._deferred: Counter[str] = Counter()  # tokens by key label
         self._backoff = Backoff(settings.retry_after_s)
-        self._client = redis_client.connect(settings.redis_url, settings.timeout_s)
+        self._client = redis_client.connect_section(settings)
         self._script = self._client.register_script(_SCRIPT)
 
     async def admit(self, principal: Principal, reserve: int = 0) -> Verdict:

@@ -21,12 +21,17 @@ class CacheUnavailable(Exception):
 
 class RedisCache:
     def __init__(
-        self, url: str, ttl_s: float, prefix: str = "switchyard:", timeout_s: float = 0.05
+        self,
+        url: str,
+        ttl_s: float,
+        prefix: str = "switchyard:",
+        timeout_s: float = 0.05,
+        password: str | None = None,
     ) -> None:
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self._client = redis_client.connect(url, timeout_s)
+        self._client = redis_client.connect(url, timeout_s, password)
 
     async def get(self, key: str) -> bytes | None:
         try:

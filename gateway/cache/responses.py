@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from engines.types import GenerationRequest
+from gateway import redis_client
 from gateway.backoff import Backoff
 from gateway.cache.entry import CorruptEntry, Entry
 from gateway.cache.flights import Flight, Item, Watch
@@ -68,7 +69,11 @@ class ResponseCache:
             store = MemoryCache(settings.max_bytes, settings.ttl_s)
         elif settings.backend == "redis":
             store = RedisCache(
-                settings.redis_url, settings.ttl_s, settings.prefix, settings.timeout_s
+                settings.redis_url,
+                settings.ttl_s,
+                settings.prefix,
+                settings.timeout_s,
+                redis_client.password(settings),
             )
         return cls(settings, store)
 

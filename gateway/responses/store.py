@@ -125,7 +125,7 @@ class RedisStore:
         self.timeout_s = settings.timeout_s
         self.max_record_bytes = settings.max_record_bytes
         self._backoff = Backoff(settings.retry_after_s)
-        self._client = redis_client.connect(settings.redis_url, settings.timeout_s)
+        self._client = redis_client.connect_section(settings)
 
     async def put(self, response_id: str, record: Stored) -> None:
         data = zlib.compress(record.encode())

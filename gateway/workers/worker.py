@@ -3,11 +3,12 @@
 
 It is the app `create_app` builds, with what the workers share in place of what one
 process keeps to itself: the per-key in-flight counts (in_flight.py), and the
-adapter registry following the ledger in the run directory, each probe interval
-(gateway/adapter_ledger.py). Its lifespan also copies this worker's live metrics
-into the shared files each second (gateway/metrics.py), and on the way out leaves the
-ledger, frees its in-flight column and marks its metrics dead (their live gauges
-drop out of the aggregate; its counters stay in it).
+adapter ledger in the run directory (or Redis's, with `adapter_registry: {backend:
+redis}`), which the registry follows each probe interval (gateway/adapter_ledger.py).
+Its lifespan also copies this worker's live metrics into the shared files each
+second (gateway/metrics.py), and on the way out frees its in-flight column and marks
+its metrics dead (their live gauges drop out of the aggregate; its counters stay in
+it); create_app's lifespan leaves the ledger.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI
 
-from gateway.adapter_ledger import FileLedger
+from gateway.adapter_ledger import open_ledger
 from gateway.app import create_app
-from gateway.catalog import Catalog
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import Shared
@@ -44,20 +44,14 @@ def create_worker_app() -> FastAPI:
     run = Path(os.environ[RUN_DIR])
     configure_logging(settings)
     in_flight = SharedInFlight(run / "in_flight")
-    app = create_app(settings, in_flight=in_flight)
+    app = create_app(settings, in_flight=in_flight, ledger=open_ledger(settings, run))
     shared: Shared = app.state.shared
-    probe_s = settings.balancer.probe_interval_s
-    # A worker that stopped beating for this long holds no adapter version any more.
-    ledger = FileLedger(run, str(os.getpid()), stale_after_s=max(10.0, 3 * probe_s))
-    catalog = shared.catalog
-    catalog.adapters.share(ledger, catalog.host)
     own = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             async with own(app), anyio.create_task_group() as tg:
-                tg.start_soon(_follow, catalog, probe_s)
                 if shared.metrics is not None:
                     tg.start_soon(_mirror, shared.metrics)
                 try:
@@ -65,26 +59,12 @@ def create_worker_app() -> FastAPI:
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await ledger.aclose()
             in_flight.close()
             _mark_dead(shared.metrics)
 
     app.router.lifespan_context = lifespan
     log.info("worker %d: in-flight column %d", os.getpid(), in_flight.column)
     return app
-
-
-async def _follow(catalog: Catalog, interval_s: float) -> None:
-    """Follow the ledger each `interval_s`, once no engine is still starting."""
-    while True:
-        await anyio.sleep(interval_s)
-        if any(model.pool.state() == "loading" for model in catalog.models):
-            continue
-        try:
-            await catalog.adapters.follow()
-        except Exception:
-            log.exception("following the adapter ledger failed; trying again")
 
 
 async def _mirror(metrics: Metrics) -> None:

@@ -1,24 +1,28 @@
 """The adapter ledger between two gateways' registries in this process, as two workers
-use it (gateway/adapter_ledger.py), in front of one `vllm serve` double they share:
-the orderings a real pair of workers only meets by chance, driven one step at a time
-(tests/gateway/test_workers.py drives real workers)."""
+(a file in their run directory) or two gateway replicas (a real `redis-server`) use
+it (gateway/adapter_ledger.py), in front of one `vllm serve` double they share: the
+orderings real pairs only meet by chance, driven one step at a time
+(tests/gateway/test_workers.py drives real workers, tests/e2e/test_replicas.py two
+gateway processes and real replicas)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from gateway.adapter_ledger import FileLedger
+from gateway.adapter_ledger import FileLedger, Ledger, RedisLedger, View
 from gateway.app import create_app
 from gateway.catalog import Catalog
+from gateway.redis_client import connect
 from gateway.settings import BalancerSettings, EngineSettings, Settings
 from tests.gateway.test_adapters import make_adapter
 from tests.gateway.test_workers import CountingDouble
-from tests.servers import serve
+from tests.redis_server import RedisServer
+from tests.servers import serve, wait_until
 from tests.settings import NO_AUTH
 
 
@@ -27,9 +31,26 @@ def double() -> CountingDouble:
     return CountingDouble()
 
 
+@pytest.fixture(params=["file", "redis"])
+def ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Ledger]]:
+    """Ledgers by worker name, all on one store: a file in `tmp_path`, or a real
+    `redis-server`."""
+    if request.param == "file":
+        yield lambda worker: FileLedger(tmp_path, worker, stale_after_s=60)
+        return
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield lambda worker: RedisLedger(connect(server.url, 5.0), "t:", worker, 60, 5.0)
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-async def pair(double: CountingDouble, tmp_path: Path) -> AsyncIterator[tuple[Catalog, Catalog]]:
-    """Two workers' catalogs (started, probed once) sharing a ledger in `tmp_path`."""
+async def pair(
+    double: CountingDouble, tmp_path: Path, ledgers: Callable[[str], Ledger]
+) -> AsyncIterator[tuple[Catalog, Catalog]]:
+    """Two workers' catalogs (started, probed once) sharing a ledger."""
     root = tmp_path / "adapters"
     make_adapter(root / "a1", base="base")
     with serve(double.app()) as url:
@@ -41,7 +62,7 @@ async def pair(double: CountingDouble, tmp_path: Path) -> AsyncIterator[tuple[Ca
         catalogs = []
         for worker in ("a", "b"):
             catalog: Catalog = create_app(settings).state.shared.catalog
-            catalog.adapters.share(FileLedger(tmp_path, worker, stale_after_s=60), catalog.host)
+            catalog.adapters.share(ledgers(worker), catalog.host)
             await catalog.start_all()
             catalogs.append(catalog)
         try:
@@ -58,15 +79,12 @@ async def loaded_on_both(a: Catalog, b: Catalog, root: Path) -> str:
     return f"a1@{record.adapter.digest[:12]}"
 
 
-async def tombstoned(ledger: Path, name: str) -> None:
-    """Until the ledger says `name` was unloaded."""
-
-    def removed() -> bool:
-        entries = json.loads(ledger.read_text())["adapters"] if ledger.exists() else {}
-        return bool(entries.get(name, {}).get("removed"))
-
+async def tombstoned(catalog: Catalog, name: str) -> None:
+    """Until the ledger says `name` was unloaded (as `catalog`'s worker reads it)."""
+    registry = catalog.adapters
     for _ in range(400):
-        if await asyncio.to_thread(removed):
+        entries = (await registry._ledger.sync(registry._view())).entries  # type: ignore[union-attr]
+        if name in entries and entries[name].removed:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"{name} was never unloaded in the ledger")
@@ -82,7 +100,7 @@ async def test_an_unloaded_adapter_is_not_put_back_by_a_worker_that_did_not_foll
     name = await loaded_on_both(a, b, tmp_path / "adapters")
     loads = double.loads
     unload = asyncio.create_task(a.adapters.unload("a1"))  # waits for B to let go
-    await tombstoned(tmp_path / "adapters.json", "a1")
+    await tombstoned(a, "a1")
     double.restart()
     await b.prober.probe_all()  # sees the adapter gone, restores the backend
     assert double.loads == loads
@@ -104,7 +122,7 @@ async def test_a_version_leaves_the_upstream_once_no_worker_has_requests_on_it(
     assert record is not None
     record.acquire()  # B's request on it
     unload = asyncio.create_task(a.adapters.unload("a1"))
-    await tombstoned(tmp_path / "adapters.json", "a1")
+    await tombstoned(a, "a1")
     await b.adapters.follow()  # B stops routing to it; its request goes on
     assert b.adapters.get("a1") is None
     for _ in range(10):  # A's unload polls the ledger meanwhile, and waits
@@ -114,3 +132,60 @@ async def test_a_version_leaves_the_upstream_once_no_worker_has_requests_on_it(
     record.release()
     await asyncio.wait_for(unload, timeout=30)
     assert name not in double.adapters
+
+
+def test_a_load_the_ledger_cannot_record_is_a_503_and_changes_nothing(
+    double: CountingDouble, tmp_path: Path
+) -> None:
+    """Redis is down: a load through the API answers an OpenAI-shaped 503 saying what
+    to check, and leaves nothing on the upstream; once Redis is back, it loads."""
+    root = tmp_path / "adapters"
+    make_adapter(root / "a1", base="base")
+    server = RedisServer(tmp_path)
+    server.start()
+    with serve(double.app()) as upstream:
+        options = {"url": upstream, "upstream_model": "up", "enable_lora": True, "max_loras": 4}
+        engine = {"name": "up", "kind": "openai_remote", "model_id": "base", "options": options}
+        registry = {"backend": "redis", "redis_url": server.url, "timeout_s": 1.0}
+        settings = Settings(
+            auth=NO_AUTH,
+            engines=[{**engine, "adapter_root": str(root)}],
+            adapter_registry=registry,
+        )
+        app = create_app(settings)
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            assert wait_until(lambda: app.state.shared.catalog.ready, timeout=10)
+            server.stop()
+            r = client.post("/v1/adapters", json={"name": "a1", "path": "a1"})
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["type"] == "service_unavailable"
+            assert "adapter registry in Redis" in error["message"]
+            assert double.adapters == {}
+            assert client.get("/v1/adapters").json()["data"] == []
+            server.start()
+            r = client.post("/v1/adapters", json={"name": "a1", "path": "a1"})
+            assert r.status_code == 200, r.text
+            assert list(double.adapters) == [f"a1@{r.json()['digest'][:12]}"]
+            server.stop()
+
+
+async def test_a_replica_that_stops_beating_holds_nothing_once_its_beat_expires(
+    tmp_path: Path,
+) -> None:
+    """Liveness is Redis's key expiry, not any host's clock: a gateway that died
+    without leaving stops holding its versions `stale_after_s` after its last beat,
+    and leaves the set of workers."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        a = RedisLedger(connect(server.url, 5.0), "t:", "a", 60, 5.0)
+        b = RedisLedger(connect(server.url, 5.0), "t:", "b", 0.5, 5.0)
+        await b.sync(View(frozenset({"x@d"}), {}))
+        assert (await a.sync(View(frozenset(), {}))).held_elsewhere == {"x@d"}
+        await asyncio.sleep(0.7)
+        assert (await a.sync(View(frozenset(), {}))).held_elsewhere == frozenset()
+        assert await connect(server.url, 5.0).smembers("t:workers") == {b"a"}
+        await a.aclose()
+    finally:
+        server.stop()
