@@ -5,7 +5,9 @@ behind the gateway's openai_remote engines: placement, failover under load with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import shutil
 import signal
 import time
@@ -21,10 +23,12 @@ import pytest
 
 from engines.errors import EngineTimedOut
 from gateway.app import create_app
+from gateway.bench.process import answers, gateway_command, server_process
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
+from tests.redis_server import RedisServer
 from tests.replicas import MODEL, Replica, remote_engines
-from tests.servers import serve, wait_until
+from tests.servers import free_port, serve, wait_until
 from tests.settings import NO_AUTH
 
 PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
@@ -220,3 +224,87 @@ def test_a_frozen_replica_times_out_and_traffic_fails_over(
         finally:
             frozen.signal(signal.SIGCONT)
         assert wait_until(lambda: backend.routable(time.monotonic()), timeout=15)
+
+
+@contextlib.contextmanager
+def gateway_processes(
+    replicas: list[Replica], adapter_root: Path, redis_url: str, work: Path, count: int = 2
+) -> Iterator[list[str]]:
+    """`count` `switchyard serve` processes before the replicas, sharing their adapter
+    registry in Redis (the adapter root is their shared volume): their URLs."""
+    engines = remote_engines([(r.name, r.url) for r in replicas], adapter_root, TIMEOUTS)
+    registry = {"backend": "redis", "redis_url": redis_url, "prefix": f"{work.name}:"}
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for i in range(count):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command = gateway_command(
+                engines, port, work, balancer=PROBE, adapter_registry=registry
+            )
+            log = work / f"gateway-{i}.log"
+            stack.enter_context(server_process(command, answers(url, MODEL), log))
+            urls.append(url)
+        yield urls
+
+
+def listed(url: str) -> dict[str, dict[str, Any]]:
+    adapters = httpx.get(url + "/v1/adapters", timeout=10).json()["data"]
+    return {a["name"]: a for a in adapters}
+
+
+def test_two_gateways_share_runtime_adapters_through_redis(
+    replicas: list[Replica], adapter_root: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two gateway processes, one `redis-server`, both replicas. A load through A is
+    served by B within about a probe interval; an unload through B stops both
+    routing to it at once, answers only after a stream in flight on A finished
+    (whole), and then the adapter is gone from both gateways and both replicas."""
+    with gateway_processes(replicas, adapter_root, redis_server.url, tmp_path) as (a, b):
+        r = httpx.post(a + "/v1/adapters", json={"name": "shared", "path": "shout"}, timeout=60)
+        assert r.status_code == 200, r.text
+        loaded = time.monotonic()
+        assert wait_until(lambda: "shared" in listed(b), timeout=10, interval=0.05)
+        followed_s = time.monotonic() - loaded
+        assert listed(b)["shared"]["digest"] == r.json()["digest"]
+        with httpx.Client(base_url=b, timeout=60) as client:
+            assert ask(client, "shared").json()["model"] == "shared"
+
+        body = {
+            "model": "shared",
+            "messages": [{"role": "user", "content": "Tell me about the ocean."}],
+            "max_tokens": 256,
+            "ignore_eos": True,
+            "stream": True,
+        }
+
+        def unload() -> tuple[httpx.Response, float]:
+            response = httpx.delete(b + "/v1/adapters/shared", timeout=120)
+            return response, time.monotonic()
+
+        with (
+            httpx.stream("POST", a + "/v1/chat/completions", json=body, timeout=120) as stream,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            lines = stream.iter_lines()
+            text = list(itertools.islice(lines, 6))
+            unloading = pool.submit(unload)
+            assert wait_until(lambda: listed(a)["shared"]["state"] == "draining", timeout=10)
+            refused = httpx.post(b + "/v1/chat/completions", json={**body, "stream": False})
+            assert refused.status_code == 404, refused.text
+            assert not unloading.done()  # A's stream is still on it
+            text += list(lines)
+            stream_ended = time.monotonic()
+            deleted, deleted_at = unloading.result(timeout=120)
+        assert deleted.status_code == 200, deleted.text
+        assert deleted_at >= stream_ended
+        events = [orjson.loads(x[6:]) for x in text if x.startswith("data: {")]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert sum(bool(e["choices"][0]["delta"].get("content")) for e in events) > 100
+        for url in (a, b):
+            assert "shared" not in listed(url)
+            r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False})
+            assert r.status_code == 404, r.text
+        for replica in replicas:
+            assert not any(m.startswith("shared@") for m in replica.upstream_models())
+    print(f"B served A's load {followed_s:.2f} s after it (probe interval 0.5 s)")
