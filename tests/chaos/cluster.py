@@ -1,7 +1,8 @@
 """The deployment under test, all real processes on loopback: two `vllm serve`
 replicas of the demo model (LoRA on, runtime loading on), a fault proxy in front of
 the first, one `redis-server` (append-only, so limits survive its restarts) shared by
-two `switchyard serve` gateways for their cache and rate limits, and three API keys:
+two `switchyard serve` gateways for their cache, rate limits and adapter registry,
+and three API keys:
 an admin, a plain key, and a key with small limits."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.servers import free_port
 
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 DECLARED = ("shout", "json")  # in both gateways' settings
-CHURNED = "shout2"  # loaded and unloaded at runtime through gateway A only
+CHURNED = "shout2"  # loaded and unloaded at runtime through gateway A, followed by B
 
 PROBE = {"probe_interval_s": 1.0, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
 TIMEOUTS = {"connect_timeout_s": 2, "first_token_timeout_s": 10, "idle_timeout_s": 10}
@@ -99,6 +100,7 @@ def cluster(replicas: list[Replica], work: Path) -> Iterator[Cluster]:
     settings = {
         "balancer": {"policy": "adapter_affinity", **PROBE},
         "cache": {"backend": "redis", "redis_url": redis.url, "retry_after_s": 0.5},
+        "adapter_registry": {"backend": "redis", "redis_url": redis.url, "timeout_s": 1.0},
         "auth": {
             "enabled": True,
             "keys": [k.settings() for k in KEYS],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.chaos.cluster import DECLARED, LIMITS, PROBE, Cluster
+from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, LIMITS, PROBE, Cluster
 from tests.chaos.load import Record
 from tests.replicas import Replica
 
@@ -145,8 +145,9 @@ def recovered(
 ) -> tuple[list[str], float]:
     """Once every replica answers, within `timeout` every gateway routes to every
     replica (or to those of `replicas`) again (ready, healthy, circuit closed or
-    letting a trial through: no breaker stuck) and each holds every adapter loaded
-    through the gateways. Also says how long that took."""
+    letting a trial through: no breaker stuck), each holds every adapter loaded
+    through the gateways, and both gateways serve exactly those adapters (they share
+    their registry). Also says how long that took."""
     start = time.monotonic()
     missing: list[str] = []
     while True:
@@ -166,6 +167,10 @@ def _not_recovered(cluster: Cluster, adapters: set[str], replicas: list[Replica]
         for b in backends:
             if b["name"] in names and not b["routable"]:
                 missing.append(f"gateway {name}: {b['name']} is {b}")
+        listed = httpx.get(url + "/v1/adapters", headers=ADMIN.headers, timeout=5).json()
+        serving = {a["name"] for a in listed["data"] if a["state"] == "ready"}
+        if serving != adapters:
+            missing.append(f"gateway {name} serves adapters {sorted(serving)}")
     for replica in replicas:
         try:
             held = {m.split("@")[0] for m in replica.upstream_models()}
@@ -174,6 +179,8 @@ def _not_recovered(cluster: Cluster, adapters: set[str], replicas: list[Replica]
             continue
         if not adapters <= held:
             missing.append(f"{replica.name} lacks {sorted(adapters - held)}")
+        if CHURNED in held - adapters:
+            missing.append(f"{replica.name} still holds {CHURNED}, unloaded through the gateways")
     return missing
 
 
