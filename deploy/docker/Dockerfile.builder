@@ -6,7 +6,9 @@
 #   docker run --rm -v $PWD/models:/models -v $PWD/artifacts:/artifacts switchyard-builder \
 #     quantize --method gptq --model /models/smollm2-135m-instruct --out /artifacts/gptq
 
-FROM python:3.11-slim-bookworm AS build
+ARG BASE=python:3.11-slim-bookworm
+
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/build
 ENV PATH=/opt/build/bin:$PATH
@@ -21,7 +23,7 @@ COPY gateway ./gateway
 COPY engines ./engines
 RUN pip install --no-deps .
 
-FROM python:3.11-slim-bookworm AS runtime
+FROM ${BASE} AS runtime
 # The numeric USER below must match.
 ARG UID=10001
 RUN useradd --uid "$UID" --create-home --shell /usr/sbin/nologin builder \
