@@ -135,3 +135,14 @@ bench-auth: venv system-deps
 .PHONY: bench-workers
 bench-workers: venv
 	$(VENV)/bin/switchyard bench workers
+
+## deploy-test: the CPU compose stack (deploy/docker-compose.cpu.yml) run for real in
+## containers with podman: scripts/containers.sh sets podman up and builds the images on
+## a Debian base made here, then the slim gateway, a CPU `vllm serve`, Redis and
+## Prometheus come up on loopback, serve one chat completion and are removed
+.PHONY: deploy-test
+deploy-test: model
+	@scripts/containers.sh
+	@# The containers run as uid 10001; switchyard-build leaves the weights 0600 (root's).
+	@chmod -R a+rX $(MODEL)
+	SWITCHYARD_DEPLOY_TEST=1 $(PY) -m pytest -s tests/deploy/test_compose_stack.py $(PYTEST_ARGS)

