@@ -26,7 +26,7 @@ import yaml
 
 from engines.registry import build_engine
 from gateway.auth.keys import KeyRing
-from gateway.settings import Settings, load_settings
+from gateway.settings import RedisConnection, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -300,7 +300,7 @@ def test_deploy_gateway_configs_load_and_build(path: Path) -> None:
 @pytest.mark.parametrize("profile", sorted(COMPOSE_CONFIGS))
 def test_compose_configs_use_the_redis_password(profile: str) -> None:
     settings = load_compose_config(COMPOSE_CONFIGS[profile])
-    sections = [settings.cache, settings.auth.rate_limit]
+    sections: list[RedisConnection] = [settings.cache, settings.auth.rate_limit]
     if profile != "tp2":  # one gateway process there: the registry stays local
         assert settings.adapter_registry.backend == "redis"
         sections.append(settings.adapter_registry)
