@@ -191,6 +191,12 @@ def _entries(state: dict[str, Any]) -> dict[str, Entry]:
     return {name: Entry(**fields) for name, fields in state.get("adapters", {}).items()}
 
 
+# Take a worker out of the set only if its beat is still gone (it may just have beaten).
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
+
+
 class RedisLedger:
     """The ledger in Redis under `prefix`: `entries` (a hash, name -> entry as JSON),
     `seq` (the last sequence number given), `workers` (a set of worker names) and
@@ -217,6 +223,7 @@ class RedisLedger:
         self.worker = worker
         self._ttl_ms = int(stale_after_s * 1000)
         self._timeout_s = timeout_s
+        self._forget = client.register_script(_FORGET)
 
     async def sync(self, view: View) -> Sync:
         async with self._reaching("read"):
@@ -284,8 +291,8 @@ class RedisLedger:
                 gone.append(worker)
             else:
                 held.update(json.loads(beat))
-        if gone:
-            await self._client.srem(self._workers, *gone)
+        for worker in gone:  # unless it beat again meanwhile
+            await self._forget(keys=[self._worker_key(worker), self._workers], args=[worker])
         return frozenset(held)
 
     @contextlib.asynccontextmanager
