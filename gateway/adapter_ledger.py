@@ -25,6 +25,9 @@ that died stops holding anything after that.
                  replicas, and their workers, on any number of hosts
 
 Either reads the entries and writes this worker's heartbeat in one transaction. A
+ledger that lost its data (a Redis restarted without persistence) starts a new
+epoch: each worker then forgets what it followed and publishes what it serves again
+(AdapterRegistry.follow), so the ledger is rebuilt from the gateways. A
 ledger that cannot be reached raises LedgerUnavailable (a 503 for a load or unload;
 a follow tries again at the next probe interval).
 """
@@ -38,6 +41,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,6 +103,7 @@ class View:
 class Sync:
     entries: Mapping[str, Entry]
     held_elsewhere: frozenset[str]  # versions other live workers hold
+    epoch: str  # new when the ledger starts empty (a Redis that lost its data)
 
 
 class Ledger(Protocol):
@@ -133,7 +138,8 @@ class FileLedger:
         def step(state: dict[str, Any]) -> Sync:
             entries = _entries(state)
             self._beat(state, view.holds(entries))
-            return Sync(entries, self._held_elsewhere(state))
+            epoch = state.setdefault("epoch", uuid.uuid4().hex)
+            return Sync(entries, self._held_elsewhere(state), epoch)
 
         return await self._transaction(step)
 
@@ -199,9 +205,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) 
 
 class RedisLedger:
     """The ledger in Redis under `prefix`: `entries` (a hash, name -> entry as JSON),
-    `seq` (the last sequence number given), `workers` (a set of worker names) and
-    `worker:NAME` (what it holds, as JSON) that expires `stale_after_s` after its
-    last beat: liveness is Redis's clock, never the hosts'. Each step watches
+    `seq` (the last sequence number given), `epoch` (set when the ledger is found
+    empty), `workers` (a set of worker names) and `worker:NAME` (what it holds, as
+    JSON) that expires `stale_after_s` after its last beat: liveness is Redis's
+    clock, never the hosts'. Each step watches
     `entries` and `seq` and is retried when another worker changed them meanwhile
     (WATCH/MULTI), so what a worker says it holds always matches the entries it read.
     Each step is bounded by `timeout_s`; past it, or on any Redis error,
@@ -219,6 +226,7 @@ class RedisLedger:
         self._entries = prefix + "entries"
         self._seq = prefix + "seq"
         self._workers = prefix + "workers"
+        self._epoch = prefix + "epoch"
         self._prefix = prefix
         self.worker = worker
         self._ttl_ms = int(stale_after_s * 1000)
@@ -227,12 +235,12 @@ class RedisLedger:
 
     async def sync(self, view: View) -> Sync:
         async with self._reaching("read"):
-            entries, _ = await self._transaction(view)
-            return Sync(entries, await self._held_elsewhere())
+            entries, _, epoch = await self._transaction(view)
+            return Sync(entries, await self._held_elsewhere(), epoch)
 
     async def publish(self, entry: Entry, view: View, *, if_absent: bool = False) -> Entry:
         async with self._reaching("write"):
-            _, stored = await self._transaction(view, entry, if_absent)
+            _, stored, _ = await self._transaction(view, entry, if_absent)
             assert stored is not None
             return stored
 
@@ -249,13 +257,16 @@ class RedisLedger:
 
     async def _transaction(
         self, view: View, entry: Entry | None = None, if_absent: bool = False
-    ) -> tuple[dict[str, Entry], Entry | None]:
-        """Read the entries; store `entry` (as `publish` does), if any, and this
-        worker's beat, unless another worker wrote meanwhile: then again."""
+    ) -> tuple[dict[str, Entry], Entry | None, str]:
+        """Read the entries and the epoch; store `entry` (as `publish` does), if any,
+        this worker's beat and, in an empty ledger, a new epoch, unless another worker
+        wrote meanwhile: then again."""
         async with self._client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(self._entries, self._seq)
+                    await pipe.watch(self._entries, self._seq, self._epoch)
+                    stamped = await pipe.get(self._epoch)
+                    epoch = _text(stamped) if stamped else uuid.uuid4().hex
                     raw = await pipe.hgetall(self._entries)
                     entries = {
                         _text(name): Entry(**json.loads(fields)) for name, fields in raw.items()
@@ -264,6 +275,8 @@ class RedisLedger:
                     writes = entry is not None and (stored is None or not if_absent)
                     seq = int(await pipe.get(self._seq) or 0) + 1 if writes else 0
                     pipe.multi()  # type: ignore[no-untyped-call]
+                    if not stamped:
+                        pipe.set(self._epoch, epoch)
                     if entry is not None and writes:
                         stored = Entry(**{**asdict(entry), "seq": seq})
                         entries = {**entries, entry.name: stored}
@@ -273,7 +286,7 @@ class RedisLedger:
                     pipe.set(self._worker_key(self.worker), beat, px=self._ttl_ms)
                     pipe.sadd(self._workers, self.worker)
                     await pipe.execute()
-                    return entries, stored
+                    return entries, stored, epoch
                 except redis.WatchError:
                     continue
 

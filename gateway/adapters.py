@@ -54,7 +54,7 @@ import anyio.to_thread
 from engines.artifacts.manifest import read_manifest
 from engines.errors import EngineUnavailable
 from engines.types import Adapter, AdapterSupport
-from gateway.adapter_ledger import Entry, Ledger, LedgerUnavailable, View, version
+from gateway.adapter_ledger import Entry, Ledger, LedgerUnavailable, Sync, View, version
 from gateway.balancer.backend import Backend
 from gateway.balancer.pool import Pool
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -135,6 +135,7 @@ class AdapterRegistry:
         self._ledger: Ledger | None = None
         self._hosts: Callable[[str], AdapterHost] | None = None
         self._seen: dict[str, int] = {}  # per name: the ledger entry followed last
+        self._epoch: str | None = None  # the ledger's, when last followed
 
     def share(self, ledger: Ledger, hosts: Callable[[str], AdapterHost]) -> None:
         """Agree with the other workers through `ledger`: loads and unloads are
@@ -308,6 +309,10 @@ class AdapterRegistry:
         if self._ledger is None or self._hosts is None:
             return
         sync = await self._ledger.sync(self._view())
+        if sync.epoch != self._epoch:
+            if self._epoch is not None:
+                sync = await self._republish(sync)
+            self._epoch = sync.epoch
         for entry in sync.entries.values():
             current = self._records.get(entry.name)
             if entry.seq <= self._seen.get(entry.name, 0):
@@ -329,6 +334,23 @@ class AdapterRegistry:
             except Exception as exc:
                 self._seen[entry.name] = entry.seq
                 log.error("adapter %s (from another worker) not loaded: %s", entry.name, exc)
+
+    async def _republish(self, sync: Sync) -> Sync:
+        """The ledger lost its data: forget what was followed, publish what this
+        worker serves where the ledger has nothing under its name yet (another worker
+        may have been first), and read it again."""
+        assert self._ledger is not None
+        log.warning("the adapter ledger was emptied (epoch %s): publishing ours again", sync.epoch)
+        self._seen.clear()
+        for record in list(self._records.values()):
+            if record.state != "ready":
+                continue
+            adapter = record.adapter
+            entry = Entry(adapter.name, record.base, adapter.path, adapter.digest)
+            published = await self._ledger.publish(entry, self._view(), if_absent=True)
+            if published == dataclasses.replace(entry, seq=published.seq):
+                record.seq = self._seen[adapter.name] = published.seq
+        return await self._ledger.sync(self._view())
 
     def _view(self) -> View:
         """What this worker holds: the versions it routes to or has requests on."""
@@ -535,6 +557,7 @@ def stored(path: Path, root: Path) -> Path:
     store = real_root / STORE
     store.mkdir(exist_ok=True)
     incoming = Path(tempfile.mkdtemp(dir=store, prefix=".incoming-"))
+    incoming.chmod(0o755)  # as a directory copied by hand: engines run as other users
     try:
         shutil.copytree(path, incoming, copy_function=copy, dirs_exist_ok=True)
         final = store / content_digest(incoming)

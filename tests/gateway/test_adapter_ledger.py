@@ -8,7 +8,7 @@ gateway processes and real replicas)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -31,24 +31,44 @@ def double() -> CountingDouble:
     return CountingDouble()
 
 
+class Store:
+    """Where the ledgers under test live: a file in a directory, or a real
+    `redis-server`; `open` gives a worker its ledger, `wipe` loses everything (a
+    Redis restarted without persistence)."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.directory = tmp_path
+        self.redis = RedisServer(tmp_path) if kind == "redis" else None
+
+    def open(self, worker: str) -> Ledger:
+        if self.redis is None:
+            return FileLedger(self.directory, worker, stale_after_s=60)
+        return RedisLedger(connect(self.redis.url, 5.0), "t:", worker, 60, 5.0)
+
+    def wipe(self) -> None:
+        if self.redis is None:
+            (self.directory / "adapters.json").unlink()
+        else:
+            self.redis.stop()
+            self.redis.start()
+
+
 @pytest.fixture(params=["file", "redis"])
-def ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Ledger]]:
-    """Ledgers by worker name, all on one store: a file in `tmp_path`, or a real
-    `redis-server`."""
-    if request.param == "file":
-        yield lambda worker: FileLedger(tmp_path, worker, stale_after_s=60)
-        return
-    server = RedisServer(tmp_path)
-    server.start()
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = Store(request.param, tmp_path)
+    if store.redis is not None:
+        store.redis.start()
     try:
-        yield lambda worker: RedisLedger(connect(server.url, 5.0), "t:", worker, 60, 5.0)
+        yield store
     finally:
-        server.stop()
+        if store.redis is not None:
+            store.redis.stop()
 
 
 @pytest.fixture
 async def pair(
-    double: CountingDouble, tmp_path: Path, ledgers: Callable[[str], Ledger]
+    double: CountingDouble, tmp_path: Path, store: Store
 ) -> AsyncIterator[tuple[Catalog, Catalog]]:
     """Two workers' catalogs (started, probed once) sharing a ledger."""
     root = tmp_path / "adapters"
@@ -62,7 +82,7 @@ async def pair(
         catalogs = []
         for worker in ("a", "b"):
             catalog: Catalog = create_app(settings).state.shared.catalog
-            catalog.adapters.share(ledgers(worker), catalog.host)
+            catalog.adapters.share(store.open(worker), catalog.host)
             await catalog.start_all()
             catalogs.append(catalog)
         try:
@@ -132,6 +152,30 @@ async def test_a_version_leaves_the_upstream_once_no_worker_has_requests_on_it(
     record.release()
     await asyncio.wait_for(unload, timeout=30)
     assert name not in double.adapters
+
+
+async def test_a_ledger_that_lost_its_data_is_rebuilt_from_the_gateways(
+    pair: tuple[Catalog, Catalog], store: Store, tmp_path: Path
+) -> None:
+    """Redis restarts empty (no persistence): its sequence numbers start again below
+    what the workers followed. Each worker sees a new epoch, publishes what it serves
+    again, and loads made since are followed as before."""
+    a, b = pair
+    root = tmp_path / "adapters"
+    await loaded_on_both(a, b, root)
+    store.wipe()
+    await a.adapters.follow()
+    await b.adapters.follow()
+    make_adapter(root / "a1v2", base="base", rank=4)  # a new version of a1
+    reloaded = await a.adapters.load("a1", root / "a1v2", "base", a.host("base"))
+    make_adapter(root / "a2", base="base")
+    await a.adapters.load("a2", root / "a2", "base", a.host("base"))
+    await b.adapters.follow()
+    assert b.adapters.get("a2") is not None
+    followed = b.adapters.get("a1")
+    assert followed is not None and followed.adapter.digest == reloaded.adapter.digest
+    entries = (await store.open("observer").sync(View(frozenset(), {}))).entries
+    assert sorted(entries) == ["a1", "a2"]
 
 
 def test_a_load_the_ledger_cannot_record_is_a_503_and_changes_nothing(
