@@ -124,9 +124,14 @@ build() {
   local name=$1 dockerfile=$2
   shift 2
   local digest
-  digest=$(cat "$dockerfile" pyproject.toml README.md \
-    <(find gateway engines configs -type f -not -path '*/__pycache__/*' -print0 | sort -z \
-      | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+  digest=$({
+    cat "$dockerfile"
+    if grep -q '^COPY gateway' "$dockerfile"; then  # an image of Switchyard's own code
+      cat pyproject.toml README.md
+      find gateway engines configs -type f -not -path '*/__pycache__/*' -print0 | sort -z \
+        | xargs -0 sha256sum
+    fi
+  } | sha256sum | cut -c1-16)
   digest="$digest-$(printf '%s' "$BASE_IMAGE $*" | sha256sum | cut -c1-8)"
   if [ "$(podman image inspect --format '{{index .Labels "switchyard.inputs"}}' "$name" \
           2>/dev/null)" = "$digest" ]; then
