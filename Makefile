@@ -143,6 +143,7 @@ bench-workers: venv
 .PHONY: deploy-test
 deploy-test: model
 	@scripts/containers.sh
-	@# The containers run as uid 10001; switchyard-build leaves the weights 0600 (root's).
+	@# The containers run as uid 10001; a model built before switchyard-build made its
+	@# files 0644 has its weights 0600 (root's).
 	@chmod -R a+rX $(MODEL)
 	SWITCHYARD_DEPLOY_TEST=1 $(PY) -m pytest -s tests/deploy/test_compose_stack.py $(PYTEST_ARGS)

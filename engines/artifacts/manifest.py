@@ -116,7 +116,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             if read_manifest(target) is not None:
                 raise ArtifactError(f"{target} already exists; remove it to rebuild.")
             shutil.rmtree(target)
-        tmp.chmod(0o755)
+        for path in [tmp, *tmp.rglob("*")]:  # readable by engines running as other users
+            path.chmod(0o755 if path.is_dir() else 0o644)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

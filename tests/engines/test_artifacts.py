@@ -34,6 +34,17 @@ def test_a_finished_build_is_verified_and_tampering_is_caught(tmp_path: Path) ->
         verify(target)
 
 
+def test_a_finished_build_is_readable_by_other_users(tmp_path: Path) -> None:
+    """Engines in containers run as their own uid: a file a tool wrote 0600 is 0644."""
+    with atomic_directory(tmp_path / "model") as tmp:
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "weights.safetensors").write_bytes(b"w")
+        (tmp / "sub" / "weights.safetensors").chmod(0o600)
+        write_manifest(tmp, kind="test")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {"model": 0o755, "sub": 0o755, "weights.safetensors": 0o644, MANIFEST: 0o644}
+
+
 def test_a_directory_without_manifest_is_not_an_artifact(tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     with pytest.raises(ArtifactError, match="not a finished artifact"):
