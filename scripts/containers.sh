@@ -46,6 +46,8 @@ setup() {
   command -v runc >/dev/null || missing+=(runc)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v newuidmap >/dev/null || missing+=(uidmap)
+  # `podman kube play` builds its pods' pause image with it (deploy/k8s/README.md).
+  [ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null || missing+=(catatonit)
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
     echo ">>> installing Debian packages: ${missing[*]}"
