@@ -173,7 +173,8 @@ async def test_a_ledger_that_lost_its_data_is_rebuilt_from_the_gateways(
     await b.adapters.follow()
     assert b.adapters.get("a2") is not None
     followed = b.adapters.get("a1")
-    assert followed is not None and followed.adapter.digest == reloaded.adapter.digest
+    assert followed is not None
+    assert followed.adapter.digest == reloaded.adapter.digest
     entries = (await store.open("observer").sync(View(frozenset(), {}))).entries
     assert sorted(entries) == ["a1", "a2"]
 
