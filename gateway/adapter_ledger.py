@@ -208,9 +208,9 @@ class RedisLedger:
     `seq` (the last sequence number given), `epoch` (set when the ledger is found
     empty), `workers` (a set of worker names) and `worker:NAME` (what it holds, as
     JSON) that expires `stale_after_s` after its last beat: liveness is Redis's
-    clock, never the hosts'. Each step watches
-    `entries` and `seq` and is retried when another worker changed them meanwhile
-    (WATCH/MULTI), so what a worker says it holds always matches the entries it read.
+    clock, never the hosts'. Each step watches `entries`, `seq` and `epoch` and is
+    retried when another worker changed them meanwhile (WATCH/MULTI), so what a
+    worker says it holds always matches the entries it read.
     Each step is bounded by `timeout_s`; past it, or on any Redis error,
     LedgerUnavailable."""
 
@@ -277,7 +277,8 @@ class RedisLedger:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if not stamped:
                         pipe.set(self._epoch, epoch)
-                    if entry is not None and writes:
+                    if writes:
+                        assert entry is not None
                         stored = Entry(**{**asdict(entry), "seq": seq})
                         entries = {**entries, entry.name: stored}
                         pipe.set(self._seq, seq)

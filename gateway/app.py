@@ -27,8 +27,9 @@ from starlette.responses import Response
 from engines.base import Engine
 from engines.errors import EngineError
 from engines.registry import build_engine
+from gateway.adapter_files import Artifact, identities
 from gateway.adapter_ledger import Ledger, LedgerUnavailable, open_ledger
-from gateway.adapters import AdapterHost, Artifact, identities
+from gateway.adapters import AdapterHost
 from gateway.auth.keys import KeyRing
 from gateway.auth.limits import InFlight, build_limiter
 from gateway.balancer.backend import Backend, Breaker

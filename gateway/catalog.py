@@ -12,7 +12,8 @@ from pathlib import Path
 
 import anyio
 
-from gateway.adapters import AdapterHost, AdapterRecord, AdapterRegistry, Artifact
+from gateway.adapter_files import Artifact
+from gateway.adapters import AdapterHost, AdapterRecord, AdapterRegistry
 from gateway.balancer.backend import Backend
 from gateway.balancer.health import Prober
 from gateway.balancer.pool import Pool

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.adapters import Artifact
+from gateway.adapter_files import Artifact
 from gateway.state import principal, shared
 
 router = APIRouter()

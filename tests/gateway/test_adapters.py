@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from engines.scripted import ScriptedEngine
-from gateway.adapters import AdapterRejected, Artifact, content_digest, identities, inspect
+from gateway.adapter_files import AdapterRejected, Artifact, content_digest, identities, inspect
 from gateway.app import create_app
 from gateway.settings import EngineSettings, Settings
 from tests.gateway.conftest import scripted
