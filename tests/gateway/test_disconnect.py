@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncGenerator
 
@@ -9,7 +10,9 @@ import httpx
 import pytest
 
 from engines.scripted import ScriptedEngine
+from gateway.errors import ClientClosedRequest
 from gateway.observe import DISCONNECTED, WatchedStream
+from gateway.routes._respond import cancel_on_disconnect
 from tests.gateway.conftest import scripted
 from tests.servers import wait_until
 
@@ -83,3 +86,29 @@ async def test_a_stream_closed_before_its_first_event_still_finishes() -> None:
     assert recorded.statuses == [DISCONNECTED]
     assert recorded.settled == 1
     assert closed == [True]
+
+
+async def test_a_cancellation_from_outside_is_not_a_disconnect() -> None:
+    """`cancel_on_disconnect` tells its own cancellation (the client left: 499) from
+    one that comes from outside (a server shutting down), which goes on through."""
+    disconnected = asyncio.Event()
+
+    async def receive() -> dict[str, str]:
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    outside = asyncio.create_task(cancel_on_disconnect(receive, forever()))
+    await asyncio.sleep(0.01)
+    outside.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outside
+
+    left = asyncio.create_task(cancel_on_disconnect(receive, forever()))
+    await asyncio.sleep(0.01)
+    disconnected.set()
+    with pytest.raises(ClientClosedRequest):
+        await left
+    assert left.cancelling() == 0
