@@ -8,8 +8,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
-import anyio.abc
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -41,20 +39,39 @@ async def wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-@contextlib.asynccontextmanager
-async def cancelled_on_disconnect(receive: Receive) -> AsyncIterator[anyio.abc.TaskGroup]:
-    """A task group whose body is cancelled the moment the client goes away (which
-    aborts whatever it awaits: a generation inside the engine); the cancellation
-    ends at the block's end, which the caller tells from the work left undone."""
-    async with anyio.create_task_group() as tg:
+class Hangup:
+    """A block cancelled the moment its client goes away, or when `cut()` is called:
+    the task running it is cancelled (which aborts what it awaits: a generation
+    inside the engine), the cancellation ends at the block's end, and `cut_short`
+    tells the caller. A cancellation from outside (a server shutting down) goes on
+    through. One plain asyncio task watches, and cancels as `asyncio.timeout` does:
+    no task group to enter and leave on every request."""
 
-        async def watch() -> None:
-            await wait_for_disconnect(receive)
-            tg.cancel_scope.cancel()
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.cut_short = False
 
-        tg.start_soon(watch)
-        yield tg
-        tg.cancel_scope.cancel()
+    def __enter__(self) -> Hangup:
+        task = asyncio.current_task()
+        assert task is not None, "a Hangup runs in a task"
+        self._task = task
+        self._before = task.cancelling()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        self._watcher.cancel()
+        ours = kind is not None and issubclass(kind, asyncio.CancelledError) and self.cut_short
+        return ours and self._task.uncancel() <= self._before
+
+    def cut(self) -> None:
+        if not self.cut_short:
+            self.cut_short = True
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        await wait_for_disconnect(self._receive)
+        self.cut()
 
 
 class Chunks(Protocol):
@@ -128,25 +145,31 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         sending_since: float | None = None  # while a send waits: when it began
+        timer: asyncio.TimerHandle | None = None
 
-        async with cancelled_on_disconnect(receive) as tg:
-
-            async def watch_sends(limit: float) -> None:
-                """Cut a client that reads nothing for `limit` seconds: one timer per
-                stream, not one per event."""
-                while True:
-                    await anyio.sleep(limit / 4)
-                    if sending_since is not None and loop.time() - sending_since >= limit:
-                        break
+        def watch_sends(limit: float) -> None:
+            """Cut a client that reads nothing for `limit` seconds: one timer per
+            stream, looked at four times a limit, not one per event."""
+            nonlocal timer
+            if sending_since is not None and loop.time() - sending_since >= limit:
                 log.warning("a stream's client read nothing for %gs; cut", limit)
-                tg.cancel_scope.cancel()
+                hangup.cut()
+            else:
+                timer = loop.call_later(limit / 4, watch_sends, limit)
 
+        with Hangup(receive) as hangup:
             if self.send_timeout_s is not None:
-                tg.start_soon(watch_sends, self.send_timeout_s)
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async with contextlib.aclosing(self.body_iterator) as body:
-                async for data in body:
-                    sending_since = loop.time()
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-                    sending_since = None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                watch_sends(self.send_timeout_s)
+            try:
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                async with contextlib.aclosing(self.body_iterator) as body:
+                    async for data in body:
+                        sending_since = loop.time()
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                        sending_since = None
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                if timer is not None:
+                    timer.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
@@ -38,7 +37,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.observe import Recorder, WatchedStream
 from gateway.openai.convert import Bounds
-from gateway.openai.sse import EventStreamResponse, framed, wait_for_disconnect
+from gateway.openai.sse import EventStreamResponse, Hangup, framed
 from gateway.settings import Settings
 from gateway.state import principal as principal_of
 from gateway.state import shared
@@ -285,28 +284,7 @@ def _headers(call: Call, outcome: Outcome) -> dict[str, str]:
 
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects first (which aborts the
-    generation inside the engine), as `ClientClosedRequest`.
-
-    One plain asyncio task watches and cancels this one, the way `asyncio.timeout`
-    does: no task group to enter and leave on every request, and a cancellation
-    from outside (server shutdown) still goes through."""
-    me = asyncio.current_task()
-    assert me is not None
-    before = me.cancelling()
-    gone = False
-
-    async def hang_up() -> None:
-        nonlocal gone
-        await wait_for_disconnect(receive)
-        gone = True
-        me.cancel()
-
-    watcher = asyncio.create_task(hang_up())
-    try:
+    generation inside the engine), as `ClientClosedRequest`."""
+    with Hangup(receive):
         return await work
-    except asyncio.CancelledError:
-        if gone and me.uncancel() <= before:
-            raise ClientClosedRequest() from None
-        raise
-    finally:
-        watcher.cancel()
+    raise ClientClosedRequest()
