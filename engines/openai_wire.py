@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -187,18 +188,33 @@ def coalesced(chunks: list[Chunk]) -> list[Chunk]:
     and usage are never joined, nor anything after a choice's end."""
     if len(chunks) < 2:
         return chunks
-    out = [chunks[0]]
+    out = []
+    run = [chunks[0]]  # chunks that join into one
     for chunk in chunks[1:]:
-        last = out[-1]
-        if not (_open_text(last) and _more_text(chunk) and last.index == chunk.index):
-            out.append(chunk)
-            continue
-        out[-1] = Chunk(
-            last.index, last.text + chunk.text, last.token_count + chunk.token_count, 0,
-            last.logprobs + chunk.logprobs, chunk.finish_reason, stop_reason=chunk.stop_reason,
-            token_ids=last.token_ids + chunk.token_ids, prompt_token_ids=last.prompt_token_ids,
-        )  # fmt: skip
+        first, last = run[0], run[-1]
+        still_open = last is first or (last.finish_reason is None and last.stop_reason is None)
+        if still_open and _open_text(first) and _more_text(chunk) and first.index == chunk.index:
+            run.append(chunk)
+        else:
+            out.append(_joined(run))
+            run = [chunk]
+    out.append(_joined(run))
     return out
+
+
+def _joined(run: list[Chunk]) -> Chunk:
+    """One chunk for a run of text that `coalesced` joins: one new chunk per run, not
+    one per event joined."""
+    if len(run) == 1:
+        return run[0]
+    first, last = run[0], run[-1]
+    return Chunk(
+        first.index, "".join(c.text for c in run), sum(c.token_count for c in run), 0,
+        tuple(chain.from_iterable(c.logprobs for c in run)), last.finish_reason,
+        stop_reason=last.stop_reason,
+        token_ids=tuple(chain.from_iterable(c.token_ids for c in run)),
+        prompt_token_ids=first.prompt_token_ids,
+    )  # fmt: skip
 
 
 def _open_text(chunk: Chunk) -> bool:
