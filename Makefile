@@ -79,7 +79,7 @@ bench-venv:
 	@scripts/setup-bench-venv.sh
 
 ## bench: the side-by-side suite (overhead vs LiteLLM, engine path, embeddings, routing, cache) -> docs/benchmarks/
-bench: model system-deps bench-venv
+bench: model system-deps bench-tools bench-venv
 	$(VENV)/bin/switchyard bench suite
 
 ## bench-overhead: Switchyard and LiteLLM's proxy in front of one fast upstream
@@ -131,10 +131,14 @@ bench-auth: venv system-deps
 	$(VENV)/bin/switchyard bench auth
 
 ## bench-workers: requests/s through `switchyard serve --workers 2` vs `--workers 1`
-## in front of the fast scripted upstream (non-streamed and streamed, alternating rounds)
-.PHONY: bench-workers
-bench-workers: venv
+## (non-streamed and streamed, alternating rounds); nginx answers as the scripted
+## upstream and wrk sends the load, so both cost little beside the gateway
+.PHONY: bench-workers bench-tools
+bench-workers: venv bench-tools
 	$(VENV)/bin/switchyard bench workers
+
+bench-tools:
+	@scripts/system-deps.sh wrk=wrk nginx=nginx-light
 
 ## deploy-test: the CPU compose stack (deploy/docker-compose.cpu.yml) run for real in
 ## containers with podman: scripts/containers.sh sets podman up and builds the images on

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the tests start for real: Prometheus (and promtool), redis-server.
-# Installs what is missing with apt-get (as root, or through sudo).
+# Debian packages run for real: by default what the tests start (Prometheus and
+# promtool, redis-server); or those named as COMMAND=PACKAGE arguments (the
+# benchmarks' wrk=wrk nginx=nginx-light). Installs what is missing with apt-get (as
+# root, or through sudo).
 set -euo pipefail
+[ $# -gt 0 ] || set -- prometheus=prometheus redis-server=redis-server
 missing=()
-command -v prometheus >/dev/null || missing+=(prometheus)
-command -v redis-server >/dev/null || missing+=(redis-server)
+for wanted in "$@"; do
+  command -v "${wanted%%=*}" >/dev/null || missing+=("${wanted#*=}")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo ">>> installing Debian packages: ${missing[*]}"
 if [ "$(id -u)" -eq 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null; then apt=(sudo apt-get)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -43,9 +44,7 @@ def app_for(interval_s: float) -> Any:
         path = scope["path"]
         if scope["method"] == "GET":
             if path == "/v1/models":
-                data = {"object": "list", "data": [{"id": MODEL, "object": "model",
-                        "created": 0, "owned_by": "bench", "max_model_len": 4096}]}  # fmt: skip
-                return await _json(send, 200, data)
+                return await _json(send, 200, models())
             return await _json(send, 200 if path == "/health" else 404, {})
         body = b""
         while True:
@@ -60,28 +59,49 @@ def app_for(interval_s: float) -> Any:
             return await _json(send, 200, _completion(text, tokens))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
-        emit = _emitter(send)
-        await emit(_chunk({"role": "assistant", "content": ""}))
-        for _ in range(tokens):
-            if interval_s:
-                await asyncio.sleep(interval_s)
-            await emit(_chunk({"content": f"{time.monotonic_ns()} "}))
-        await emit(_chunk({}, "length"))
-        if (request.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens}
-            chunk = orjson.loads(_chunk({})[6:])
-            await emit(b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n")
-        await emit(b"data: [DONE]\n\n")
+        usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        async for data in events(tokens, usage, interval_s):
+            await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return app
 
 
-def _emitter(send: Send) -> Any:
-    async def emit(data: bytes) -> None:
-        await send({"type": "http.response.body", "body": data, "more_body": True})
+async def events(
+    tokens: int, usage: bool, interval_s: float = 0.0, text: Callable[[int], str] | None = None
+) -> AsyncIterator[bytes]:
+    """A streamed answer's SSE events: the role, `tokens` texts (`interval_s` apart;
+    token i says `text(i)`, by default the time it is sent), the finish, the usage if
+    asked for, [DONE]."""
+    yield _chunk({"role": "assistant", "content": ""})
+    for i in range(tokens):
+        if interval_s:
+            await asyncio.sleep(interval_s)
+        yield _chunk({"content": text(i) if text else f"{time.monotonic_ns()} "})
+    yield _chunk({}, "length")
+    if usage:
+        counts = {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens}
+        chunk = orjson.loads(_chunk({})[6:])
+        yield b"data: " + orjson.dumps({**chunk, "choices": [], "usage": counts}) + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
-    return emit
+
+def recorded(stream: bool, tokens: int) -> bytes:
+    """The whole body this upstream answers a chat completion of `tokens` (a stream
+    with its usage, as gateways ask), token i saying "wi": what a static server
+    (nginx in `bench workers`) can send back as it is."""
+    if not stream:
+        return orjson.dumps(_completion(" ".join(f"w{i}" for i in range(tokens)), tokens))
+
+    async def collect() -> bytes:
+        return b"".join([data async for data in events(tokens, True, text=lambda i: f"w{i} ")])
+
+    return asyncio.run(collect())
+
+
+def models() -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
+            "owned_by": "bench", "max_model_len": 4096}]}  # fmt: skip
 
 
 def _completion(text: str, tokens: int) -> dict[str, Any]:

@@ -1,45 +1,51 @@
 """`make bench-workers`: requests/s through `switchyard serve --workers 2` vs
-`--workers 1`, in front of the fast scripted upstream (gateway/bench/upstream.py) on
-loopback, same load: non-streamed chat completions of 16 tokens, then streamed ones of
-16 chunks, closed loop (aiohttp, `--concurrency` connections). The two gateways take
+`--workers 1`, same load: non-streamed chat completions of 16 tokens, then streamed
+ones of 16 chunks, closed loop (`--concurrency` connections). The two gateways take
 turns in alternating rounds (A B, B A, ...; at least 3), each measured from a fresh
 start after a warm-up, and each round gives its own ratio; the report has every
 round, the median and the spread. The gateway runs with its defaults (metrics and
 access log on, keys and the cache off, the Responses store off: workers refuse it in
-memory). CPU seconds of the gateway (all its processes), the upstream and this load
-generator are measured too, and whatever else ran meanwhile ("others"): on a machine
-with few cores they share them, and the ratio is what a second worker adds there. The
-report also gives the ceiling those measurements set: the requests/s the machine's
-cores allow at the CPU each request costs the gateway, the upstream and the client
+memory).
+
+On this machine the gateway shares its cores with the upstream and the load
+generator, so both are native programs that cost little beside it: the upstream is
+nginx sending back, as they are, the bodies the scripted upstream
+(gateway/bench/upstream.py) answers, and the load comes from wrk. CPU seconds of the
+gateway (all its processes), nginx and wrk are measured, and whatever else ran
+meanwhile ("others"). The report also gives the ceiling those measurements set: the
+requests/s the machine's cores allow at the CPU each request costs the three
 together, over the median of one worker.
 
-    switchyard bench workers [--requests 3000] [--concurrency 32] [--rounds 5]
+    switchyard bench workers [--seconds 4] [--concurrency 32] [--rounds 5]
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
+import re
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.bench.load import REPORTS, alternating
 from gateway.bench.overhead import cpu_seconds
 from gateway.bench.process import gateway_command, server_process, write_report
+from gateway.bench.upstream import models, recorded
 
 MODES = ("whole", "stream")
 SIDES = {"1 worker": 1, "2 workers": 2}
-BODY = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+TOKENS = 16
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=3000, help="per mode, per round")
+    parser.add_argument("--seconds", type=int, default=4, help="per mode, per round")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--port", type=int, default=8830)
@@ -56,44 +62,96 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error("--rounds: at least 3 (a ratio needs its spread)")
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"{' and '.join(missing)} missing: `make bench-workers` installs them "
+            "(scripts/system-deps.sh wrk=wrk nginx=nginx-light).",
+            file=sys.stderr,
+        )
+        return 2
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-workers-"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    upstream_cmd = [sys.executable, "-m", "gateway.bench.upstream", "--port", str(args.port)]
     url = f"http://127.0.0.1:{args.port + 1}"
-    engine = {
-        "name": "up",
-        "kind": "openai_remote",
-        "model_id": "scripted",
-        "options": {"url": f"http://127.0.0.1:{args.port}"},
-    }
+    engines = [
+        {
+            "name": mode,
+            "kind": "openai_remote",
+            "model_id": mode,
+            "options": {"url": f"http://127.0.0.1:{args.port}/{mode}"},
+        }
+        for mode in MODES
+    ]
     rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
-    probe = _answers(f"http://127.0.0.1:{args.port}")
-    with server_process(upstream_cmd, probe, work / "upstream.log", env) as upstream:
+    upstream = _nginx(work, args.port)
+    with server_process(upstream, _answers(args.port), work / "nginx.log", env) as nginx:
         for round_, side in alternating(list(SIDES), args.rounds):
             none = {"backend": "none"}
             command = gateway_command(
-                [engine], args.port + 1, work, responses=none, workers=SIDES[side]
+                engines, args.port + 1, work, responses=none, workers=SIDES[side]
             )
             log = work / f"{round_}-{SIDES[side]}.log"
             ready = _all_ready(url, SIDES[side])
             with server_process(command, ready, log, env) as gateway:
-                rounds[round_][side] = _measure(url, args, gateway.pid, upstream.pid)
+                rounds[round_][side] = _measure(url, args, work, gateway.pid, nginx.pid)
     report = _report(rounds, args)
     write_report(args.out, "workers", report, _markdown(report))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def _answers(url: str) -> Callable[[], bool]:
-    """A readiness probe: one chat completion succeeds."""
+def _nginx(work: Path, port: int) -> list[str]:
+    """nginx on `port` answering what the scripted upstream would, from memory: under
+    /whole a chat completion, under /stream its SSE events, and the model list and
+    health."""
+    bodies = {mode: recorded(mode == "stream", TOKENS) for mode in MODES}
+    types = {"whole": "application/json", "stream": "text/event-stream"}
+    locations = "".join(
+        f"    location = /{mode}/v1/chat/completions {{ default_type {types[mode]}; "
+        f"return 200 {_quoted(bodies[mode])}; }}\n"
+        for mode in MODES
+    )
+    listing = _quoted(orjson.dumps(models()))
+    temp = work / "nginx-temp"
+    config = work / "nginx.conf"
+    config.write_text(
+        f"worker_processes 1;\ndaemon off;\npid {work / 'nginx.pid'};\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
+        f"  client_body_temp_path {temp}; proxy_temp_path {temp};\n"
+        f"  fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n{locations}"
+        f"    location ~ /v1/models$ {{ default_type application/json; return 200 {listing}; }}\n"
+        "    location ~ /health$ { return 200; }\n  }\n}\n"
+    )
+    return ["nginx", "-c", str(config), "-p", str(work), "-e", str(work / "nginx-error.log")]
+
+
+def _quoted(body: bytes) -> str:
+    """`body` as an nginx string: single-quoted, its newlines escaped; nothing it
+    holds may read as a variable."""
+    text = body.decode()
+    if any(c in text for c in "'$\\"):
+        raise ValueError("an nginx string here holds no quote, $ or backslash")
+    return "'" + text.replace("\n", "\\n") + "'"
+
+
+def _answers(port: int) -> Callable[[], bool]:
+    """A readiness probe: the whole answer comes back."""
     import httpx
 
     def probe() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.post(url + "/v1/chat/completions", json=BODY, timeout=5).is_success
+            url = f"http://127.0.0.1:{port}/whole/v1/chat/completions"
+            return httpx.post(url, json=_body("whole"), timeout=5).is_success
         return False
 
     return probe
+
+
+def _body(mode: str) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "hi"}]
+    return {"model": mode, "messages": messages, "max_tokens": TOKENS, "stream": mode == "stream"}
 
 
 def _all_ready(url: str, workers: int) -> Callable[[], bool]:
@@ -128,66 +186,71 @@ def _all_ready(url: str, workers: int) -> Callable[[], bool]:
     return probe
 
 
-def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]:
+def _measure(url: str, args: Any, work: Path, gateway: int, upstream: int) -> dict[str, Any]:
     """Both modes against one running gateway: requests/s and CPU seconds of each party."""
-    warm = asyncio.run(_load(url, 200, args.concurrency, stream=False))
-    if warm:
-        raise RuntimeError(f"{url} failed its warm-up: {dict(warm)}")
+    _wrk(url, work, "whole", 1, args.concurrency)  # warm-up
     measured: dict[str, Any] = {}
     for mode in MODES:
-        before = {
-            "gateway": cpu_seconds(gateway),
-            "upstream": cpu_seconds(upstream),
-            "client": _own_cpu(),
-            "machine": _busy(),
-        }
-        started = time.perf_counter()
-        failed = asyncio.run(_load(url, args.requests, args.concurrency, mode == "stream"))
-        failures = sum(failed.values())
-        wall = time.perf_counter() - started
+        before = {"gateway": cpu_seconds(gateway), "upstream": cpu_seconds(upstream)}
+        machine = _busy()
+        result = _wrk(url, work, mode, args.seconds, args.concurrency)
         used = {
             "gateway": cpu_seconds(gateway) - before["gateway"],
             "upstream": cpu_seconds(upstream) - before["upstream"],
-            "client": _own_cpu() - before["client"],
+            "client": result["cpu_s"],
         }
         # What else ran on the machine meanwhile (other work shares the cores).
-        used["others"] = max(0.0, _busy() - before["machine"] - sum(used.values()))
+        used["others"] = max(0.0, _busy() - machine - sum(used.values()))
         measured[mode] = {
-            "rps": round((args.requests - failures) / wall, 1),
-            "failures": failures,
-            "failed": dict(failed),
-            "wall_s": round(wall, 3),
+            "rps": result["rps"],
+            "requests": result["requests"],
+            "failures": result["failures"],
+            "wall_s": result["wall_s"],
             "cpu_s": {party: round(s, 2) for party, s in used.items()},
-            "gateway_cpu_us_per_request": round(used["gateway"] / args.requests * 1e6, 1),
+            "gateway_cpu_us_per_request": round(used["gateway"] / result["requests"] * 1e6, 1),
         }
     return measured
 
 
-async def _load(url: str, requests: int, concurrency: int, stream: bool) -> Counter[str]:
-    """`requests` chat completions, `concurrency` at a time; the failures, by status
-    (or error)."""
-    import aiohttp
+def _wrk(url: str, work: Path, mode: str, seconds: int, concurrency: int) -> dict[str, Any]:
+    """wrk's closed loop of `mode` chat completions for `seconds`: requests/s of the
+    answers with status 200, the failures (other statuses, socket errors), its CPU."""
+    script = work / f"{mode}.lua"
+    body = orjson.dumps(_body(mode)).decode()
+    script.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+    )
+    command = [
+        "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s",
+        "-s", str(script), url + "/v1/chat/completions",
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    requests = int(_field(r"(\d+) requests in", out))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = int(_field(r"Non-2xx or 3xx responses: (\d+)", out, "0"))
+    failures += sum(int(n) for n in errors.groups()) if errors else 0
+    return {
+        "rps": round((requests - failures) / float(_field(r"requests in ([\d.]+)s", out)), 1),
+        "requests": requests,
+        "failures": failures,
+        "wall_s": round(wall, 3),
+        "cpu_s": cpu,
+    }
 
-    body = {**BODY, "stream": stream}
-    left = requests
-    failures: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                try:
-                    async with session.post(url + "/v1/chat/completions", json=body) as r:
-                        await r.read()
-                        if r.status != 200:
-                            failures[str(r.status)] += 1
-                except aiohttp.ClientError as exc:
-                    failures[type(exc).__name__] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return failures
+def _field(pattern: str, text: str, default: str | None = None) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        if default is None:
+            raise RuntimeError(f"wrk's report has no {pattern!r}:\n{text}")
+        return default
+    return found.group(1)
 
 
 def _busy() -> float:
@@ -196,11 +259,6 @@ def _busy() -> float:
 
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _report(rounds: list[dict[str, Any]], args: Any) -> dict[str, Any]:
@@ -214,7 +272,7 @@ def _report(rounds: list[dict[str, Any]], args: Any) -> dict[str, Any]:
     for mode, values in ratios.items():
         measured = [r[side][mode] for r in rounds for side in SIDES]
         per_request = statistics.median(
-            sum(m["cpu_s"][p] for p in ("gateway", "upstream", "client")) / args.requests
+            sum(m["cpu_s"][p] for p in ("gateway", "upstream", "client")) / m["requests"]
             for m in measured
         )
         alone = statistics.median(r[one][mode]["rps"] for r in rounds)
@@ -231,10 +289,10 @@ def _report(rounds: list[dict[str, Any]], args: Any) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model()},
         "load": {
-            "requests": args.requests,
+            "seconds": args.seconds,
             "concurrency": args.concurrency,
             "rounds": args.rounds,
-            "max_tokens": BODY["max_tokens"],
+            "max_tokens": TOKENS,
         },
         "rounds": rounds,
         "ratio_2_to_1": ratios,
@@ -249,13 +307,14 @@ def _markdown(report: dict[str, Any]) -> str:
         "# Worker processes: `--workers 2` vs `--workers 1`",
         "",
         f"`{report['command']}` on {m['cpus']} CPUs ({m['cpu']}), {report['when']}. "
-        f"Load: {load['requests']} chat completions per mode and round, "
+        f"Load: wrk, {load['seconds']} s of chat completions per mode and round, "
         f"{load['concurrency']} at a time, {load['max_tokens']} tokens; "
-        f"{load['rounds']} alternating rounds. Upstream: gateway/bench/upstream.py on "
-        "loopback, on the same machine as the gateway and the load generator.",
+        f"{load['rounds']} alternating rounds. Upstream: nginx sending back the scripted "
+        "upstream's answers (gateway/bench/upstream.py) on loopback, on the same machine "
+        "as the gateway and wrk.",
         "",
         "| round | gateway | mode | requests/s | failures | wall s | CPU s gateway "
-        "| CPU s upstream | CPU s client | CPU s others | gateway CPU µs/request |",
+        "| CPU s nginx | CPU s wrk | CPU s others | gateway CPU µs/request |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for number, sides in enumerate(report["rounds"], 1):
@@ -282,9 +341,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Goal: {report['goal']} (issue 21). The ceiling is the most these cores allow over "
-        "one worker, at the CPU a request costs the gateway, the upstream and the load "
-        "generator together (all three on this machine); CPU s others is what other "
-        "programs took meanwhile.",
+        "one worker, at the CPU a request costs the gateway, nginx and wrk together (all "
+        "three on this machine); CPU s others is what other programs took meanwhile.",
         "",
     ]
     return "\n".join(lines)
