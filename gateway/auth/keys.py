@@ -57,7 +57,7 @@ class Principal:
     max_concurrent: int | None = None  # requests in flight at once (None: no bound)
 
     def may_use(self, model: str) -> bool:
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+        return any(p == "*" or fnmatch.fnmatchcase(model, p) for p in self.models)
 
     @property
     def limited(self) -> bool:

@@ -40,8 +40,9 @@ class Bounds:
 
 
 def _refuse_gateway_fields(body: _Sampling) -> None:
+    sent = body.model_fields_set  # what the client did not send asks for nothing
     for name, why in GATEWAY_REFUSED.items():
-        value = getattr(body, name, None)
+        value = getattr(body, name, None) if name in sent else None
         if value not in (False, []) and engine_options.is_set(name, value):
             raise InvalidRequest(
                 f"'{name}' is not supported: {why}; remove it from the request.",
