@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,18 +131,7 @@ class Workers:
         """A bare connection on worker `pid`, for a request whose answer is not read."""
         for _ in range(200):
             conn = socket.create_connection((self.host, self.port), timeout=30)
-            conn.sendall(
-                f"GET /metrics HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
-                .encode()
-            )  # fmt: skip
-            reader = conn.makefile("rb")
-            head = [reader.readline()]
-            while head[-1] not in (b"\r\n", b""):
-                head.append(reader.readline())
-            fields = dict(line.decode().rstrip().split(": ", 1) for line in head[1:-1])
-            reader.read(int(fields["content-length"]))
-            reader.close()
-            if fields.get("x-switchyard-worker") == str(pid):
+            if worker_of(conn) == str(pid):
                 try:
                     yield conn
                 finally:
@@ -232,6 +222,37 @@ def workers(
             yield pinned
         finally:
             pinned.close()
+
+
+def worker_of(conn: socket.socket) -> str | None:
+    """The pid of the worker that holds `conn` (its /metrics answer says), the
+    connection kept open."""
+    conn.sendall(
+        f"GET /metrics HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    reader = conn.makefile("rb")
+    head = [reader.readline()]
+    while head[-1] not in (b"\r\n", b""):
+        head.append(reader.readline())
+    fields = dict(line.decode().rstrip().split(": ", 1) for line in head[1:-1])
+    reader.read(int(fields["content-length"]))
+    reader.close()
+    return fields.get("x-switchyard-worker")
+
+
+def test_connections_opened_at_once_spread_over_the_workers(workers: Workers) -> None:
+    """Each worker listens on a socket of its own (SO_REUSEPORT): the kernel shares a
+    burst of new connections out. On one shared socket the worker that woke first
+    could take the whole burst, and the other served none of it."""
+    conns = [socket.create_connection((workers.host, workers.port), timeout=30) for _ in range(32)]
+    try:
+        held = Counter(worker_of(conn) for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert len(held) == 2, held
+    assert min(held.values()) >= 4, held  # an even share is 16; below 4: p < 1e-5
 
 
 def test_requests_spread_over_the_workers_and_metrics_count_all_of_them(
