@@ -245,6 +245,7 @@ def test_connections_opened_at_once_spread_over_the_workers(workers: Workers) ->
     """Each worker listens on a socket of its own (SO_REUSEPORT): the kernel shares a
     burst of new connections out. On one shared socket the worker that woke first
     could take the whole burst, and the other served none of it."""
+    workers.find(2)  # both are listening
     conns = [socket.create_connection((workers.host, workers.port), timeout=30) for _ in range(32)]
     try:
         held = Counter(worker_of(conn) for conn in conns)
