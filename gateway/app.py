@@ -261,8 +261,18 @@ def _freeze() -> None:
     garbage collector's sight, as vLLM's server does: each full collection would
     otherwise walk it all again, a pause every request in flight waits out. No
     collection first: requests are already being served, and in a big process one
-    full collection is such a pause itself."""
+    full collection is such a pause itself.
+
+    And collect the young generation every `GC_YOUNG` allocations, not every 700:
+    each collection walks every young object still alive, which is most of what the
+    requests in flight hold, so its cost grew with concurrency. Measured through the
+    gateway in front of a fast upstream (gc.callbacks, 6000 answers): 39-44 -> 14 µs
+    of collection per request at concurrency 4, 96-120 -> 40-44 µs at 64."""
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+
+
+GC_YOUNG = 10_000
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@ accepting connections at once, while a stream in progress goes on to its end."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.servers import free_port, wait_until
+from gateway.app import GC_YOUNG, create_app
+from tests.gateway.conftest import scripted, settings
+from tests.servers import free_port, serve, wait_until
 
 
 def refused(url: str) -> bool:
@@ -100,3 +103,17 @@ def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_start_up_freezes_the_heap_and_tunes_the_young_generation() -> None:
+    """Once its engines started, the gateway collects the young generation every
+    `GC_YOUNG` allocations (see `gateway.app._freeze`), and what start-up made is out
+    of the collector's sight."""
+    before = gc.get_threshold()
+    gc.set_threshold(700, *before[1:])
+    try:
+        with serve(create_app(settings(), engines=[scripted()])):
+            assert wait_until(lambda: gc.get_threshold()[0] == GC_YOUNG, timeout=10)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
