@@ -45,11 +45,15 @@ class Hangup:
     inside the engine), the cancellation ends at the block's end, and `cut_short`
     tells the caller. A cancellation from outside (a server shutting down) goes on
     through. One plain asyncio task watches, and cancels as `asyncio.timeout` does:
-    no task group to enter and leave on every request."""
+    no task group to enter and leave on every request. The watcher is not cancelled
+    when the block ends (a cancelled task leaves its error, traceback and frames to
+    the garbage collector): it ends by itself once the response is complete, when
+    the server tells it the client is done."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self.cut_short = False
+        self._over = False  # the block has ended: the watcher cuts nothing any more
 
     def __enter__(self) -> Hangup:
         task = asyncio.current_task()
@@ -60,12 +64,12 @@ class Hangup:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        self._watcher.cancel()
+        self._over = True
         ours = kind is not None and issubclass(kind, asyncio.CancelledError) and self.cut_short
         return ours and self._task.uncancel() <= self._before
 
     def cut(self) -> None:
-        if not self.cut_short:
+        if not self.cut_short and not self._over:
             self.cut_short = True
             self._task.cancel()
 
@@ -144,32 +148,46 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        sending_since: float | None = None  # while a send waits: when it began
-        timer: asyncio.TimerHandle | None = None
-
-        def watch_sends(limit: float) -> None:
-            """Cut a client that reads nothing for `limit` seconds: one timer per
-            stream, looked at four times a limit, not one per event."""
-            nonlocal timer
-            if sending_since is not None and loop.time() - sending_since >= limit:
-                log.warning("a stream's client read nothing for %gs; cut", limit)
-                hangup.cut()
-            else:
-                timer = loop.call_later(limit / 4, watch_sends, limit)
-
         with Hangup(receive) as hangup:
-            if self.send_timeout_s is not None:
-                watch_sends(self.send_timeout_s)
+            watch = SendWatch(hangup, self.send_timeout_s)
             try:
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
                 async with contextlib.aclosing(self.body_iterator) as body:
                     async for data in body:
-                        sending_since = loop.time()
+                        watch.sending_since = loop.time()
                         await send({"type": "http.response.body", "body": data, "more_body": True})
-                        sending_since = None
+                        watch.sending_since = None
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
-                if timer is not None:
-                    timer.cancel()
+                watch.close()
+
+
+class SendWatch:
+    """Cuts a stream whose client reads nothing for `limit` seconds (none: never),
+    while a send waits (`sending_since`) because the socket's buffers are full: one
+    loop timer per stream, looking four times a limit, not one per event."""
+
+    def __init__(self, hangup: Hangup, limit: float | None) -> None:
+        self.sending_since: float | None = None
+        self._hangup = hangup
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._look()
+
+    def _look(self) -> None:
+        if self._limit is None:
+            return
+        since = self.sending_since
+        if since is not None and self._loop.time() - since >= self._limit:
+            log.warning("a stream's client read nothing for %gs; cut", self._limit)
+            self._hangup.cut()
+        else:
+            self._timer = self._loop.call_later(self._limit / 4, self._look)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None  # uvloop's handle keeps its callback: a cycle through us
