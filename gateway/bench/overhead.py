@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LITELLM = ROOT / ".bench-venv" / "bin" / "litellm"
 LEVELS = (1, 4, 16, 64)
 BLOCK, BLOCK_WARM_UP = 50, 5  # latency: requests per target in a row; unmeasured
+CPU_ROUNDS = 3  # CPU per chunk: the median of so many rounds, each one's beside it
 Targets = dict[str, tuple[int, int]]  # name: (port, pid)
 BODY = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 
@@ -267,34 +268,43 @@ def cpu_seconds(pid: int) -> float:
 _TEXT = re.compile(rb'"content": ?"[^"]')
 
 
-def _cpu_per_chunk(port: int, pid: int, streams: int = 300) -> tuple[float, float]:
-    """µs of the gateway's CPU per relayed chunk: 65-chunk minus 1-chunk streams; and
-    how many events the client got per 65-chunk stream (a gateway may join text that
-    reached it together, as vLLM's own output collector does)."""
+def _cpu_per_chunk(port: int, pid: int, streams: int = 300) -> tuple[float, float, list[float]]:
+    """µs of the gateway's CPU per relayed chunk: 65-chunk minus 1-chunk streams, the
+    median of `CPU_ROUNDS` rounds, and each round's; and how many events the client
+    got per 65-chunk stream (a gateway may join text that reached it together, as
+    vLLM's own output collector does)."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
-    used = {}
+    rounds = []
     events = 0
-    for tokens in (1, 65):
-        body = {**BODY, "max_tokens": tokens, "stream": True}
-        before = cpu_seconds(pid)
-        for _ in range(streams):
-            status, answer = _post(conn, body)
-            assert status == 200
-            if tokens == 65:  # events with text (the role's opening event has none)
-                events += len(_TEXT.findall(answer))
-        used[tokens] = cpu_seconds(pid) - before
-    return round((used[65] - used[1]) / (streams * 64) * 1e6, 2), round(events / streams, 1)
+    for _ in range(CPU_ROUNDS):
+        used = {}
+        for tokens in (1, 65):
+            body = {**BODY, "max_tokens": tokens, "stream": True}
+            before = cpu_seconds(pid)
+            for _ in range(streams):
+                status, answer = _post(conn, body)
+                assert status == 200
+                if tokens == 65:  # events with text (the role's opening event has none)
+                    events += len(_TEXT.findall(answer))
+            used[tokens] = cpu_seconds(pid) - before
+        rounds.append(round((used[65] - used[1]) / (streams * 64) * 1e6, 2))
+    return statistics.median(rounds), round(events / streams / CPU_ROUNDS, 1), rounds
 
 
 # -- report -------------------------------------------------------------------------
+
+
+def _spread(row: dict[str, Any]) -> str:
+    rounds = row.get("cpu_rounds")
+    return f" ({min(rounds)} to {max(rounds)})" if rounds else ""
 
 
 def _report(
     latency: dict[str, list[float]],
     streams: dict[str, dict[str, list[float]]],
     throughput: dict[str, dict[int, dict[str, float]]],
-    cpu: dict[str, tuple[float, float]],
-    spaced: dict[str, tuple[float, float]],
+    cpu: dict[str, tuple[float, float, list[float]]],
+    spaced: dict[str, tuple[float, float, list[float]]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     def pct(values: list[float], q: float) -> float:
@@ -322,8 +332,12 @@ def _report(
         row["added_chunk_p50_us"] = round(row["chunk_p50_us"] - base["chunk_p50_us"], 1)
         row["added_chunk_p99_us"] = round(row["chunk_p99_us"] - base["chunk_p99_us"], 1)
         row["added_ttft_p50_ms"] = round(row["ttft_p50_ms"] - base["ttft_p50_ms"], 3)
-        row["cpu_us_per_chunk"], row["text_events_per_65_chunks"] = cpu[name]
-        row["cpu_us_per_spaced_chunk"], row["text_events_per_65_spaced_chunks"] = spaced[name]
+        row["cpu_us_per_chunk"], row["text_events_per_65_chunks"], row["cpu_rounds"] = cpu[name]
+        (
+            row["cpu_us_per_spaced_chunk"],
+            row["text_events_per_65_spaced_chunks"],
+            row["spaced_cpu_rounds"],
+        ) = spaced[name]
         within = [
             level["rps"]
             for c, level in throughput[name].items()
@@ -383,7 +397,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Load: {report['load']}. Upstream: gateway/bench/upstream.py on loopback.",
         "",
         "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | median of paired diffs ms "
-        "| added chunk p50 µs | added chunk p99 µs | added TTFT p50 ms | CPU µs/chunk "
+        "| added chunk p50 µs | added chunk p99 µs | added TTFT p50 ms "
+        f"| CPU µs/chunk, median of {CPU_ROUNDS} (range) "
         "| text events per 65 chunks | CPU µs/chunk, 1 ms apart (events) "
         "| max req/s (added p99 ≤ 10 ms) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -393,7 +408,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r.get('added_p50_ms', '—')} "
             f"| {r.get('added_p99_ms', '—')} | {r.get('added_median_of_pairs_ms', '—')} "
             f"| {r.get('added_chunk_p50_us', '—')} | {r.get('added_chunk_p99_us', '—')} "
-            f"| {r.get('added_ttft_p50_ms', '—')} | {r.get('cpu_us_per_chunk', '—')} "
+            f"| {r.get('added_ttft_p50_ms', '—')} | {r.get('cpu_us_per_chunk', '—')}{_spread(r)} "
             f"| {r.get('text_events_per_65_chunks', '—')} "
             f"| {r.get('cpu_us_per_spaced_chunk', '—')} "
             f"({r.get('text_events_per_65_spaced_chunks', '—')}) "
