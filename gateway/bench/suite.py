@@ -8,8 +8,8 @@
 (f) routing: adapter_affinity vs round_robin on two vLLM replicas;
 (g) cache: hit vs miss (memory and Redis).
 Each writes its own docs/benchmarks/NAME.{json,md}; this then writes suite.md (every
-ratio with its goal) and suite.png. `--only overhead,cache` runs a subset; the
-summary always reads the latest JSON of each.
+ratio with its goal) and suite.png. `--only overhead,cache` runs a subset (`--only ''`
+none: the summary alone); the summary always reads the latest JSON of each.
 
     switchyard bench suite [--only a,b] [--quick]
 """
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SUITE))
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run)")
     args = parser.parse_args(argv)
-    for name in args.only.split(","):
+    for name in filter(None, args.only.split(",")):
         print(f">>> bench {name}", file=sys.stderr, flush=True)
         module = importlib.import_module(f"gateway.bench.{name}")
         status: int = module.main(QUICK.get(name, []) if args.quick else [])

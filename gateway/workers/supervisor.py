@@ -11,7 +11,7 @@ SIGINT stops them all.
 Each worker listens on a socket of its own, bound to the port with SO_REUSEPORT, and
 the kernel spreads new connections evenly over them. On one shared socket whichever
 worker woke first took a whole burst: all 32 connections a client opened at once,
-seen in 5 of 20 runs of wrk, left the other worker idle for as long as they lasted.
+seen in 6 of 32 runs of wrk, left the other worker idle for as long as they lasted.
 The parent binds the port too (it stays bound, and a port in use fails the start at
 once) but never listens, so no connection waits on it. A worker that dies takes its
 queue of connections not yet accepted with it; new ones go to the others.
