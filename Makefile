@@ -83,7 +83,7 @@ bench: model system-deps bench-tools bench-venv
 	$(VENV)/bin/switchyard bench suite
 
 ## bench-overhead: Switchyard and LiteLLM's proxy in front of one fast upstream
-bench-overhead: venv bench-venv
+bench-overhead: venv bench-venv bench-tools
 	$(VENV)/bin/switchyard bench overhead
 
 ## bench-engine: the in-process engine vs vLLM's own server, same model and load

@@ -9,7 +9,7 @@ its defaults). In one run, same machine, same load:
   target - direct, per percentile;
 - streams at concurrency 1 (64 chunks, 1 ms apart): each chunk carries the time it
   left the upstream, so its delay to the client is measured per chunk; added TTFT too;
-- throughput: concurrency 1…64 (aiohttp client), requests/s and p99; the best
+- throughput: concurrency 1…64 (wrk), requests/s and p99; the best
   requests/s whose added p99 stays within 10 ms;
 - CPU per relayed chunk: the gateway process's CPU time for 65-chunk streams minus
   1-chunk streams, per extra chunk; from the upstream as fast as it can (text that
@@ -17,13 +17,12 @@ its defaults). In one run, same machine, same load:
   apart (one event each).
 Writes docs/benchmarks/overhead.{json,md,png}.
 
-    switchyard bench overhead [--requests 400] [--streams 60] [--no-litellm]
+    switchyard bench overhead [--requests 1000] [--streams 60] [--no-litellm]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.client
 import os
@@ -40,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from gateway.bench import wrk
 from gateway.bench.engine import machine
 from gateway.bench.load import percentile
 from gateway.bench.process import gateway_command, server_process, write_report
@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=1000, help="per target, concurrency 1")
     parser.add_argument("--streams", type=int, default=60, help="per target")
-    parser.add_argument("--per-level", type=int, default=800, help="requests per level")
+    parser.add_argument("--seconds-per-level", type=int, default=3, help="wrk's run per level")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--port", type=int, default=8800)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is missing: `make bench-tools` installs it.", file=sys.stderr)
+        return 2
     if not args.no_litellm and not LITELLM.is_file():
         print(
             "LiteLLM is missing: run scripts/setup-bench-venv.sh (make bench does).",
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     with _servers(args.port, work, not args.no_litellm, interval_ms=0) as targets:
         ports = {name: port for name, (port, _) in targets.items()}
         latency = _latency(ports, args.requests)
-        throughput = {name: _levels(port, args.per_level) for name, port in ports.items()}
+        throughput = {name: _levels(port, args.seconds_per_level) for name, port in ports.items()}
         cpu = {n: _cpu_per_chunk(port, pid) for n, (port, pid) in targets.items() if n != "direct"}
     with _servers(args.port + 10, work, not args.no_litellm, interval_ms=1) as targets:
         streams = _streams({name: port for name, (port, _) in targets.items()}, args.streams)
@@ -214,40 +217,17 @@ def _streams(ports: dict[str, int], count: int) -> dict[str, dict[str, list[floa
     return seen
 
 
-def _levels(port: int, per_level: int) -> dict[int, dict[str, float]]:
-    import aiohttp
-
-    async def level(concurrency: int) -> dict[str, float]:
-        latencies: list[float] = []
-        left = per_level
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-
-            async def worker() -> None:
-                nonlocal left
-                while left > 0:
-                    left -= 1
-                    started = time.perf_counter()
-                    async with session.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json=BODY,
-                        headers={"Authorization": "Bearer x"},
-                    ) as r:
-                        await r.read()
-                        if r.status != 200:
-                            raise RuntimeError(f"port {port} answered {r.status}")
-                    latencies.append((time.perf_counter() - started) * 1000)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            wall = time.perf_counter() - started
-        return {
-            "rps": round(len(latencies) / wall, 1),
-            "p50_ms": round(percentile(latencies, 0.5), 3),
-            "p99_ms": round(percentile(latencies, 0.99), 3),
-        }
-
-    return {c: asyncio.run(level(c)) for c in LEVELS}
+def _levels(port: int, seconds: int) -> dict[int, dict[str, float]]:
+    """Requests/s and latency at each concurrency, from wrk: a native load generator
+    whose CPU, unlike an asyncio client's, leaves the two cores to the targets."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    levels = {}
+    for concurrency in LEVELS:
+        result = wrk.run(url, BODY, seconds, concurrency, {"Authorization": "Bearer x"})
+        if result["failures"]:
+            raise RuntimeError(f"port {port} failed {result['failures']} requests")
+        levels[concurrency] = {k: result[k] for k in ("rps", "p50_ms", "p99_ms")}
+    return levels
 
 
 def cpu_seconds(pid: int) -> float:
@@ -375,7 +355,7 @@ def _report(
         "load": {
             "requests": args.requests,
             "streams": args.streams,
-            "per_level": args.per_level,
+            "seconds_per_level": args.seconds_per_level,
             "levels": list(LEVELS),
         },
         "results": rows,

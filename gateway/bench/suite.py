@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "benchmarks"
 SUITE = ("overhead", "engine", "frontend", "workers", "embeddings", "routing", "cache")
-QUICK = {"overhead": ["--requests", "150", "--streams", "20", "--per-level", "300"]}
+QUICK = {"overhead": ["--requests", "150", "--streams", "20", "--seconds-per-level", "1"]}
 
 
 def main(argv: list[str] | None = None) -> int:

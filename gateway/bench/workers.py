@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from gateway.bench import wrk
 from gateway.bench.load import REPORTS, alternating
 from gateway.bench.overhead import cpu_seconds
 from gateway.bench.process import gateway_command, server_process, write_report
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             log = work / f"{round_}-{SIDES[side]}.log"
             ready = _all_ready(url, SIDES[side])
             with server_process(command, ready, log, env) as gateway:
-                rounds[round_][side] = _measure(url, args, work, gateway.pid, nginx.pid)
+                rounds[round_][side] = _measure(url, args, gateway.pid, nginx.pid)
     report = _report(rounds, args)
     write_report(args.out, "workers", report, _markdown(report))
     shutil.rmtree(work, ignore_errors=True)
@@ -186,14 +183,15 @@ def _all_ready(url: str, workers: int) -> Callable[[], bool]:
     return probe
 
 
-def _measure(url: str, args: Any, work: Path, gateway: int, upstream: int) -> dict[str, Any]:
+def _measure(url: str, args: Any, gateway: int, upstream: int) -> dict[str, Any]:
     """Both modes against one running gateway: requests/s and CPU seconds of each party."""
-    _wrk(url, work, "whole", 1, args.concurrency)  # warm-up
+    chat = url + "/v1/chat/completions"
+    wrk.run(chat, _body("whole"), 1, args.concurrency)  # warm-up
     measured: dict[str, Any] = {}
     for mode in MODES:
         before = {"gateway": cpu_seconds(gateway), "upstream": cpu_seconds(upstream)}
         machine = _busy()
-        result = _wrk(url, work, mode, args.seconds, args.concurrency)
+        result = wrk.run(chat, _body(mode), args.seconds, args.concurrency)
         used = {
             "gateway": cpu_seconds(gateway) - before["gateway"],
             "upstream": cpu_seconds(upstream) - before["upstream"],
@@ -210,47 +208,6 @@ def _measure(url: str, args: Any, work: Path, gateway: int, upstream: int) -> di
             "gateway_cpu_us_per_request": round(used["gateway"] / result["requests"] * 1e6, 1),
         }
     return measured
-
-
-def _wrk(url: str, work: Path, mode: str, seconds: int, concurrency: int) -> dict[str, Any]:
-    """wrk's closed loop of `mode` chat completions for `seconds`: requests/s of the
-    answers with status 200, the failures (other statuses, socket errors), its CPU."""
-    script = work / f"{mode}.lua"
-    body = orjson.dumps(_body(mode)).decode()
-    script.write_text(
-        f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
-        "wrk.headers['Content-Type'] = 'application/json'\n"
-    )
-    command = [
-        "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s",
-        "-s", str(script), url + "/v1/chat/completions",
-    ]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    requests = int(_field(r"(\d+) requests in", out))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failures = int(_field(r"Non-2xx or 3xx responses: (\d+)", out, "0"))
-    failures += sum(int(n) for n in errors.groups()) if errors else 0
-    return {
-        "rps": round((requests - failures) / float(_field(r"requests in ([\d.]+)s", out)), 1),
-        "requests": requests,
-        "failures": failures,
-        "wall_s": round(wall, 3),
-        "cpu_s": cpu,
-    }
-
-
-def _field(pattern: str, text: str, default: str | None = None) -> str:
-    found = re.search(pattern, text)
-    if found is None:
-        if default is None:
-            raise RuntimeError(f"wrk's report has no {pattern!r}:\n{text}")
-        return default
-    return found.group(1)
 
 
 def _busy() -> float:
