@@ -42,8 +42,8 @@ async def wait_for_disconnect(receive: Receive) -> None:
 class Hangup:
     """A block cancelled the moment its client goes away, or when `cut()` is called:
     the task running it is cancelled (which aborts what it awaits: a generation
-    inside the engine), the cancellation ends at the block's end, and `cut_short`
-    tells the caller. A cancellation from outside (a server shutting down) goes on
+    inside the engine), and the cancellation ends at the block's end, where the code
+    after it runs. A cancellation from outside (a server shutting down) goes on
     through. One plain asyncio task watches, and cancels as `asyncio.timeout` does:
     no task group to enter and leave on every request. The watcher is not cancelled
     when the block ends (a cancelled task leaves its error, traceback and frames to
@@ -52,7 +52,7 @@ class Hangup:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self.cut_short = False
+        self._cut = False
         self._over = False  # the block has ended: the watcher cuts nothing any more
 
     def __enter__(self) -> Hangup:
@@ -65,12 +65,12 @@ class Hangup:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
         self._over = True
-        ours = kind is not None and issubclass(kind, asyncio.CancelledError) and self.cut_short
+        ours = kind is not None and issubclass(kind, asyncio.CancelledError) and self._cut
         return ours and self._task.uncancel() <= self._before
 
     def cut(self) -> None:
-        if not self.cut_short and not self._over:
-            self.cut_short = True
+        if not self._cut and not self._over:
+            self._cut = True
             self._task.cancel()
 
     async def _watch(self) -> None:
