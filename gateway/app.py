@@ -217,7 +217,7 @@ async def _run_engines(catalog: Catalog, settings: Settings) -> None:
     """Start every engine, say how to call each model that is ready, then probe the
     backends until shut-down."""
     await catalog.start_all()
-    _freeze()
+    freeze_heap()
     for model in catalog.models:
         if model.pool.state() != "ready":
             continue
@@ -256,7 +256,7 @@ async def _leave(ledger: Ledger) -> None:
             log.warning("left the adapter ledger without saying so: %s", exc.message)
 
 
-def _freeze() -> None:
+def freeze_heap() -> None:
     """Move what start-up made (modules, engines, the model's tables) out of the
     garbage collector's sight, as vLLM's server does: each full collection would
     otherwise walk it all again, a pause every request in flight waits out. No

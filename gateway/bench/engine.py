@@ -70,11 +70,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def contenders(model: str, port: int, work: Path) -> dict[str, list[str]]:
-    """The two servers' commands, ours first, with the same engine settings: the
-    demo model, eager, a 2048-token context, the tool-aware chat template and hermes
-    tool parser. Their environment is `ENV`."""
-    engine = {
+def engine_options(model: str) -> dict[str, Any]:
+    """The in-process engine's settings (engines.vllm_local.VLLMConfig), those of
+    `vllm serve`'s flags in `contenders`: the demo model, eager, a 2048-token context,
+    the tool-aware chat template and hermes tool parser."""
+    return {
         "model": model,
         "max_model_len": 2048,
         "enforce_eager": True,
@@ -82,6 +82,12 @@ def contenders(model: str, port: int, work: Path) -> dict[str, list[str]]:
         "chat_template": str(TOOL_TEMPLATE),
         "tool_parser": "hermes",
     }
+
+
+def contenders(model: str, port: int, work: Path) -> dict[str, list[str]]:
+    """The two servers' commands, ours first, with the same engine settings
+    (`engine_options`). Their environment is `ENV`."""
+    engine = engine_options(model)
     flags = ["--max-model-len", "2048", "--chat-template", str(TOOL_TEMPLATE)]
     flags += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     gateway = [{"name": "local", "kind": "vllm", "model_id": MODEL_ID, "options": engine}]

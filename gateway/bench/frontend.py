@@ -18,6 +18,11 @@ serves a warm-up load first. Over `--rounds` (3 by default) the order alternates
 A B) and each round's figures are kept: the ratio is the pooled CPU per token, ours
 over vLLM's, with each round's ratio beside it (the spread).
 
+A third server takes its turns beside them, the floor (gateway/bench/floor.py): the
+same engine and chunk path, the gateway's SSE rendering, on a bare ASGI app, with no
+gateway around it. Its ratio to `vllm serve` is the best a gateway that cost nothing
+would reach; ours minus the floor is the gateway's own CPU per token.
+
 `--profile` adds one load per server (three times `--prompts`), after its first measured
 one, sampled by py-spy (`--gil`: the thread that runs Python; not measured, the sampler
 takes a core of its own), and writes where each frontend's time goes, by concern and by
@@ -35,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -45,12 +51,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.engine import ENV, MODEL_ID, OURS, THEIRS, contenders, machine
+from gateway.bench.engine import ENV, MODEL_ID, OURS, THEIRS, contenders, engine_options, machine
 from gateway.bench.process import answers, serve_in_turns, write_report
 from gateway.bench.profile import PY_SPY, by_concern, own_samples, read_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
+FLOOR = "floor (vLLM's serving + SSE on bare uvicorn)"
 RATIO = "frontend CPU per token (ours/vllm, lower is better)"
+FLOOR_RATIO = "floor CPU per token (floor/vllm: a gateway that cost nothing)"
 NOTES = "<!-- notes: kept when the benchmark rewrites this file -->"
 # (concern, substrings of "file:function"): a sample goes to the first concern that
 # matches the innermost frame matching any concern.
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"py-spy is missing: {sys.executable} -m pip install py-spy", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    servers = contenders(args.model, args.port, work)
+    servers = {**contenders(args.model, args.port, work), FLOOR: _floor(args.model, args.port)}
     profiles: dict[str, dict[str, Any]] = {}
 
     def measure(server: subprocess.Popen[bytes]) -> Run:
@@ -161,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"output tokens differ from {expected} (ignore_eos not honoured?): {wrong}")
         return 1
     return 0
+
+
+def _floor(model: str, port: int) -> list[str]:
+    """The floor's command (gateway/bench/floor.py), with the engine settings of the
+    other two."""
+    options = {k: v for k, v in engine_options(model).items() if k != "model"}
+    return [
+        sys.executable, "-m", "gateway.bench.floor", "--model", model,
+        "--served-model-name", MODEL_ID, "--port", str(port),
+        "--options", json.dumps(options),
+    ]  # fmt: skip
 
 
 def _load(args: argparse.Namespace, prompts: int) -> dict[str, Any]:
@@ -256,9 +275,14 @@ def _report(
         tokens = sum(r.output_tokens for r in runs)
         return round(sum(float(getattr(r, attribute)) for r in runs) / tokens * 1e6, 1)
 
-    ours, theirs = samples[OURS], samples[THEIRS]
-    by_round = [round(a.frontend_us_per_token / b.frontend_us_per_token, 3)
-                for a, b in zip(ours, theirs, strict=True)]  # fmt: skip
+    def by_round(side: list[Run]) -> list[float]:
+        return [round(a.frontend_us_per_token / b.frontend_us_per_token, 3)
+                for a, b in zip(side, samples[THEIRS], strict=True)]  # fmt: skip
+
+    def ratio(side: str) -> float:
+        ours = pooled(samples[side], "frontend_cpu_s")
+        return round(ours / pooled(samples[THEIRS], "frontend_cpu_s"), 3)
+
     return {
         "benchmark": "frontend CPU per streamed token",
         "command": "switchyard bench frontend",
@@ -281,9 +305,14 @@ def _report(
             for name, runs in samples.items()
         },
         "ratios": {
-            RATIO: round(pooled(ours, "frontend_cpu_s") / pooled(theirs, "frontend_cpu_s"), 3),
-            "by round": by_round,
+            RATIO: ratio(OURS),
+            "by round": by_round(samples[OURS]),
+            FLOOR_RATIO: ratio(FLOOR),
+            "floor by round": by_round(samples[FLOOR]),
         },
+        "gateway_us_per_token": round(
+            pooled(samples[OURS], "frontend_cpu_s") - pooled(samples[FLOOR], "frontend_cpu_s"), 1
+        ),
         "goal": "≤ 0.9",
         "profiles": profiles,
     }
@@ -321,6 +350,9 @@ def _markdown(report: dict[str, Any], notes: str) -> str:
         "",
         f"- {RATIO}: **{ratios[RATIO]}** (goal {report['goal']}); by round "
         f"{ratios['by round']} (min {min(ratios['by round'])}, max {max(ratios['by round'])})",
+        f"- {FLOOR_RATIO}: **{ratios[FLOOR_RATIO]}**; by round {ratios['floor by round']}",
+        f"- the gateway's own CPU per token (ours minus the floor, pooled): "
+        f"**{report['gateway_us_per_token']} µs**",
         "",
     ]
     profiles = report["profiles"]

@@ -114,7 +114,7 @@ def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
 
 def test_start_up_freezes_the_heap_and_tunes_the_young_generation() -> None:
     """Once its engines started, the gateway collects the young generation every
-    `GC_YOUNG` allocations (see `gateway.app._freeze`), and what start-up made is out
+    `GC_YOUNG` allocations (see `gateway.app.freeze_heap`), and what start-up made is out
     of the collector's sight."""
     before = gc.get_threshold()
     gc.set_threshold(700, *before[1:])
@@ -130,7 +130,7 @@ def test_start_up_freezes_the_heap_and_tunes_the_young_generation() -> None:
 def test_a_request_leaves_no_cyclic_garbage(stream: bool) -> None:
     """What a request allocates is freed by reference counting, nothing left for the
     cycle collector, whose every collection walks what the requests in flight hold
-    (`gateway.app._freeze`). A cancelled watcher task, or a recursive closure, each
+    (`gateway.app.freeze_heap`). A cancelled watcher task, or a recursive closure, each
     left dozens of objects per request."""
     body = json.dumps({**CHAT, "stream": stream})
     with serve(create_app(settings(), engines=[scripted()])) as url:
