@@ -76,13 +76,14 @@ class Floor:
         if not isinstance(chunks, AsyncGenerator):  # vLLM's ErrorResponse
             await _answer(send, chunks.error.code, chunks.model_dump_json().encode())
             return
+        first = await anext(chunks, None)  # as vLLM's server starts with the first output
         renderer = ChatRenderer(os.urandom(16).hex(), request.model, request.n or 1,
                                 bool(request.logprobs))  # fmt: skip
         usage = bool(request.stream_options and request.stream_options.include_usage)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         for head in renderer.head(usage):
             await send({"type": "http.response.body", "body": head, "more_body": True})
-        async for chunk in chunks:
+        async for chunk in _after(first, chunks):
             renderer.count(chunk, 0)
             if events := renderer.events(chunk, usage):
                 await send({"type": "http.response.body", "body": b"".join(events),
@@ -90,6 +91,13 @@ class Floor:
         for tail in renderer.tail(usage):
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _after(first: Any, rest: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -127,6 +127,13 @@ def summary() -> list[dict[str, Any]]:
     if frontend:
         value = frontend["ratios"]["frontend CPU per token (ours/vllm, lower is better)"]
         add("frontend", "CPU per streamed token vs vllm serve", value, "≤ 0.9", value <= 0.9)
+        floor = frontend["ratios"].get(
+            "floor CPU per token (floor/vllm: a gateway that cost nothing)"
+        )
+        if floor is not None:  # runs before the floor had none
+            add("frontend", "the floor (no gateway) vs vllm serve", floor, "—", None)
+            own = frontend["gateway_us_per_token"]
+            add("frontend", "gateway's own CPU µs per token", own, "—", None)
     workers = _load("workers")
     if workers:
         for mode, summary in workers["ratio_summary"].items():
