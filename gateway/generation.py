@@ -11,39 +11,40 @@ from collections.abc import AsyncGenerator
 
 from engines.base import Engine
 from engines.errors import EngineUnavailable
-from engines.types import Chunk, GenerationRequest
+from engines.types import GenerationRequest
 from gateway.cache.flights import Item, Watch
 
 
-async def generate(
+def generate(
     engine: Engine, requests: list[GenerationRequest], watch: Watch | None = None
 ) -> AsyncGenerator[Item, None]:
     """(prompt slot, chunk) for every request on `engine`, each shown to `watch` with
     the time it left the engine, and with choice indexes made response-wide: choice j
-    of prompt i becomes i * n + j, as OpenAI numbers batched completions."""
-    if len(requests) == 1:  # the hot path: no slot to shift, nothing to merge
-        async with contextlib.aclosing(to_the_end(engine, requests[0])) as stream:
-            async for chunk in stream:
-                if watch is not None:
-                    watch(chunk, time.perf_counter())
-                yield 0, chunk
-        return
-    streams = [_slotted(i, engine, r) for i, r in enumerate(requests)]
-    async with contextlib.aclosing(watched(merged(streams), watch)) as chunks:
-        async for item in chunks:
-            yield item
+    of prompt i becomes i * n + j, as OpenAI numbers batched completions. One request
+    (the hot path) is one generator between the engine's and the caller."""
+    if len(requests) == 1:
+        return to_the_end(engine, requests[0], 0, watch)
+    return merged([to_the_end(engine, r, i, watch) for i, r in enumerate(requests)])
 
 
-async def to_the_end(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-    """The engine's chunks for `request`. An answer that stops before each of its
-    choices has a finish_reason was cut (an upstream that closed early, or answered
-    something other than OpenAI's stream): the backend failed, as if it had said so."""
+async def to_the_end(
+    engine: Engine, request: GenerationRequest, slot: int = 0, watch: Watch | None = None
+) -> AsyncGenerator[Item, None]:
+    """The engine's chunks for `request` in prompt slot `slot` (as `generate` numbers
+    them), each shown to `watch`. An answer that stops before each of its choices has
+    a finish_reason was cut (an upstream that closed early, or answered something
+    other than OpenAI's stream): the backend failed, as if it had said so."""
     unfinished = set(range(request.n))
+    shift = slot * request.n
     async with contextlib.aclosing(engine.generate(request)) as stream:
         async for chunk in stream:
             if chunk.finish_reason is not None:
                 unfinished.discard(chunk.index)
-            yield chunk
+            if shift:
+                chunk = dataclasses.replace(chunk, index=chunk.index + shift)
+            if watch is not None:
+                watch(chunk, time.perf_counter())
+            yield slot, chunk
     if unfinished:
         raise EngineUnavailable("the engine's answer ended before it finished; it was cut")
 
@@ -92,15 +93,3 @@ async def watched(
             if watch is not None:
                 watch(item[1], time.perf_counter())
             yield item
-
-
-async def _slotted(
-    slot: int, engine: Engine, request: GenerationRequest
-) -> AsyncGenerator[Item, None]:
-    async with contextlib.aclosing(to_the_end(engine, request)) as stream:
-        async for chunk in stream:
-            yield slot, _shift(chunk, slot * request.n)
-
-
-def _shift(chunk: Chunk, by: int) -> Chunk:
-    return dataclasses.replace(chunk, index=chunk.index + by) if by else chunk

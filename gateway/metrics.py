@@ -30,6 +30,8 @@ own /metrics and aggregated in PromQL with `sum by (...)`.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import os
 import time
 from collections.abc import Iterator
@@ -248,13 +250,25 @@ class Observation:
             ttft = self.first_token - self.started
             m.ttft.labels(*labels, stream).observe(ttft)
             facts["ttft_ms"] = round(ttft * 1000, 2)
-        itl = m.itl.labels(*labels)
-        for gap in self.gaps:
-            itl.observe(gap)
+        observe_all(m.itl.labels(*labels), self.gaps)
         if self.first_token is not None and self.last_token is not None and completion_tokens > 1:
             tpot = (self.last_token - self.first_token) / (completion_tokens - 1)
             m.tpot.labels(*labels).observe(tpot)
         return facts
+
+
+def observe_all(histogram: Histogram, values: list[float]) -> None:
+    """`histogram.observe` of each value, with one increment per bucket hit and one of
+    the sum: a stream's inter-token gaps, one per token, would otherwise take two
+    locks each at its end. Its bucket for a value is `observe`'s: the first upper
+    bound not below it (the last is +Inf)."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    hits = collections.Counter(bisect.bisect_left(bounds, value) for value in values)
+    histogram._sum.inc(sum(values))
+    for bucket, count in hits.items():
+        histogram._buckets[bucket].inc(count)
 
 
 def shared_values() -> Path | None:

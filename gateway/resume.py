@@ -366,7 +366,7 @@ async def _strand(
         )
         return
     async with contextlib.aclosing(to_the_end(engine, request)) as chunks:
-        async for chunk in chunks:
+        async for _, chunk in chunks:
             sent += len(chunk.token_ids)
             moved = dataclasses.replace(
                 chunk, index=strand.index, prompt_tokens=prompt, prompt_token_ids=None
