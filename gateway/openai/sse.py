@@ -94,21 +94,25 @@ async def framed(
 ) -> AsyncGenerator[bytes, None]:
     """The SSE events of `chunks`, as `renderer` frames them; a failure after the
     first event becomes its error event (the HTTP status is already sent), saying
-    what `told` makes of it."""
+    what `told` makes of it.
+
+    One send per chunk, whatever number of events it makes. The head goes with the
+    first chunk's events (a stream starts once its first chunk is in: no later), and
+    the tail's events (usage, `[DONE]`) go together: two writes fewer per stream."""
+    head = b"".join(renderer.head(include_usage))
     try:
-        for head in renderer.head(include_usage):
-            yield head
         async for slot, chunk in chunks:
             renderer.count(chunk, slot)
             events = renderer.events(chunk, include_usage)
-            if events:  # one send per chunk, whatever number of events it makes
+            if head:
+                yield b"".join([head, *events])
+                head = b""
+            elif events:
                 yield events[0] if len(events) == 1 else b"".join(events)
         await renderer.seal()
-        for tail in renderer.tail(include_usage):
-            yield tail
+        yield b"".join([head, *renderer.tail(include_usage)])
     except Exception as exc:
-        for failure in renderer.failure(told(exc)):
-            yield failure
+        yield b"".join([head, *renderer.failure(told(exc))])
     finally:
         await chunks.aclose()
 

@@ -3,12 +3,16 @@ and streamed."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engines.errors import GenerationFailed
 from engines.types import Chunk, ToolCallDelta
+from gateway.errors import GatewayError, as_gateway_error
 from gateway.openai.render import ChatRenderer, CompletionRenderer, Renderer
-from gateway.openai.sse import event
+from gateway.openai.sse import DONE, event, framed
 
 CALL = (
     ToolCallDelta(0, "call_1", "get_weather", '{"city": '),
@@ -99,3 +103,48 @@ def test_chunks_that_are_not_plain_take_the_generic_path() -> None:
     assert not chat.plain(Chunk(0, "x", 1, 0, reasoning="r"))
     assert not chat.plain(Chunk(0, "x", 1, 0, tool_calls=CALL[:1]))
     assert not with_logprobs.plain(Chunk(0, "x", 1, 0))
+
+
+async def _sends(chunks: list[Chunk], fail: bool = False) -> tuple[ChatRenderer, list[bytes]]:
+    """What `framed` hands the response to send, one item per send."""
+
+    async def items() -> AsyncGenerator[tuple[int, Chunk], None]:
+        for chunk in chunks:
+            yield 0, chunk
+        if fail:
+            raise GenerationFailed("the backend broke")
+
+    def told(exc: Exception) -> GatewayError:
+        error = as_gateway_error(exc)
+        assert error is not None
+        return error
+
+    renderer = ChatRenderer("rid", "m", 1, logprobs=False)
+    return renderer, [s async for s in framed(renderer, items(), True, told)]
+
+
+async def test_a_stream_sends_its_head_with_the_first_chunk_and_its_tail_at_once() -> None:
+    """The events are those of the head, each chunk and the tail, in order; the head
+    leaves with the first chunk's event and the usage with `[DONE]`: a stream of n
+    chunks is n + 1 sends."""
+    chunks = [Chunk(0, "Hel", 1, 4), Chunk(0, "lo", 1, 0), Chunk(0, "", 0, 0, (), "stop")]
+    _, sends = await _sends(chunks)
+    reference = ChatRenderer("rid", "m", 1, logprobs=False)
+    events = reference.head(True)
+    for chunk in chunks:
+        reference.count(chunk, 0)
+        events += reference.events(chunk, True)
+    events += reference.tail(True)
+    assert len(sends) == len(chunks) + 1
+    assert b"".join(sends) == b"".join(events)
+    assert sends[0] == events[0] + events[1]  # the role's event, then "Hel"
+    assert sends[-1].endswith(DONE)
+    assert b'"usage":{"prompt_tokens":4' in sends[-1]
+
+
+async def test_a_stream_that_fails_before_its_first_event_still_opens_with_its_head() -> None:
+    renderer, sends = await _sends([], fail=True)
+    (only,) = sends
+    assert only.startswith(renderer.head(True)[0])
+    assert b"the backend broke" in only
+    assert only.endswith(DONE)
