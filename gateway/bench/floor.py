@@ -1,7 +1,7 @@
 """The floor under the gateway's in-process frontend, for `bench frontend`: vLLM's
 chat serving, with the engine's chunk path (engines/vllm_stream.py) and the gateway's
-SSE rendering, behind a bare ASGI app on the same uvicorn, with the same heap set-up
-(`freeze_heap`). No gateway around it: no middleware, auth, limits, pipeline,
+SSE rendering and framing (`framed`), behind a bare ASGI app on the same uvicorn, with
+the same heap set-up (`freeze_heap`). No gateway around it: no middleware, auth, limits, pipeline,
 balancer, resume transcript, metrics or access log. What the gateway costs beyond this
 per streamed token is all it could save by doing less of its own work; what this costs
 is vLLM's engine client, output processing and detokenization, its request
@@ -18,9 +18,10 @@ answers 200 once the engine is up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import uvicorn
@@ -28,7 +29,9 @@ from starlette.types import Receive, Scope, Send
 
 from engines.vllm_local import VLLMConfig, VLLMEngine
 from gateway.app import freeze_heap
+from gateway.cache.flights import Item
 from gateway.openai.render import ChatRenderer
+from gateway.openai.sse import framed
 
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -81,23 +84,22 @@ class Floor:
                                 bool(request.logprobs))  # fmt: skip
         usage = bool(request.stream_options and request.stream_options.include_usage)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        for head in renderer.head(usage):
-            await send({"type": "http.response.body", "body": head, "more_body": True})
-        async for chunk in _after(first, chunks):
-            renderer.count(chunk, 0)
-            if events := renderer.events(chunk, usage):
-                await send({"type": "http.response.body", "body": b"".join(events),
-                            "more_body": True})  # fmt: skip
-        for tail in renderer.tail(usage):
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        async for data in framed(renderer, _after(first, chunks), usage, _fail):
+            await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _after(first: Any, rest: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+async def _after(first: Any, rest: AsyncGenerator[Any, None]) -> AsyncGenerator[Item, None]:
+    """The stream's chunks, in prompt slot 0, as `framed` takes them."""
     if first is not None:
-        yield first
-    async for item in rest:
-        yield item
+        yield 0, first
+    async with contextlib.aclosing(rest):
+        async for chunk in rest:
+            yield 0, chunk
+
+
+def _fail(exc: Exception) -> NoReturn:
+    raise exc  # no error event: the floor's connection just ends
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:
