@@ -1,12 +1,12 @@
 """The floor under the gateway's in-process frontend, for `bench frontend`: vLLM's
 chat serving, with the engine's chunk path (engines/vllm_stream.py) and the gateway's
 SSE rendering and framing (`framed`), behind a bare ASGI app on the same uvicorn, with
-the same heap set-up (`freeze_heap`). No gateway around it: no middleware, auth, limits, pipeline,
-balancer, resume transcript, metrics or access log. What the gateway costs beyond this
-per streamed token is all it could save by doing less of its own work; what this costs
-is vLLM's engine client, output processing and detokenization, its request
-preparation (validation, chat template, tokenizer) and HTTP, the work `vllm serve`
-does too.
+the same heap set-up (`freeze_heap`). No gateway around it: no middleware, auth,
+limits, pipeline, balancer, resume transcript, metrics or access log. What the gateway
+costs beyond this per streamed token is all it could save by doing less of its own
+work; what this costs is vLLM's engine client, output processing and detokenization,
+its request preparation (validation, chat template, tokenizer) and HTTP, the work
+`vllm serve` does too.
 
 Streamed chat completions only; any other POST (the benchmark's readiness probe)
 answers 200 once the engine is up.
