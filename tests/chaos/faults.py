@@ -140,7 +140,7 @@ class Faults:
     def _taken_back(self, replica: Replica, timeout: float = 60) -> float:
         """Seconds from a restarted replica answering until both gateways route to it
         again and it holds the declared adapters (the gateways' restore)."""
-        late, seconds = invariants.recovered(self.cluster, set(DECLARED), timeout, [replica])
+        late, seconds = invariants.recovered(self.cluster, self.adapters, timeout, [replica])
         self.errors += [f"{replica.name} not taken back after restarting: {m}" for m in late]
         return seconds
 
@@ -178,6 +178,12 @@ class Faults:
                 elif r.status_code not in (409, 503):  # busy, or no replica could take it
                     self.errors.append(f"adapter {kind}: {r.status_code} {r.text[:300]}")
                 self._record(f"adapter_{kind}", CHURNED, start)
+
+    def adapters(self) -> set[str]:
+        """The adapters loaded through the gateways now: the declared ones, and the
+        churned one while the adapter lane has it loaded (it may still be loading it
+        while a restarted replica is taken back, and ends the run either way)."""
+        return set(DECLARED) | ({CHURNED} if self.churned_loaded else set())
 
     def calm_at(self, t: float) -> bool:
         """Was `t` in the calm stretch before any fault?"""

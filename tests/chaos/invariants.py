@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.chaos.cluster import ADMIN, CHURNED, DECLARED, LIMITS, PROBE, Cluster
+from tests.chaos.cluster import ADMIN, CHURNED, LIMITS, PROBE, Cluster
 from tests.chaos.load import Record
 from tests.replicas import Replica
 
@@ -141,17 +141,21 @@ def _most_at_once(records: list[Record]) -> int:
 
 
 def recovered(
-    cluster: Cluster, adapters: set[str], timeout: float, replicas: list[Replica] | None = None
+    cluster: Cluster,
+    adapters: Callable[[], set[str]],
+    timeout: float,
+    replicas: list[Replica] | None = None,
 ) -> tuple[list[str], float]:
     """Once every replica answers, within `timeout` every gateway routes to every
     replica (or to those of `replicas`) again (ready, healthy, circuit closed or
     letting a trial through: no breaker stuck), each holds every adapter loaded
     through the gateways, and both gateways serve exactly those adapters (they share
-    their registry). Also says how long that took."""
+    their registry). `adapters` is asked on each look: the adapter lane may load or
+    unload one meanwhile. Also says how long that took."""
     start = time.monotonic()
     missing: list[str] = []
     while True:
-        missing = _not_recovered(cluster, adapters, replicas or cluster.replicas)
+        missing = _not_recovered(cluster, adapters(), replicas or cluster.replicas)
         elapsed = time.monotonic() - start
         if not missing or elapsed > timeout:
             break
@@ -229,4 +233,3 @@ RECORD_CHECKS: list[Callable[[list[Record]], list[str]]] = [
     limits_hold,
 ]
 RECOVERY_S = 2 * PROBE["probe_interval_s"]
-DECLARED_SET = set(DECLARED)

@@ -17,7 +17,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos import invariants
-from tests.chaos.cluster import CHURNED, PROBE, Cluster, cluster
+from tests.chaos.cluster import PROBE, Cluster, cluster
 from tests.chaos.faults import Faults
 from tests.chaos.invariants import Check
 from tests.chaos.load import Record, run_load
@@ -116,9 +116,8 @@ def chaos(replicas: list[Replica], work: Path, seed: int, duration_s: float) -> 
 def _check(c: Cluster, faults: Faults, records: list[Record], seed: int, duration: float) -> Report:
     checks = [Check(f.__name__, f(records)) for f in invariants.RECORD_CHECKS]
     checks.append(Check("faults_injected_and_undone", faults.errors))
-    adapters = invariants.DECLARED_SET | ({CHURNED} if faults.churned_loaded else set())
     timeout = 2 * PROBE["probe_interval_s"]
-    late, recovery_s = invariants.recovered(c, adapters, timeout=max(timeout, 60))
+    late, recovery_s = invariants.recovered(c, faults.adapters, timeout=max(timeout, 60))
     if recovery_s > timeout:
         late.insert(0, f"routable with its adapters after {recovery_s:.1f} s (> {timeout:g} s)")
     checks.append(Check("replicas_routable_again", late))
