@@ -1,6 +1,7 @@
 """Streams that survive their replica: two real `vllm serve` replicas of the demo model
 behind the gateway; the replica serving a stream is killed (`kill -9`) after k chunks
-of text, and the stream goes on on the other one (gateway/resume.py).
+of text, or stopped as a rolling update stops it (SIGTERM), and the stream goes on
+on the other one (gateway/resume.py).
 
 Greedy and seeded, chat and completions, the base model and an adapter, n = 2: the
 text the client gets is byte-identical to an uninterrupted run of the same request,
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -138,6 +140,14 @@ def stream(
     return seen
 
 
+def resumed(url: str) -> float:
+    """The gateway's count of streams resumed on another backend."""
+    text = httpx.get(url + "/metrics").text
+    families = text_string_to_metric_families(text)
+    samples = [s for f in families for s in f.samples if s.name == "switchyard_resumes_total"]
+    return sum(s.value for s in samples if s.labels["result"] == "resumed")
+
+
 def killer(replicas: dict[str, Replica], after: int) -> Callable[[int, str], None]:
     def on_text(chunks: int, backend: str) -> None:
         if chunks == after:
@@ -181,6 +191,37 @@ def test_a_stream_whose_replica_is_killed_goes_on_identically_on_the_other(
     assert cut.texts == reference.texts  # byte-identical, every choice
     assert sorted(cut.finishes) == sorted(reference.finishes)  # one finish per choice
     assert len(cut.ids) == 1
+    assert cut.usage == reference.usage
+
+
+def test_a_stream_whose_replica_shuts_down_goes_on_identically_on_the_other(
+    both_up: dict[str, Replica], gateway: tuple[str, Any]
+) -> None:
+    """SIGTERM to the API server alone, as `docker stop` and Kubernetes send it. vLLM
+    0.32 (shutdown_timeout 0) then stops generating, and mostly holds the stream open
+    until its client leaves: the gateway's idle timeout (20 s here, 60 s by default)
+    gives it up, and the answer goes on on the other replica."""
+    url, _ = gateway
+    path, model, sampling = CASES["chat-greedy-base"]
+    body = request(path, model, sampling)
+    reference = stream(url, path, body)
+
+    def stop(chunks: int, backend: str) -> None:
+        if chunks == CUT_AFTER:
+            process = both_up[backend].proc
+            assert process is not None
+            process.send_signal(signal.SIGTERM)
+
+    before = resumed(url)
+    cut = stream(url, path, body, stop)
+
+    process = both_up[cut.backend].proc
+    assert process is not None
+    assert process.wait(timeout=60) is not None  # it did shut down
+    assert resumed(url) == before + 1  # and the answer went on on the other replica
+    assert cut.errors == []
+    assert cut.texts == reference.texts
+    assert cut.finishes == reference.finishes == [(0, "length")]
     assert cut.usage == reference.usage
 
 

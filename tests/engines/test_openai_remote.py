@@ -343,7 +343,8 @@ async def test_a_malformed_embeddings_answer_is_unavailable(echo_url: str) -> No
 def untrusted(kind: str) -> Starlette:
     """A test double of an upstream that is not to be trusted: `line` streams one
     event line of 3 MiB, `error` answers 500 with 8 MiB of body, `index` streams a
-    choice index out of range, `usage` a token count that cannot be."""
+    choice index out of range, `usage` a token count that cannot be, `abort` ends the
+    answer with vLLM's finish_reason "abort" (its engine gave the generation up)."""
 
     async def answer(request: Request) -> Response:
         chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "up-model"}
@@ -353,6 +354,9 @@ def untrusted(kind: str) -> Starlette:
             return Response(b"e" * (8 * 2**20), status_code=500)
         if kind == "index":
             choices = [{"index": 5, "delta": {"content": "hi"}, "finish_reason": None}]
+            events = [{**chunk, "choices": choices}]
+        elif kind == "abort":
+            choices = [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "abort"}]
             events = [{**chunk, "choices": choices}]
         else:
             choices = [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]
@@ -375,6 +379,7 @@ def untrusted(kind: str) -> Starlette:
         ("error", "500"),
         ("index", "choice index 5"),
         ("usage", "cannot be"),
+        ("abort", "aborted the generation"),
     ],
 )
 async def test_an_untrusted_upstream_is_unavailable_never_a_crash(kind: str, said: str) -> None:
