@@ -25,7 +25,8 @@ Upstream failures map onto the engine error tree (engines/errors.py):
                                                                 elsewhere, restored)
     424 (TGI's generation error)          → GenerationFailed
     401/403/404/408/5xx, timeouts, a cut  → EngineUnavailable  (retried while nothing
-    stream, a malformed event                                   reached the client)
+    stream, a malformed event, vLLM's                           reached the client,
+    finish_reason "abort"                                       resumed after)
     400, 422                              → InvalidGenerationRequest (the client's)
     an error event in the stream          → GenerationFailed
 
