@@ -19,6 +19,7 @@ import orjson
 
 from engines.errors import EngineError, EngineUnavailable, GenerationFailed
 from engines.types import (
+    FINISH_REASONS,
     Chunk,
     FinishReason,
     GenerationRequest,
@@ -371,14 +372,15 @@ def _event(data: bytes) -> dict[str, Any]:
 
 
 def finish_reason(value: Any) -> FinishReason | None:
-    """vLLM's finish reason in OpenAI's words. "abort" is no end of the answer: vLLM
-    stopped the generation itself (its server shutting down, generation paused, a
-    fault) and would pass the word on; relayed as "stop", a cut answer would read as
-    whole and be cached. It is a failure of the engine instead (retried or resumed
-    elsewhere, or an error event)."""
+    """vLLM's finish reason in OpenAI's words, "repetition" as vLLM's own, anything
+    unknown as "stop". "abort" is no end of the answer: vLLM stopped the generation
+    itself (its server shutting down, generation paused, a fault) and would pass the
+    word on; relayed as "stop", a cut answer would read as whole and be cached. It is
+    a failure of the engine instead (retried or resumed elsewhere, or an error
+    event)."""
     if value is None:
         return None
-    if value in ("length", "tool_calls"):
+    if value in FINISH_REASONS:
         return value  # type: ignore[no-any-return]
     if value == "abort":
         raise EngineUnavailable(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -12,7 +12,10 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 LORA_TARGETS = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
-FinishReason = Literal["stop", "length", "tool_calls"]
+# OpenAI's finish reasons, and vLLM's "repetition": its `repetition_detection` ended
+# the answer (`vllm serve` says so as it is).
+FinishReason = Literal["stop", "length", "tool_calls", "repetition"]
+FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
 Options = Mapping[str, Any]
 # What a model serves: text generation, or embeddings (vLLM's pooling runner).
 Task = Literal["generate", "embed"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from engines.types import Chunk, TokenLogprob, ToolCallDelta
+from engines.types import FINISH_REASONS, Chunk, TokenLogprob, ToolCallDelta
 
 
 class CorruptEntry(Exception):
@@ -81,7 +81,7 @@ def _chunk(
             TokenLogprob(str(tok), float(lp), tuple((str(a), float(b)) for a, b in top))
             for tok, lp, top in logprobs
         ),
-        finish if finish in ("stop", "length", "tool_calls") else None,
+        finish if finish in FINISH_REASONS else None,
         tuple(
             ToolCallDelta(int(i), call_id, name, str(arguments))
             for i, call_id, name, arguments in calls

@@ -76,10 +76,11 @@ class Row:
     path: str
     body: dict[str, Any]
     divergence: str | None = None
+    finish: str | None = None  # the finish reason the row is there to show
 
 
-def chat(id: str, divergence: str | None = None, **body: Any) -> Row:
-    return Row(id, CHAT, {"messages": FRANCE, "max_tokens": 24, **body}, divergence)
+def chat(id: str, divergence: str | None = None, finish: str | None = None, **body: Any) -> Row:
+    return Row(id, CHAT, {"messages": FRANCE, "max_tokens": 24, **body}, divergence, finish)
 
 
 def completion(id: str, **body: Any) -> Row:
@@ -121,6 +122,9 @@ ROWS = [
     chat("top-k", temperature=1.0, seed=7, top_k=1),
     chat("min-p", temperature=1.0, seed=7, min_p=0.5),
     chat("repetition-penalty", repetition_penalty=1.5),
+    chat("repetition-detection", finish="repetition", max_tokens=48,
+         messages=[{"role": "user", "content": "Write the word yes fifty times."}],
+         repetition_detection={"max_pattern_size": 4, "min_count": 3}),
     chat("logit-bias", logit_bias={"7042": -100}),  # 7042: " Paris" in SmolLM2's vocabulary
     chat("stop-token-ids", stop_token_ids=[30]),  # 30: "."
     chat("min-tokens-ignore-eos", max_tokens=12, min_tokens=12, ignore_eos=True),
@@ -284,6 +288,8 @@ def test_parity_with_vllm_serve(
     remote, remote_param = _ask(remote_gateway, row)
     direct, _ = _ask(vllm_server.url, row)
     assert in_process == remote, "the gateway's two engine paths disagree"
+    if row.finish is not None:
+        assert {choice[2] for choice in direct["choices"]} == {row.finish}, direct
     if row in BAD_ROWS:
         assert in_process["status"] == 400
         assert param is not None, "the gateway's 400 names no field"

@@ -86,6 +86,7 @@ def test_entries_round_trip_and_garbage_is_refused() -> None:
             (0, Chunk(1, " there", 2, 5, (), "length")),
             (0, Chunk(0, "", 1, 5, (), "tool_calls", (ToolCallDelta(0, "c1", "f", "{}"),), "hm")),
             (0, Chunk(1, "", 0, 5, (), "stop", stop_reason=30, cached_tokens=4)),
+            (0, Chunk(0, "", 0, 5, (), "repetition", stop_reason="repetition_detected")),
         )
     )
     assert Entry.decode(entry.encode("k"), "k") == entry
