@@ -421,3 +421,26 @@ def test_slim_image_installs_no_engine() -> None:
     assert re.search(r"pip install \.(\s|$)", text), "without the models extra"
     assert "vllm" not in text.split("RUN pip install")[1].split("\n")[0]
     assert "find_spec" in text, "the build fails if anything pulled in vllm or torch"
+
+
+def shutdown_timeout_s(args: list[str]) -> int:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith("--shutdown-timeout=")]
+    return int(value)
+
+
+def seconds(period: str) -> int:
+    assert period.endswith("s"), period
+    return int(period[:-1])
+
+
+def test_vllm_replicas_finish_their_streams_when_stopped(
+    compose: dict[str, Any], cpu: dict[str, Any]
+) -> None:
+    """On SIGTERM vLLM 0.32 (shutdown_timeout 0) stops generating and holds its streams
+    open until the gateway's idle timeout resumes them elsewhere: each replica drains
+    for --shutdown-timeout instead, within its stop grace period."""
+    services = [compose["services"][name] for name in ENGINES] + [cpu["services"]["vllm-cpu0"]]
+    for service in services:
+        drain = shutdown_timeout_s(service["command"])
+        assert drain > 0
+        assert seconds(service["stop_grace_period"]) > drain

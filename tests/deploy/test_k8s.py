@@ -523,3 +523,15 @@ def test_k8s_network_policies_let_only_the_gateway_reach_vllm_and_redis(
     assert not ok(redis, hub, 443)
     assert not ok(gateway, hub, 443)
     assert ok(prometheus, vllm, port["vllm"]["http"]) == ("servicemonitor" in components)
+
+
+def test_k8s_vllm_finishes_its_streams_when_stopped() -> None:
+    """A rolling update's SIGTERM: vLLM drains for --shutdown-timeout, within the pod's
+    grace period (tests/deploy/test_deploy.py says why)."""
+    statefulset = one(render(), "StatefulSet", "vllm")
+    (drain,) = [
+        int(a.split("=", 1)[1])
+        for a in container(statefulset, "vllm")["args"]
+        if a.startswith("--shutdown-timeout=")
+    ]
+    assert 0 < drain < statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
