@@ -10,9 +10,12 @@ import contextlib
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp
 
 
@@ -51,3 +54,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # ty
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def resumes(url: str) -> Counter[str]:
+    """The gateway at `url`'s `switchyard_resumes_total`, by result (resumed, failed,
+    refused)."""
+    out: Counter[str] = Counter()
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "switchyard_resumes_total":
+                out[sample.labels["result"]] += int(sample.value)
+    return out

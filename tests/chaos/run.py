@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.chaos import invariants
 from tests.chaos.cluster import PROBE, Cluster, cluster
 from tests.chaos.faults import Faults
 from tests.chaos.invariants import Check
 from tests.chaos.load import Record, run_load
 from tests.replicas import Replica
+from tests.servers import resumes
 
 
 @dataclass
@@ -130,8 +128,5 @@ def _resumes(gateways: list[str]) -> dict[str, int]:
     cut_streams_resume had streams to judge."""
     out: Counter[str] = Counter()
     for url in gateways:
-        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-            for sample in family.samples:
-                if sample.name == "switchyard_resumes_total":
-                    out[sample.labels["result"]] += int(sample.value)
+        out.update(resumes(url))  # keeps the zeros: the report lists every result
     return dict(out)

@@ -27,6 +27,7 @@ import yaml
 from engines.registry import build_engine
 from gateway.auth.keys import KeyRing
 from gateway.settings import RedisConnection, Settings, load_settings
+from tests.deploy import shutdown_timeout_s
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -421,11 +422,6 @@ def test_slim_image_installs_no_engine() -> None:
     assert re.search(r"pip install \.(\s|$)", text), "without the models extra"
     assert "vllm" not in text.split("RUN pip install")[1].split("\n")[0]
     assert "find_spec" in text, "the build fails if anything pulled in vllm or torch"
-
-
-def shutdown_timeout_s(args: list[str]) -> int:
-    (value,) = [a.split("=", 1)[1] for a in args if a.startswith("--shutdown-timeout=")]
-    return int(value)
 
 
 def seconds(period: str) -> int:

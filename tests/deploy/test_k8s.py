@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from gateway.settings import Settings, load_settings
+from tests.deploy import shutdown_timeout_s
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -529,9 +530,5 @@ def test_k8s_vllm_finishes_its_streams_when_stopped() -> None:
     """A rolling update's SIGTERM: vLLM drains for --shutdown-timeout, within the pod's
     grace period (tests/deploy/test_deploy.py says why)."""
     statefulset = one(render(), "StatefulSet", "vllm")
-    (drain,) = [
-        int(a.split("=", 1)[1])
-        for a in container(statefulset, "vllm")["args"]
-        if a.startswith("--shutdown-timeout=")
-    ]
+    drain = shutdown_timeout_s(container(statefulset, "vllm")["args"])
     assert 0 < drain < statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -25,13 +25,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.e2e.conftest import ADAPTERS
 from tests.replicas import MODEL, Replica, remote_engines, started_replicas
-from tests.servers import serve, wait_until
+from tests.servers import resumes, serve, wait_until
 from tests.settings import NO_AUTH
 
 PROBE = {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "unhealthy_after": 2, "ejection_s": 2}
@@ -140,14 +139,6 @@ def stream(
     return seen
 
 
-def resumed(url: str) -> float:
-    """The gateway's count of streams resumed on another backend."""
-    text = httpx.get(url + "/metrics").text
-    families = text_string_to_metric_families(text)
-    samples = [s for f in families for s in f.samples if s.name == "switchyard_resumes_total"]
-    return sum(s.value for s in samples if s.labels["result"] == "resumed")
-
-
 def killer(replicas: dict[str, Replica], after: int) -> Callable[[int, str], None]:
     def on_text(chunks: int, backend: str) -> None:
         if chunks == after:
@@ -212,13 +203,13 @@ def test_a_stream_whose_replica_shuts_down_goes_on_identically_on_the_other(
             assert process is not None
             process.send_signal(signal.SIGTERM)
 
-    before = resumed(url)
+    before = resumes(url)["resumed"]
     cut = stream(url, path, body, stop)
 
     process = both_up[cut.backend].proc
     assert process is not None
     assert process.wait(timeout=60) is not None  # it did shut down
-    assert resumed(url) == before + 1  # and the answer went on on the other replica
+    assert resumes(url)["resumed"] == before + 1  # and it went on on the other replica
     assert cut.errors == []
     assert cut.texts == reference.texts
     assert cut.finishes == reference.finishes == [(0, "length")]
